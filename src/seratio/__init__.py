@@ -1,0 +1,3 @@
+"""seratio: the reduction ratio of Squeeze-and-Excitation blocks in CIFAR ResNets."""
+
+__version__ = "0.1.0"
