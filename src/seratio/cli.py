@@ -1,0 +1,47 @@
+"""The `seratio` command: parses, delegates, and turns user errors into one line.
+
+Each subcommand lives in `seratio.commands.<name>` and exposes
+`register(subparsers) -> None`, which adds its parser and sets `func`.
+Keeping them apart lets each area own its options without one giant file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from seratio import __version__
+from seratio.errors import SeratioError
+
+COMMANDS = ("info", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seratio",
+        description="Study the reduction ratio (RR) of Squeeze-and-Excitation blocks in CIFAR ResNets.",
+    )
+    parser.add_argument("--version", action="version", version=f"seratio {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"seratio.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SeratioError as error:
+        print(f"seratio: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seratio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

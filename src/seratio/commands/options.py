@@ -1,0 +1,52 @@
+"""Options shared by every command that trains: `train`, `study run`, `study worker`."""
+
+from __future__ import annotations
+
+import argparse
+
+from seratio.config import PRECISIONS, RunConfig
+from seratio.recipes import RECIPES
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, with_rr: bool = True, with_seed: bool = True) -> None:
+    group = parser.add_argument_group("model and training")
+    if with_rr:
+        group.add_argument("--rr", default="none", help="reduction ratio per stage, e.g. 8,2,16; one value for all stages; 'none' = no SE (default: none)")
+    group.add_argument("--depth", type=int, default=50, help="6n+2 layers; 50 is the paper's 'ResNet-52' (n = 8) (default: 50)")
+    group.add_argument("--dataset", default="cifar10", help="cifar10 or cifar100 (default: cifar10)")
+    group.add_argument("--recipe", default="paper", help=f"training recipe: {', '.join(RECIPES)} (default: paper)")
+    group.add_argument("--epochs", type=int, help="override the recipe's epochs; a shorter paper schedule scales its LR boundaries")
+    group.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    group.add_argument("--lr", type=float, help="override the recipe's initial learning rate")
+    if with_seed:
+        group.add_argument("--seed", type=int, default=0, help="fixes init, data order and augmentation (default: 0)")
+    group.add_argument("--precision", default="auto", help=f"{', '.join(PRECISIONS)}; auto = the recipe's (bf16 for fast on CUDA) (default: auto)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", help="directory with cifar-10-batches-py/ or the official tar.gz (default: $SERATIO_DATA, then ~/.cache/seratio)")
+    data.add_argument("--train-subset", type=int, help="train on a stratified subset of N images (for quick runs)")
+    data.add_argument("--val-size", type=int, default=5000, help="validation images held out from train, stratified; 0 allowed (default: 5000)")
+    data.add_argument("--split-seed", type=int, default=0, help="fixes the validation split and the subset (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default: auto)")
+
+
+def run_config_from_args(args: argparse.Namespace, **overrides: object) -> RunConfig:
+    values = {
+        "rr": getattr(args, "rr", "none"),
+        "depth": args.depth,
+        "dataset": args.dataset,
+        "recipe": args.recipe,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": getattr(args, "seed", 0),
+        "train_subset": args.train_subset,
+        "val_size": args.val_size,
+        "split_seed": args.split_seed,
+        "precision": args.precision,
+        "device": args.device,
+        "data_dir": args.data_dir,
+    }
+    values.update(overrides)
+    if isinstance(values["rr"], str):
+        values["rr"] = tuple(values["rr"].split(","))
+    return RunConfig(**values)

@@ -1,0 +1,35 @@
+"""`seratio train`: one run into one directory, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+
+from seratio.commands.options import add_run_options, run_config_from_args
+from seratio.train import train_run
+
+SUMMARY_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs", "epochs", "seconds")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train and evaluate one (SE-)ResNet",
+        description="Train one (SE-)ResNet on CIFAR and write config, metrics, checkpoints and the result to --out.",
+    )
+    add_run_options(parser)
+    parser.add_argument("--out", required=True, help="run directory (created; a finished one is never overwritten)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = run_config_from_args(args)
+    console = Console(stderr=True)
+    log = (lambda message: None) if args.quiet else console.print
+    result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=log)
+    print(json.dumps({key: result[key] for key in SUMMARY_KEYS}, indent=2))
+    return 0

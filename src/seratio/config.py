@@ -1,0 +1,120 @@
+"""What defines one training run, and the environment it records.
+
+A run is a pure function of this config; everything else (the device, where
+the data lives) may differ between machines without changing the result, so
+it is left out of the run's identity.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seratio import __version__
+from seratio.errors import SeratioError
+from seratio.models import ModelConfig, Ratios, parse_rr
+from seratio.recipes import Recipe, get_recipe
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_NOT_IDENTITY = {"device", "data_dir"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    rr: Ratios = (None, None, None)
+    depth: int = 50
+    dataset: str = "cifar10"
+    recipe: str = "paper"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    train_subset: int | None = None
+    val_size: int = 5000
+    split_seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rr", parse_rr(list(self.rr)))
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise SeratioError(f"{name.replace('_', ' ')} {value!r} must be an integer >= 0")
+        if self.precision not in PRECISIONS:
+            raise SeratioError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.resolved_recipe()
+        self.model_config()
+
+    def model_config(self, num_classes: int | None = None) -> ModelConfig:
+        classes = num_classes if num_classes is not None else (100 if self.dataset == "cifar100" else 10)
+        return ModelConfig(depth=self.depth, rr=self.rr, num_classes=classes)
+
+    def resolved_recipe(self) -> Recipe:
+        return get_recipe(self.recipe, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the result; two runs with equal identity are the same run."""
+        data = asdict(self)
+        data["rr"] = list(self.rr)
+        return {k: v for k, v in data.items() if k not in _NOT_IDENTITY}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rr"] = list(self.rr)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "rr" else v) for k, v in data.items() if k in known})
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+def environment() -> dict[str, str]:
+    return {
+        "seratio": __version__,
+        "code_version": code_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SeratioError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:K") from None
+    if device.type not in {"cpu", "cuda"}:
+        raise SeratioError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:K")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SeratioError(f"device {name!r} requested but CUDA is not available here; use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SeratioError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device

@@ -1,0 +1,113 @@
+"""Named training recipes: optimizer, schedule, regularisation and augmentation.
+
+`paper` is the study's recipe to the letter (DESIGN section 4). `fast` is a
+modern recipe for GPUs. A recipe is plain data; `train.py` executes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+
+from seratio.errors import SeratioError
+
+PAPER_EPOCHS = 200
+# Table 2 of the paper, by 0-based epoch e: the factor applies once e > boundary.
+PAPER_BOUNDARIES = (80, 120, 160, 180)
+PAPER_FACTORS = (1e-1, 1e-2, 1e-3, 5e-4)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    # Coupled L2 in torch terms on conv/FC kernels only: Keras l2(1e-4) adds 1e-4 * w^2 to
+    # the loss, whose gradient 2e-4 * w is exactly torch's weight_decay=2e-4.
+    weight_decay: float
+    schedule: str
+    adam_eps: float = 1e-7
+    momentum: float = 0.0
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    flip_p: float = 0.5
+    max_shift: int = 3
+    cuda_bf16: bool = False
+    cuda_channels_last: bool = False
+
+    def lr_at(self, epoch: int, progress: float = 0.0) -> float:
+        """Learning rate during 0-based `epoch`, `progress` in (0, 1] through it."""
+        if self.schedule == "paper":
+            return self.lr * _paper_factor(epoch, self.epochs)
+        return self.lr * _warmup_linear_factor(epoch + progress, self.warmup_epochs, self.epochs)
+
+    def steps_lr_within_epoch(self) -> bool:
+        return self.schedule != "paper"
+
+    def fingerprint(self) -> str:
+        """Short hash of every field, so runs of different recipes are never averaged silently."""
+        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def _paper_factor(epoch: int, epochs: int) -> float:
+    """Table 2, with the boundaries scaled in proportion when the run is shorter or longer."""
+    factor = 1.0
+    for boundary, value in zip(PAPER_BOUNDARIES, PAPER_FACTORS):
+        if epoch > math.floor(boundary * epochs / PAPER_EPOCHS):
+            factor = value
+    return factor
+
+
+def _warmup_linear_factor(position: float, warmup: float, epochs: int) -> float:
+    if warmup > 0 and position < warmup:
+        return position / warmup
+    return max(0.0, (epochs - position) / max(epochs - warmup, 1e-9))
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        name="paper",
+        optimizer="adam",
+        lr=1e-3,
+        batch_size=32,
+        epochs=PAPER_EPOCHS,
+        weight_decay=2e-4,
+        schedule="paper",
+    ),
+    "fast": Recipe(
+        name="fast",
+        optimizer="sgd",
+        lr=0.2,
+        batch_size=256,
+        epochs=40,
+        weight_decay=5e-4,
+        schedule="warmup-linear",
+        momentum=0.9,
+        warmup_epochs=2.0,
+        label_smoothing=0.1,
+        cuda_bf16=True,
+        cuda_channels_last=True,
+    ),
+}
+
+
+def get_recipe(
+    name: str, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None
+) -> Recipe:
+    """The named recipe with user overrides; a shortened paper schedule scales its boundaries."""
+    if name not in RECIPES:
+        raise SeratioError(f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise SeratioError(f"epochs {epochs!r} must be an integer >= 1")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise SeratioError(f"batch size {batch_size!r} must be an integer >= 1")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise SeratioError(f"learning rate {lr!r} must be a finite number > 0")
+    recipe = RECIPES[name]
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

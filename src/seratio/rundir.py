@@ -1,0 +1,116 @@
+"""Crash-safe files of one run directory.
+
+Every write goes to a temporary file, is fsynced and then renamed, so a kill
+at any instant leaves either the old or the new file, never half of one.
+Checkpoints carry a SHA-256 of their payload and the previous one is kept, so
+a checkpoint damaged on disk is detected and the run falls back instead of
+loading garbage.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seratio.errors import SeratioError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+RESULT = "result.json"
+PREDICTIONS = "test_predictions.npy"
+LABELS = "test_labels.npy"
+_MAGIC = b"SERATIO-CKPT-1\n"
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file whose checksum or structure does not verify."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via temp file + fsync + rename; a full disk becomes a clear SeratioError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise SeratioError(f"no space left on device while writing {path}") from error
+        raise
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SeratioError(f"cannot read {path}: {error}") from error
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the whole file from the checkpointed history, so a resume never duplicates lines."""
+    write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(path, buffer.getvalue())
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    current = run_dir / CHECKPOINT
+    if current.exists():
+        os.replace(current, run_dir / PREVIOUS_CHECKPOINT)
+    write_atomic(current, _MAGIC + digest + b"\n" + payload)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    blob = path.read_bytes()
+    header_end = len(_MAGIC) + 65
+    if not blob.startswith(_MAGIC) or len(blob) < header_end:
+        raise CorruptCheckpoint(f"{path} has no seratio checkpoint header")
+    digest, payload = blob[len(_MAGIC) : header_end - 1], blob[header_end:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CorruptCheckpoint(f"{path} fails its SHA-256 check (truncated or corrupted)")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest checkpoint that verifies, plus notes on any that did not."""
+    notes: list[str] = []
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            return _read_checkpoint(path), notes
+        except CorruptCheckpoint as error:
+            notes.append(str(error))
+    return None, notes
