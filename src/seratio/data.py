@@ -1,0 +1,497 @@
+"""CIFAR archives -> verified uint8 tensors (train / val / test) on the training device.
+
+Reads the official python layout (`cifar-10-batches-py/`, `cifar-100-python/`) or the official
+`.tar.gz`; only the per-user cache directory downloads, and only downloads are MD5-checked, because
+an extracted copy need not be byte-identical to the official files (see shared/data/cifar10/SOURCE.md).
+Every batch is checked for shape, dtype, label range and total count, so a damaged file ends in a
+`SeratioError` that names it, never in silently wrong pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.client
+import operator
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seratio.errors import SeratioError
+
+try:  # numpy >= 2 moved the module; official pickles still name numpy.core.multiarray.
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+ENV_VAR = "SERATIO_DATA"
+IMAGE_SHAPE = (3, 32, 32)
+_ROW_BYTES = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a dataset lives and what a complete, correct copy of it contains."""
+
+    title: str
+    dir_name: str
+    tar_name: str
+    url: str
+    md5: str
+    num_classes: int
+    label_key: str
+    names_key: str
+    meta_file: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    train_count: int
+    test_count: int
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        title="CIFAR-10",
+        dir_name="cifar-10-batches-py",
+        tar_name="cifar-10-python.tar.gz",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        num_classes=10,
+        label_key="labels",
+        names_key="label_names",
+        meta_file="batches.meta",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        train_count=50_000,
+        test_count=10_000,
+    ),
+    "cifar100": DatasetInfo(
+        title="CIFAR-100",
+        dir_name="cifar-100-python",
+        tar_name="cifar-100-python.tar.gz",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        num_classes=100,
+        label_key="fine_labels",
+        names_key="fine_label_names",
+        meta_file="meta",
+        train_files=("train",),
+        test_files=("test",),
+        train_count=50_000,
+        test_count=10_000,
+    ),
+}
+
+
+@dataclass
+class Split:
+    """One split held whole in memory, so training indexes batches without a DataLoader."""
+
+    images: torch.Tensor  # uint8 (N, 3, 32, 32), CHW
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class CifarData:
+    """Everything a run needs from the data: the three splits and how to name the classes."""
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+    dataset: str
+    root: Path
+
+
+# ---------------------------------------------------------------- finding the data
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    """Look a dataset up, so a typo fails before any disk or network access."""
+    try:
+        return DATASETS[dataset]
+    except KeyError:
+        allowed = ", ".join(sorted(DATASETS))
+        raise SeratioError(f"unknown dataset {dataset!r}; allowed: {allowed}") from None
+
+
+def cache_dir() -> Path:
+    """The per-user directory that may download, following the XDG convention."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "seratio"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None, dataset: str) -> Path:
+    """Return the official layout directory of `dataset`, ready to read.
+
+    Looks in `data_dir`, else `$SERATIO_DATA`, else the per-user cache. A directory qualifies if it
+    is the layout directory itself, contains it, or contains the official tarball (extracted in
+    place). An explicit directory that lacks the data is an error rather than a fallback to the
+    cache, so a typo in a path never silently trains on other files. Only the cache downloads.
+    """
+    info = dataset_info(dataset)
+    if data_dir is not None and str(data_dir) != "":
+        return _find_in(Path(data_dir).expanduser(), info, source="--data-dir / data_dir")
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        return _find_in(Path(env).expanduser(), info, source=f"${ENV_VAR}")
+    cache = cache_dir()
+    found = _existing_layout(cache, info)
+    if found is not None:
+        return found
+    _download(info, cache)
+    return _extract(cache / info.tar_name, info)
+
+
+def _find_in(directory: Path, info: DatasetInfo, *, source: str) -> Path:
+    found = _existing_layout(directory, info)
+    if found is not None:
+        return found
+    state = "does not exist" if not directory.exists() else f"has neither {info.dir_name}/ nor {info.tar_name}"
+    raise SeratioError(
+        f"{info.title} not found: {directory} (from {source}) {state}. {_where_to_put(info, directory)}"
+    )
+
+
+def _existing_layout(directory: Path, info: DatasetInfo) -> Path | None:
+    """The layout dir if `directory` is or holds it, extracting the tarball when only that is there."""
+    named = directory.name == info.dir_name and directory.is_dir()
+    if named or ((directory / info.meta_file).is_file() and (directory / info.train_files[0]).is_file()):
+        return directory
+    if (directory / info.dir_name).is_dir():
+        return directory / info.dir_name
+    if (directory / info.tar_name).is_file():
+        return _extract(directory / info.tar_name, info)
+    return None
+
+
+def _where_to_put(info: DatasetInfo, directory: Path) -> str:
+    return (
+        f"Put the official folder {info.dir_name}/ or the archive {info.tar_name} "
+        f"(from {info.url}) in {directory}, or pass --data-dir / set {ENV_VAR} to a directory "
+        "that holds one of them."
+    )
+
+
+def _download(info: DatasetInfo, cache: Path) -> None:
+    """Fetch the tarball into `cache`; it only appears under its final name once its MD5 matches."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{info.tar_name}.", suffix=".part")
+    except OSError as err:
+        raise SeratioError(
+            f"cannot download {info.title}: the cache {cache} is not writable ({err.strerror}). "
+            + _where_to_put(info, cache)
+        ) from err
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.md5()
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(info.url, timeout=60) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
+            reason = getattr(err, "reason", err)
+            raise SeratioError(
+                f"could not download {info.title} from {info.url} ({reason}). If this machine is "
+                f"offline, fetch {info.tar_name} elsewhere. {_where_to_put(info, cache)}"
+            ) from err
+        actual = digest.hexdigest()
+        if actual != info.md5:
+            raise SeratioError(
+                f"downloaded {info.tar_name} from {info.url} has MD5 {actual}, expected {info.md5}; "
+                f"the download is corrupt and was discarded. Try again. {_where_to_put(info, cache)}"
+            )
+        os.replace(tmp, cache / info.tar_name)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# `filter="data"` refuses links, devices and paths outside the target; older Pythons lack the
+# argument, and there the member check in `_extract` alone keeps extraction inside the temp dir.
+_EXTRACT_KW: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def _extract(tarball: Path, info: DatasetInfo) -> Path:
+    """Extract next to the tarball via a temp dir and a rename, so a crash never leaves half a layout."""
+    parent = tarball.parent
+    final = parent / info.dir_name
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{info.dir_name}.extract-"))
+    except OSError as err:
+        raise SeratioError(
+            f"cannot extract {tarball}: {parent} is not writable ({err.strerror}). Extract it yourself "
+            f"(tar xzf {tarball.name}) or copy it to a writable directory and pass --data-dir / set {ENV_VAR}."
+        ) from err
+    try:
+        try:
+            with tarfile.open(tarball, "r:gz") as tar:
+                for member in tar:
+                    if _is_layout_member(member, info.dir_name):
+                        tar.extract(member, tmp, **_EXTRACT_KW)
+                # tarfile ends quietly at a garbled header; reading to the gzip trailer checks its CRC.
+                while tar.fileobj.read(1 << 20):
+                    pass
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise SeratioError(
+                f"{tarball} is truncated or corrupt ({err}); delete it and re-download it from {info.url}."
+            ) from err
+        except OSError as err:  # the archive is fine, the disk is not (full, read-only, ...)
+            raise SeratioError(f"cannot extract {tarball} into {parent}: {err}") from err
+        missing = [n for n in _layout_files(info) if not (tmp / info.dir_name / n).is_file()]
+        if missing:
+            raise SeratioError(
+                f"{tarball} lacks {info.dir_name}/{', '.join(missing)}; it is truncated or not the official "
+                f"archive. Delete it and re-download it from {info.url}."
+            )
+        try:
+            os.rename(tmp / info.dir_name, final)
+        except OSError:
+            if not final.is_dir():  # else another process finished the same extraction first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _layout_files(info: DatasetInfo) -> tuple[str, ...]:
+    return (info.meta_file, *info.train_files, *info.test_files)
+
+
+def _is_layout_member(member: tarfile.TarInfo, dir_name: str) -> bool:
+    parts = Path(member.name).parts
+    return (member.isfile() or member.isdir()) and parts[:1] == (dir_name,) and ".." not in parts
+
+
+# ---------------------------------------------------------------- reading and verifying
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickling can run arbitrary code; a CIFAR file only ever needs to rebuild numpy arrays."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+def _corrupt(path: Path, info: DatasetInfo, problem: str) -> SeratioError:
+    return SeratioError(
+        f"{path}: {problem}. It is truncated, corrupt or not from the official {info.title} archive; "
+        f"re-download {info.tar_name} from {info.url} and replace the {info.dir_name}/ folder."
+    )
+
+
+def _load_pickle(path: Path, info: DatasetInfo) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise _corrupt(path, info, "file is missing") from None
+    except _ForbiddenGlobal as err:
+        raise _corrupt(path, info, f"refusing to unpickle, it references {err}") from None
+    except Exception as err:  # a damaged pickle stream can fail with almost any exception type
+        raise _corrupt(path, info, f"cannot be unpickled ({type(err).__name__}: {err})") from err
+    if not isinstance(obj, dict):
+        raise _corrupt(path, info, f"holds a {type(obj).__name__}, not a dict")
+    # Python-2 files give bytes keys; a copy re-saved under Python 3 gives str keys.
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_batch(path: Path, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_pickle(path, info)
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW_BYTES:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _corrupt(path, info, f"'data' is {desc}, expected uint8 (N, {_ROW_BYTES})")
+    try:
+        labels = np.asarray(batch.get(info.label_key, []))
+    except (TypeError, ValueError):  # ragged or otherwise unarrayable garbage
+        labels = np.asarray([])
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise _corrupt(path, info, f"'{info.label_key}' is not {data.shape[0]} integers")
+    if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise _corrupt(
+            path, info, f"labels span [{labels.min()}, {labels.max()}], outside [0, {info.num_classes - 1}]"
+        )
+    return data, labels.astype(np.int64)
+
+
+def _read_split(
+    layout: Path, files: tuple[str, ...], expected: int, info: DatasetInfo
+) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_read_batch(layout / name, info) for name in files]
+    images = np.concatenate([p[0] for p in parts]).reshape(-1, *IMAGE_SHAPE)
+    labels = np.concatenate([p[1] for p in parts])
+    if len(labels) != expected:
+        raise _corrupt(layout, info, f"{', '.join(files)} hold {len(labels)} images in all, expected {expected}")
+    return images, labels
+
+
+def _read_class_names(layout: Path, info: DatasetInfo) -> tuple[str, ...]:
+    path = layout / info.meta_file
+    names = _load_pickle(path, info).get(info.names_key)
+    if not isinstance(names, list) or len(names) != info.num_classes:
+        raise _corrupt(path, info, f"'{info.names_key}' is not a list of {info.num_classes} names")
+    return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    """Parsed dataset shared by every load in this process; callers only ever get copies."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+
+def _read_arrays(layout: Path, dataset: str) -> _Arrays:
+    """Key the cache on file sizes and mtimes too, so replacing a file on disk is noticed."""
+    info = DATASETS[dataset]
+    stamps = tuple((s.st_size, s.st_mtime_ns) if (s := _stat(layout / n)) else None for n in _layout_files(info))
+    return _read_arrays_cached(layout.resolve(), dataset, stamps)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=2)
+def _read_arrays_cached(layout: Path, dataset: str, _stamps: tuple[Any, ...]) -> _Arrays:
+    info = DATASETS[dataset]
+    class_names = _read_class_names(layout, info)
+    train = _read_split(layout, info.train_files, info.train_count, info)
+    test = _read_split(layout, info.test_files, info.test_count, info)
+    return _Arrays(*map(torch.from_numpy, (*train, *test)), class_names)
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def _allocate(total: int, counts: np.ndarray) -> np.ndarray:
+    """Split `total` over classes in proportion to `counts` (largest remainder, ties to lower class).
+
+    On balanced CIFAR this is total // K per class, with the remainder going to classes 0, 1, ...
+    """
+    exact = total * counts / counts.sum()
+    quotas = np.floor(exact).astype(np.int64)
+    short = total - int(quotas.sum())
+    order = np.argsort(-(exact - quotas), kind="stable")
+    quotas[order[:short]] += 1
+    return quotas
+
+
+def _stratified_pick(labels: np.ndarray, size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of `size` items of `labels`, class proportions kept, chosen by `rng`."""
+    perm = rng.permutation(len(labels))
+    grouped = perm[np.argsort(labels[perm], kind="stable")]  # by class, random order within class
+    counts = np.bincount(labels, minlength=num_classes)
+    starts = np.cumsum(counts) - counts
+    quotas = _allocate(size, counts)
+    picked = [grouped[s : s + q] for s, q in zip(starts, quotas)]
+    return np.sort(np.concatenate(picked))
+
+
+def _split_indices(
+    labels: np.ndarray, num_classes: int, val_size: int, train_subset: int | None, split_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Val is drawn first, so it stays the same whatever `train_subset` is."""
+    n = len(labels)
+    val_size = _as_int("val_size", val_size)
+    if not 0 <= val_size < n:
+        raise SeratioError(f"val_size {val_size} is out of range; allowed: 0 <= val_size <= {n - 1}")
+    rng = np.random.default_rng(split_seed)
+    val = _stratified_pick(labels, val_size, num_classes, rng)
+    train = np.setdiff1d(np.arange(n), val, assume_unique=True)
+    if train_subset is not None:
+        train_subset = _as_int("train_subset", train_subset)
+        if not num_classes <= train_subset <= len(train):
+            raise SeratioError(
+                f"train_subset {train_subset} is out of range; allowed: "
+                f"{num_classes} <= train_subset <= {len(train)} (train images left after val_size={val_size})"
+            )
+        train = train[_stratified_pick(labels[train], train_subset, num_classes, rng)]
+    return train, val
+
+
+def _as_int(name: str, value: Any) -> int:
+    """Reject 5000.0 or "5000" early instead of failing deep inside numpy indexing."""
+    if isinstance(value, bool):
+        raise SeratioError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise SeratioError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _take(arrays: _Arrays, split: str, index: np.ndarray | None, device: torch.device) -> Split:
+    """Copy rows out of the shared cache (index_select is multithreaded, numpy fancy indexing is not)."""
+    images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
+    if index is None:
+        return Split(images.to(device, copy=True), labels.to(device, copy=True))
+    rows = torch.from_numpy(index)
+    return Split(images.index_select(0, rows).to(device), labels.index_select(0, rows).to(device))
+
+
+def load_cifar(
+    dataset: str = "cifar10",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    val_size: int = 5000,
+    train_subset: int | None = None,
+    split_seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> CifarData:
+    """Load, verify and split a CIFAR dataset; the split depends only on `split_seed`, not the device.
+
+    The validation set is a stratified draw of `val_size` train images; `train_subset` then keeps a
+    stratified subset of the rest. Parsed arrays are cached per process, tensors are fresh per call.
+    """
+    info = dataset_info(dataset)
+    layout = resolve_data_dir(data_dir, dataset)
+    arrays = _read_arrays(layout, dataset)
+    train_idx, val_idx = _split_indices(
+        arrays.train_labels.numpy(), info.num_classes, val_size, train_subset, split_seed
+    )
+    dev = torch.device(device)
+    return CifarData(
+        train=_take(arrays, "train", train_idx, dev),
+        val=_take(arrays, "train", val_idx, dev),
+        test=_take(arrays, "test", None, dev),
+        num_classes=info.num_classes,
+        class_names=list(arrays.class_names),
+        dataset=dataset,
+        root=layout,
+    )
