@@ -1,0 +1,86 @@
+"""`seratio report`: tables, statistics, figures and one HTML page from a stored study. Never trains."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from seratio.errors import SeratioError
+from seratio.models import parse_rr
+from seratio.records import load_study
+from seratio.report import FORMATS, Written, write_report
+from seratio.report.tables import all_rows, display_cells, display_header, short_model
+
+DEFAULT_STORAGE = "sqlite:///seratio.db"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="tables, significance tests, figures and an HTML page from a stored study",
+        description="Read a study's stored results (never trains) and write the paper's Table 3 layout, "
+        "significance against a baseline, accuracy curves, confusion matrices, a Pareto plot and index.html.",
+    )
+    parser.add_argument("--name", required=True, help="study name")
+    parser.add_argument("--storage", default=os.environ.get("SERATIO_STORAGE", DEFAULT_STORAGE),
+                        help=f"Optuna storage URL or journal file (default: $SERATIO_STORAGE, then {DEFAULT_STORAGE})")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    parser.add_argument("--format", default=",".join(FORMATS),
+                        help=f"comma-separated table formats: {', '.join(FORMATS)} (default: all); figures always")
+    parser.add_argument("--baseline", help="configuration to test against, e.g. none (plain ResNet) or 8,8,8 "
+                        "(default: the study's own baseline)")
+    parser.set_defaults(func=run)
+
+
+def parse_formats(spec: str) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in spec.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise SeratioError(
+            f"--format {spec!r}: unknown {', '.join(unknown) or 'empty list'}; allowed: {', '.join(FORMATS)}"
+        )
+    return formats
+
+
+TERMINAL_DROPS = ("Experiment", "Model", "Ratios", "MACs", "Epochs")
+
+
+def _print(written: Written, out: Path) -> None:
+    """The table in a terminal's width: phase key and ratios up front, MACs and epochs left to the files."""
+    console = Console(highlight=False)
+    content = written.content
+    header = display_header(content)
+    keep = [i for i, column in enumerate(header) if column not in TERMINAL_DROPS]
+    table = Table(title=f"Study {content.study.name} (bold: phase winner)", title_justify="left")
+    table.add_column("phase")
+    table.add_column("model", no_wrap=True)
+    for i in keep:
+        table.add_column(header[i], justify="right")
+    for row, first in all_rows(content):
+        if first and table.row_count:
+            table.add_section()
+        cells = display_cells(content, row, first)
+        table.add_row(row.phase if first else "", short_model(content, row.config.rr), *(cells[i] for i in keep),
+                      style="bold" if row.winner else None)
+    console.print(table)
+    console.print(content.selection_note)
+    console.print(content.conclusion)
+    for note in (*content.notes, *written.notes):
+        console.print(f"note: {note}")
+    if content.incomplete:
+        console.print(f"{len(content.incomplete)} failed, pruned or running trial(s) listed in the report.")
+    index = out / "index.html"
+    console.print(f"report: {index if index in written.paths else out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    formats = parse_formats(args.format)
+    baseline = None if args.baseline is None else parse_rr(args.baseline)
+    study = load_study(args.name, args.storage)
+    written = write_report(study, args.out, formats, baseline)
+    _print(written, args.out)
+    return 0

@@ -1,0 +1,326 @@
+"""Stored results as plain typed records: one per trial, grouped and aggregated per configuration.
+
+Reports and comparisons read only what studies and runs stored and never train.
+Everything here is read-only: opening a study must never create a database or
+change a trial. Trials whose code version, recipe hash or epoch budget differ
+from the study's majority are kept out of the averages and listed with the
+reason, because averaging runs of different programs would hide the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import optuna
+
+from seratio.errors import SeratioError
+from seratio.stats import Summary, summarize
+from seratio.store import Patience, StudyStore, open_storage
+
+RR = tuple[int | None, ...]
+"""Reduction ratio per stage; None means no SE block in that stage."""
+
+PROVENANCE_FIELDS = ("code_version", "recipe_hash", "epochs")
+READ_PATIENCE = Patience(seconds=30.0)
+
+
+@dataclass(frozen=True)
+class StudyDefinition:
+    """What the study set out to do, from the study's `seratio_definition` attribute."""
+
+    strategy: str
+    candidates: tuple[int, ...]
+    seeds: int
+    baseline: RR
+    select_on: str
+    recipe: str
+    depth: int
+    dataset: str
+    epochs: int
+    code_version: str | None
+    recipe_hash: str | None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One Optuna trial in any state; metric fields are None until the trial completes."""
+
+    number: int
+    state: str
+    rr: RR | None
+    seed: int | None
+    phase: str
+    run_dir: Path | None
+    value: float | None
+    test_accuracy: float | None
+    test_loss: float | None
+    val_accuracy: float | None
+    val_loss: float | None
+    best_test_accuracy: float | None
+    best_epoch: int | None
+    params: int | None
+    macs: int | None
+    seconds: float | None
+    epochs: int | None
+    code_version: str | None
+    recipe_hash: str | None
+    fail_reason: str | None
+    last_reported_epoch: int | None
+    reused_from: int | None  # a TPE draw of a measured configuration copies that trial's result
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    name: str
+    storage: str
+    definition: StudyDefinition
+    trials: tuple[TrialRecord, ...]
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A complete trial left out of every average, and why."""
+
+    trial: TrialRecord
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """All comparable completed runs of one configuration (one per seed), summarised.
+
+    Summaries keep the stored units: accuracies are fractions in 0..1.
+    """
+
+    rr: RR
+    runs: tuple[TrialRecord, ...]
+    phases: frozenset[str]
+    selection: Summary
+    test_accuracy: Summary
+    test_loss: Summary
+    best_test_accuracy: Summary | None
+    params: int | None
+    macs: int | None
+    epochs: int | None
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    configs: dict[RR, ConfigResult]
+    excluded: tuple[Excluded, ...]
+    incomplete: tuple[TrialRecord, ...]
+    majority: dict[str, Any]
+
+
+# -- storage URLs ------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """Storage URLs can carry a database password; reports show the URL without it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- reading a study ---------------------------------------------------------------------------
+
+
+def stored_rr(value: Sequence[int | None] | None) -> RR | None:
+    """Stored ratios as a hashable tuple; JSON null becomes None (no SE in that stage)."""
+    if value is None:
+        return None
+    return tuple(None if r is None else int(r) for r in value)
+
+
+def _definition(attrs: dict[str, Any], name: str) -> StudyDefinition:
+    raw = attrs.get("seratio_definition")
+    if not isinstance(raw, dict):
+        raise SeratioError(f"study {name!r} has no 'seratio_definition' attribute; was it created by seratio?")
+    return StudyDefinition(
+        strategy=str(raw.get("strategy", "unknown")),
+        candidates=tuple(int(c) for c in raw.get("candidates", ())),
+        seeds=int(raw.get("seeds", 1)),
+        baseline=stored_rr(raw.get("baseline")) or (None, None, None),
+        select_on=str(raw.get("select_on", "val")),
+        recipe=str(raw.get("recipe", "unknown")),
+        depth=int(raw.get("depth", 50)),
+        dataset=str(raw.get("dataset", "cifar10")),
+        epochs=int(raw.get("epochs", 0)),
+        code_version=raw.get("code_version"),
+        recipe_hash=raw.get("recipe_hash"),
+    )
+
+
+def _opt(attrs: dict[str, Any], key: str, kind: type) -> Any:
+    value = attrs.get(key)
+    return None if value is None else kind(value)
+
+
+def _trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
+    a = trial.user_attrs
+    run_dir = a.get("run_dir")
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        rr=stored_rr(a.get("rr")),
+        seed=_opt(a, "seed", int),
+        phase=str(a.get("phase", "unknown")),
+        run_dir=Path(run_dir) if run_dir else None,
+        value=trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
+        test_accuracy=_opt(a, "test_accuracy", float),
+        test_loss=_opt(a, "test_loss", float),
+        val_accuracy=_opt(a, "val_accuracy", float),
+        val_loss=_opt(a, "val_loss", float),
+        best_test_accuracy=_opt(a, "best_test_accuracy", float),
+        best_epoch=_opt(a, "best_epoch", int),
+        params=_opt(a, "params", int),
+        macs=_opt(a, "macs", int),
+        seconds=_opt(a, "seconds", float),
+        epochs=_opt(a, "epochs", int),
+        code_version=a.get("code_version"),
+        recipe_hash=a.get("recipe_hash"),
+        fail_reason=a.get("fail_reason"),
+        last_reported_epoch=max(trial.intermediate_values, default=None),
+        reused_from=_opt(a, "reused_from", int),
+    )
+
+
+def load_study(name: str, storage_url: str, log: Callable[[str], None] = lambda message: None) -> StudyRecords:
+    """Every trial of study `name`, in trial order, as plain records.
+
+    Opens the storage with `create=False` (a typo must not conjure an empty store)
+    and waits at most READ_PATIENCE for an unreachable database: a report is
+    interactive, unlike a worker that should outlast a database restart.
+    """
+    storage = open_storage(storage_url, create=False, patience=READ_PATIENCE, log=log)
+    store = StudyStore(storage, name, READ_PATIENCE, log)
+    definition = _definition(store.user_attrs(), name)
+    trials = tuple(_trial_record(t) for t in store.trials())
+    return StudyRecords(name, storage_url, definition, trials)
+
+
+# -- grouping and aggregation ------------------------------------------------------------------
+
+
+def _majority(values: Iterable[Any], prefer: Any) -> Any:
+    """Most common value; a tie goes to what the study definition says, then to the first seen."""
+    counts = Counter(values)
+    if not counts:
+        return None
+    top = max(counts.values())
+    tied = [v for v, c in counts.items() if c == top]
+    return prefer if prefer in tied else tied[0]
+
+
+def _is_complete(t: TrialRecord) -> bool:
+    return t.state == "COMPLETE" and t.rr is not None and t.value is not None and t.test_accuracy is not None
+
+
+def aggregate(study: StudyRecords) -> Aggregate:
+    """Group completed trials by ratios and summarise over seeds; list everything left out."""
+    complete = [t for t in study.trials if _is_complete(t)]
+    incomplete = tuple(t for t in study.trials if not _is_complete(t))
+    d = study.definition
+    prefer = {"code_version": d.code_version, "recipe_hash": d.recipe_hash, "epochs": d.epochs}
+    majority = {f: _majority((getattr(t, f) for t in complete), prefer[f]) for f in PROVENANCE_FIELDS}
+
+    excluded: list[Excluded] = []
+    kept: dict[tuple[RR, int | None], TrialRecord] = {}
+    for t in complete:
+        differs = [f"{f} {getattr(t, f)!r} (majority {majority[f]!r})" for f in PROVENANCE_FIELDS
+                   if getattr(t, f) != majority[f]]
+        key = (t.rr, t.seed)
+        if t.reused_from is not None:
+            excluded.append(Excluded(t, f"reuses the result of trial #{t.reused_from}; not a separate run"))
+        elif differs:
+            excluded.append(Excluded(t, "differs from the study: " + ", ".join(differs)))
+        elif key in kept:
+            excluded.append(Excluded(t, f"repeats trial #{kept[key].number} (same ratios and seed {t.seed})"))
+        else:
+            kept[key] = t
+
+    by_rr: dict[RR, list[TrialRecord]] = {}
+    for (rr, _), t in kept.items():
+        by_rr.setdefault(rr, []).append(t)
+    configs = {rr: _config(rr, runs) for rr, runs in by_rr.items()}
+    return Aggregate(configs, tuple(excluded), incomplete, majority)
+
+
+def _config(rr: RR, runs: list[TrialRecord]) -> ConfigResult:
+    runs = sorted(runs, key=lambda t: (t.seed if t.seed is not None else -1, t.number))
+    best = [t.best_test_accuracy for t in runs if t.best_test_accuracy is not None]
+    losses = [t.test_loss if t.test_loss is not None else math.nan for t in runs]
+    return ConfigResult(
+        rr=rr,
+        runs=tuple(runs),
+        phases=frozenset(t.phase for t in runs),
+        selection=summarize([t.value for t in runs]),  # type: ignore[misc]  # complete trials have values
+        test_accuracy=summarize([t.test_accuracy for t in runs]),  # type: ignore[misc]
+        test_loss=summarize(losses),
+        best_test_accuracy=summarize(best) if len(best) == len(runs) else None,
+        params=runs[0].params,
+        macs=runs[0].macs,
+        epochs=runs[0].epochs,
+    )
+
+
+# -- run directories ---------------------------------------------------------------------------
+
+
+def _need(run_dir: Path, name: str) -> Path:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise SeratioError(f"{path} not found (run directory missing or incomplete on this machine)")
+    return path
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    """The run's final evaluation (`result.json`)."""
+    path = _need(run_dir, "result.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SeratioError(f"{path} is not valid JSON: {error}") from error
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch metrics (`metrics.jsonl`), in epoch order."""
+    path = _need(run_dir, "metrics.jsonl")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise SeratioError(f"{path}:{line_no} is not valid JSON: {error}") from error
+    return sorted(rows, key=lambda row: row["epoch"])
+
+
+def read_correctness(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, labels) of the test set, checked to be paired one to one."""
+    predictions = np.load(_need(run_dir, "test_predictions.npy"), allow_pickle=False)
+    labels = np.load(_need(run_dir, "test_labels.npy"), allow_pickle=False)
+    if predictions.shape != labels.shape or predictions.ndim != 1:
+        raise SeratioError(
+            f"{run_dir}: test_predictions.npy {predictions.shape} and test_labels.npy {labels.shape} do not pair up"
+        )
+    return predictions, labels
+
+
+def paired_correctness(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of two runs on the same test images, for McNemar's test."""
+    pred_a, labels_a = read_correctness(run_a)
+    pred_b, labels_b = read_correctness(run_b)
+    if not np.array_equal(labels_a, labels_b):
+        raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels; they cannot be paired")
+    return pred_a == labels_a, pred_b == labels_b

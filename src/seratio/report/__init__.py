@@ -1,0 +1,58 @@
+"""Reports from stored study results: Table 3 layout, significance, figures and one HTML page.
+
+`content` decides what the report says; `tables`, `figures` and `html` only
+render it. A report reads the study storage and run directories and never trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from seratio.records import RR, StudyRecords
+from seratio.report.content import ReportContent, build_content
+from seratio.report.figures import draw_confusions, draw_curves, draw_pareto
+from seratio.report.html import render_html
+from seratio.report.tables import to_csv, to_json, to_latex, to_markdown
+
+FORMATS = ("md", "csv", "json", "latex", "html")
+TABLE_FILES = {"md": "table.md", "csv": "table.csv", "json": "table.json", "latex": "table.tex"}
+TABLE_WRITERS = {"md": to_markdown, "csv": to_csv, "json": to_json, "latex": to_latex}
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a report run produced: the content it rendered, the files, and what it had to skip."""
+
+    content: ReportContent
+    paths: tuple[Path, ...]
+    notes: tuple[str, ...]
+
+
+def write_report(
+    study: StudyRecords, out_dir: Path, formats: tuple[str, ...] = FORMATS, baseline: RR | None = None
+) -> Written:
+    """Write the chosen table formats, all figures, and (with "html") index.html into `out_dir`."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown report formats {unknown}; allowed: {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    content = build_content(study, baseline)
+    paths: list[Path] = []
+    for fmt, name in TABLE_FILES.items():
+        if fmt in formats:
+            path = out_dir / name
+            path.write_text(TABLE_WRITERS[fmt](content), encoding="utf-8")
+            paths.append(path)
+    figures: list[Path] = []
+    notes: list[str] = []
+    for draw in (draw_curves, draw_confusions, draw_pareto):
+        drawn = draw(content, out_dir)
+        figures += drawn.paths
+        notes += drawn.notes
+    paths += figures
+    if "html" in formats:
+        path = out_dir / "index.html"
+        path.write_text(render_html(content, figures, notes), encoding="utf-8")
+        paths.append(path)
+    return Written(content, tuple(paths), tuple(notes))

@@ -1,0 +1,82 @@
+"""A paired comparison of two run directories: accuracies, McNemar's exact test, per-class differences.
+
+Both runs must have been evaluated on the same test images in the same order;
+the stored labels are compared to make sure, because pairing mismatched images
+would give a meaningless test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seratio.errors import SeratioError
+from seratio.records import read_correctness, read_result
+from seratio.stats import McNemarResult, mcnemar_exact
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: Path
+    rr: tuple[int | None, ...] | None
+    seed: int | None
+    accuracy: float  # recomputed from the stored predictions
+    loss: float | None
+    epochs: int | None
+
+
+@dataclass(frozen=True)
+class ClassDifference:
+    name: str
+    images: int
+    accuracy_a: float
+    accuracy_b: float
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    a: RunSummary
+    b: RunSummary
+    mcnemar: McNemarResult
+    per_class: tuple[ClassDifference, ...]
+
+
+def _summary(path: Path, correct: np.ndarray) -> tuple[RunSummary, list[str] | None]:
+    result = read_result(path)
+    rr = result.get("rr")
+    summary = RunSummary(
+        path=path,
+        rr=None if rr is None else tuple(rr),
+        seed=result.get("seed"),
+        accuracy=float(correct.mean()),
+        loss=result.get("test_loss"),
+        epochs=result.get("epochs"),
+    )
+    return summary, result.get("class_names")
+
+
+def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
+    """Compare two finished runs image by image."""
+    for path in (run_a, run_b):
+        if not Path(path).is_dir():
+            raise SeratioError(f"run directory {str(path)!r} does not exist")
+    pred_a, labels = read_correctness(run_a)
+    pred_b, labels_b = read_correctness(run_b)
+    if not np.array_equal(labels, labels_b):
+        raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels; they cannot be paired")
+    correct_a, correct_b = pred_a == labels, pred_b == labels
+    a, names = _summary(Path(run_a), correct_a)
+    b, _ = _summary(Path(run_b), correct_b)
+    classes = np.unique(labels)
+    per_class = tuple(
+        ClassDifference(
+            name=names[k] if names and k < len(names) else str(k),
+            images=int((labels == k).sum()),
+            accuracy_a=float(correct_a[labels == k].mean()),
+            accuracy_b=float(correct_b[labels == k].mean()),
+        )
+        for k in (int(c) for c in classes)
+    )
+    return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class)

@@ -1,0 +1,61 @@
+"""`seratio compare`: two run directories, image by image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
+from fixtures.studies import CLASS_NAMES, write_run_dir
+from seratio.cli import main
+from seratio.errors import SeratioError
+from seratio.report.pair import compare_runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    write_run_dir(root / "se-8-2-16", (8, 2, 16), 0, 0.9153, 0.4652, run_seed=1)
+    write_run_dir(root / "resnet", (None, None, None), 0, 0.9097, 0.4803, run_seed=2)
+    return root / "se-8-2-16", root / "resnet"
+
+
+def test_compare_matches_stored_runs_and_statsmodels(runs: tuple[Path, Path]) -> None:
+    a_dir, b_dir = runs
+    result = compare_runs(a_dir, b_dir)
+    labels = np.load(a_dir / "test_labels.npy")
+    a = np.load(a_dir / "test_predictions.npy") == labels
+    b = np.load(b_dir / "test_predictions.npy") == labels
+    table = [[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]]
+    assert (result.a.accuracy, result.b.accuracy) == (pytest.approx(0.9153), pytest.approx(0.9097))
+    assert (result.mcnemar.b, result.mcnemar.c) == (table[0][1], table[1][0])
+    assert result.mcnemar.p_value == pytest.approx(sm_mcnemar(table, exact=True).pvalue)
+    assert result.a.rr == (8, 2, 16) and result.b.loss == 0.4803
+    confusion = np.asarray(json.loads((a_dir / "result.json").read_text())["confusion_matrix"])
+    assert [c.name for c in result.per_class] == CLASS_NAMES
+    assert [c.accuracy_a for c in result.per_class] == pytest.approx(list(np.diag(confusion) / confusion.sum(1)))
+    assert sum(c.images for c in result.per_class) == labels.size
+
+
+def test_compare_refuses_different_test_sets(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_run_dir(other, (8, 8, 8), 0, 0.91, 0.47, run_seed=3)
+    np.save(other / "test_labels.npy", np.roll(np.load(other / "test_labels.npy"), 1))
+    with pytest.raises(SeratioError, match="different test labels"):
+        compare_runs(runs[0], other)
+    with pytest.raises(SeratioError, match="does not exist"):
+        compare_runs(runs[0], tmp_path / "absent")
+
+
+def test_cli_compare(runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(runs[0]), str(runs[1])]) == 0
+    out = capsys.readouterr().out
+    assert "McNemar exact p" in out and "+0.56 points" in out and "automobile" in out
+    assert main(["compare", str(runs[0]), str(runs[1]), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["mcnemar"]["n"] == document["mcnemar"]["b"] + document["mcnemar"]["c"]
+    assert main(["compare", str(runs[0]), "/nonexistent/run"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""seratio.stats against scipy/statsmodels references and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from seratio import stats
+
+# Three seeds per configuration, as accuracies in percent (fixed inputs).
+SE_8_2_16 = [91.53, 91.21, 91.40]
+SE_8_8_8 = [91.17, 90.95, 91.02]
+RESNET = [90.97, 90.71, 91.10]
+
+# Accuracies as stored: percent with two decimals (10k test images).
+accuracies = st.lists(st.integers(8000, 9500).map(lambda v: v / 100), min_size=2, max_size=8)
+
+
+def test_summary_matches_scipy_t_interval() -> None:
+    s = stats.summarize(SE_8_2_16)
+    low, high = sps.t.interval(0.95, df=2, loc=np.mean(SE_8_2_16), scale=sps.sem(SE_8_2_16))
+    assert s.n == 3
+    assert s.mean == pytest.approx(np.mean(SE_8_2_16))
+    assert s.std == pytest.approx(np.std(SE_8_2_16, ddof=1))
+    assert (s.ci_low, s.ci_high) == pytest.approx((low, high))
+
+
+def test_summary_of_one_value_has_no_spread() -> None:
+    s = stats.summarize([91.53])
+    assert (s.n, s.mean) == (1, 91.53)
+    assert math.isnan(s.std) and math.isnan(s.ci_low) and math.isnan(s.ci_high)
+
+
+def test_summary_needs_a_value() -> None:
+    with pytest.raises(ValueError):
+        stats.summarize([])
+
+
+def test_welch_matches_scipy_on_fixed_inputs() -> None:
+    ours = stats.welch_t_test(SE_8_2_16, RESNET)
+    ref = sps.ttest_ind(SE_8_2_16, RESNET, equal_var=False)
+    assert ours.statistic == pytest.approx(ref.statistic)
+    assert ours.p_value == pytest.approx(ref.pvalue)
+    assert ours.df == pytest.approx(ref.df)
+    assert ours.diff == pytest.approx(np.mean(SE_8_2_16) - np.mean(RESNET))
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy on constant groups
+@settings(max_examples=50, deadline=None)
+@given(accuracies, accuracies)
+def test_welch_matches_scipy_on_random_inputs(a: list[float], b: list[float]) -> None:
+    ours = stats.welch_t_test(a, b)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    if math.isnan(ours.p_value):
+        assert np.var(a) == 0 and np.var(b) == 0
+    else:
+        assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+
+
+def test_welch_without_variance_is_undefined() -> None:
+    assert math.isnan(stats.welch_t_test([91.0, 91.0], [90.0, 90.0]).p_value)
+
+
+def test_welch_needs_two_values_per_group() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.welch_t_test([91.0], RESNET)
+
+
+def test_bootstrap_is_deterministic_and_brackets_the_difference() -> None:
+    first = stats.bootstrap_diff_ci(SE_8_2_16, RESNET)
+    again = stats.bootstrap_diff_ci(SE_8_2_16, RESNET)
+    assert first == again
+    assert first.resamples == stats.BOOTSTRAP_RESAMPLES and first.seed == stats.BOOTSTRAP_SEED
+    assert first.low <= first.diff <= first.high
+    assert first.diff == pytest.approx(np.mean(SE_8_2_16) - np.mean(RESNET))
+
+
+def test_bootstrap_agrees_with_scipy_percentile_bootstrap() -> None:
+    ours = stats.bootstrap_diff_ci(SE_8_2_16 + SE_8_8_8, RESNET + SE_8_8_8, resamples=20_000)
+    ref = sps.bootstrap(
+        (SE_8_2_16 + SE_8_8_8, RESNET + SE_8_8_8),
+        lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        method="percentile",
+        n_resamples=20_000,
+        random_state=1,
+    ).confidence_interval
+    assert ours.low == pytest.approx(ref.low, abs=0.02)
+    assert ours.high == pytest.approx(ref.high, abs=0.02)
+
+
+def test_mcnemar_hand_computed_example() -> None:
+    # b=10, c=2: p = 2 * P(X <= 2 | n=12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    result = stats.mcnemar_exact_counts(10, 2)
+    assert result.p_value == pytest.approx(2 * 79 / 4096)
+    assert result.p_value == pytest.approx(0.0385742, abs=1e-7)
+    assert (result.b, result.c, result.n) == (10, 2, 12)
+
+
+@pytest.mark.parametrize(("b", "c"), [(10, 2), (2, 10), (0, 0), (5, 5), (0, 7), (31, 52), (400, 350)])
+def test_mcnemar_matches_statsmodels(b: int, c: int) -> None:
+    ref = sm_mcnemar([[100, b], [c, 50]], exact=True)
+    assert stats.mcnemar_exact_counts(b, c).p_value == pytest.approx(ref.pvalue)
+
+
+def test_mcnemar_from_paired_correctness() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random(10_000) < 0.915
+    b = rng.random(10_000) < 0.91
+    table = [[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]]
+    ours = stats.mcnemar_exact(a, b)
+    assert (ours.b, ours.c) == (table[0][1], table[1][0])
+    assert ours.p_value == pytest.approx(sm_mcnemar(table, exact=True).pvalue)
+
+
+def test_mcnemar_rejects_unpaired_arrays() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        stats.mcnemar_exact(np.ones(5, bool), np.ones(6, bool))
+
+
+def test_holm_matches_statsmodels_and_keeps_nan() -> None:
+    p = [0.01, 0.04, 0.03, 0.5, 0.002]
+    expected = multipletests(p, method="holm")[1]
+    assert stats.holm(p) == pytest.approx(list(expected))
+    with_nan = stats.holm([0.01, math.nan, 0.04])
+    assert math.isnan(with_nan[1])
+    assert [with_nan[0], with_nan[2]] == pytest.approx(list(multipletests([0.01, 0.04], method="holm")[1]))
