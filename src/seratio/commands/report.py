@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from rich.console import Console
@@ -14,8 +13,7 @@ from seratio.models import parse_rr
 from seratio.records import load_study
 from seratio.report import FORMATS, Written, write_report
 from seratio.report.tables import all_rows, display_cells, display_header, short_model
-
-DEFAULT_STORAGE = "sqlite:///seratio.db"
+from seratio.store import DEFAULT_STORAGE, STORAGE_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "significance against a baseline, accuracy curves, confusion matrices, a Pareto plot and index.html.",
     )
     parser.add_argument("--name", required=True, help="study name")
-    parser.add_argument("--storage", default=os.environ.get("SERATIO_STORAGE", DEFAULT_STORAGE),
-                        help=f"Optuna storage URL or journal file (default: $SERATIO_STORAGE, then {DEFAULT_STORAGE})")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
     parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help=f"comma-separated table formats: {', '.join(FORMATS)} (default: all); figures always")
@@ -80,7 +77,7 @@ def _print(written: Written, out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
-    study = load_study(args.name, args.storage)
+    study = load_study(args.name, args.storage, log=Console(stderr=True).print)  # storage retries
     written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0
