@@ -18,9 +18,9 @@ from seratio.errors import SeratioError
 
 STAGE_CHANNELS = (16, 32, 64)
 STEM_CHANNELS = 16
-# Keras BatchNormalization defaults (momentum 0.99, epsilon 1e-3), as the paper's TensorFlow code used.
+# Keras BatchNormalization's epsilon, as the paper's TensorFlow code used; the running-average
+# momentum is the recipe's (see `set_bn_momentum`).
 BN_EPS = 1e-3
-BN_MOMENTUM = 0.01
 
 Ratio = int | None
 Ratios = tuple[Ratio, ...]
@@ -100,7 +100,7 @@ def se_hidden(config: ModelConfig) -> list[int | None]:
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -203,6 +203,12 @@ def count_macs(config: ModelConfig, image_size: int = 32) -> int:
                 macs += 2 * cout * width
             cin = cout
     return macs + cin * config.num_classes
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = momentum
 
 
 def kernel_parameters(model: nn.Module) -> list[nn.Parameter]:

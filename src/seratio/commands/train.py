@@ -22,14 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(parser)
     parser.add_argument("--out", required=True, help="run directory (created; a finished one is never overwritten)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (notices still print)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     console = Console(stderr=True)
-    log = (lambda message: None) if args.quiet else console.print
-    result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=log)
+    result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
     print(json.dumps({key: result[key] for key in SUMMARY_KEYS}, indent=2))
     return 0

@@ -1,0 +1,29 @@
+# Two commands a fresh machine needs: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export SERATIO_DATA ?= $(abspath ../shared/data/cifar10)
+DEMO_DIR ?= demo-out
+
+.PHONY: venv demo test benchmark clean
+
+venv: $(VENV)/.installed
+
+# torch is pinned and installed first: pip then takes the CPU wheel on this disk instead of a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/python scripts/demo.py --out $(DEMO_DIR)
+
+test: venv
+	$(BIN)/pytest -q
+
+benchmark: venv
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

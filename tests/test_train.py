@@ -1,0 +1,117 @@
+"""One training run on real CIFAR-10: it learns, it is deterministic, it survives a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seratio.cli import main
+
+TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
+RESULT_KEYS = {
+    "test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs",
+    "per_class_accuracy", "confusion_matrix", "epochs", "seconds",
+}
+METRIC_KEYS = {
+    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "seconds",
+}
+
+
+def train_args(cifar_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", *TINY, "--data-dir", str(cifar_dir), "--out", str(out), *extra, "--quiet"]
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def read_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "se-4-4-4"
+    assert main(train_args(cifar_dir, out)) == 0
+    return out
+
+
+def test_short_run_learns_far_above_chance(finished_run: Path) -> None:
+    result = json.loads((finished_run / "result.json").read_text())
+    assert RESULT_KEYS <= result.keys()
+    assert result["test_accuracy"] > 0.30, result["test_accuracy"]
+    assert result["val_accuracy"] > 0.30, result["val_accuracy"]
+    assert result["params"] == 80_870 and result["epochs"] == 3
+    assert 1 <= result["best_epoch"] <= 3
+
+
+def test_run_directory_files(finished_run: Path) -> None:
+    rows = read_rows(finished_run)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert all(METRIC_KEYS <= row.keys() for row in rows)
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["run"]["rr"] == [4, 4, 4] and config["versions"]["torch"].startswith("2.")
+    assert config["data"] == {**config["data"], "train": 2000, "val": 500, "test": 10000}
+    predictions = np.load(finished_run / "test_predictions.npy")
+    labels = np.load(finished_run / "test_labels.npy")
+    result = json.loads((finished_run / "result.json").read_text())
+    assert predictions.shape == labels.shape == (10_000,)
+    assert (predictions == labels).mean() == pytest.approx(result["test_accuracy"])
+    confusion = np.array(result["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 10_000 and (confusion.sum(1) == 1000).all()
+    assert result["per_class_accuracy"] == pytest.approx((confusion.diagonal() / 1000).tolist())
+    assert rows[-1]["test_accuracy"] == result["test_accuracy"]
+
+
+def test_rerun_into_finished_dir_neither_retrains_nor_overwrites(
+    finished_run: Path, cifar_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    assert main(train_args(cifar_dir, finished_run)) == 0
+    assert "already holds the finished run" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
+
+
+def test_finished_dir_with_other_config_is_refused(finished_run: Path, cifar_dir: Path, capsys) -> None:
+    assert main(train_args(cifar_dir, finished_run, "--seed", "1")) == 2
+    assert "different configuration (seed: stored 0, asked 1)" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_identical_metrics(finished_run: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL during epoch 2, then --resume: the run ends bit-identical to the uninterrupted one."""
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "seratio.cli", *train_args(cifar_dir, out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "result.json").exists(), "the kill came too late to test anything"
+    assert main(train_args(cifar_dir, out)) == 2
+    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
+    assert np.array_equal(np.load(out / "test_predictions.npy"), np.load(finished_run / "test_predictions.npy"))
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "corrupt"
+    for name in ("config.json", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"):
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes((finished_run / name).read_bytes())
+    blob = bytearray((out / "checkpoint.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (out / "checkpoint.pt").write_bytes(bytes(blob))
+    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "fails its SHA-256 check" in err and "resuming" in err and "after epoch 2" in err
+    assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
