@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from seratio import data
-from seratio.data import CifarData, load_cifar, resolve_data_dir
+from seratio import datasets
+from seratio.data import CifarData, load_cifar
+from seratio.datasets import resolve_data_dir
 from seratio.errors import SeratioError
 
 BATCH_FILES = ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
@@ -249,7 +250,7 @@ def test_download_verifies_then_extracts_into_cache(
     tarball: Path, full: CifarData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     md5 = hashlib.md5(tarball.read_bytes()).hexdigest()
-    monkeypatch.setitem(data.DATASETS, "cifar10", dataclasses.replace(data.DATASETS["cifar10"], md5=md5))
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(datasets.DATASETS["cifar10"], md5=md5))
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: tarball.open("rb"))
     d = load_cifar("cifar10", val_size=0)
     cache = tmp_path / "xdg-cache" / "seratio"
