@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from seratio import __version__
 from seratio.errors import SeratioError
 
-COMMANDS = ("info", "train", "report", "compare")
+COMMANDS = ("info", "train", "report", "compare", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,288 @@
+"""`seratio study run|worker|status|export`: searches over stage ratios on Optuna storage."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import optuna
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from seratio.commands.options import add_run_options, run_config_from_args
+from seratio.errors import SeratioError
+from seratio.models import format_rr, parse_rr
+from seratio.overview import Progress, progress, trial_row
+from seratio.store import (
+    DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, is_sqlite, open_storage, sqlite_parallel_message,
+    sqlite_worker_lock,
+)
+from seratio.study import (
+    DEFINITION_ATTR, SELECT_ON, STRATEGIES, StudyRequest, build_definition, code_warnings, create_or_join,
+    load_definition,
+)
+from seratio.worker import Worker, WorkerOptions
+
+STRATEGY_HELP = (
+    "constant: the same r in all stages; greedy: the paper's search (best constant, then stage 1, 2, 3 in turn); "
+    "grid: all combinations; tpe: Optuna's TPE for --n-trials draws; halving: all combinations under successive "
+    "halving over epochs; paper: the paper's exact experiment (greedy over its per-phase candidates, paper recipe, "
+    "plain ResNet baseline, selection on the TEST set as the paper did)"
+)
+TEST_LABEL = "selected on TEST set (paper practice)"
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study", help="search reduction ratios over many runs (Optuna storage, any number of workers)",
+        description="Search per-stage reduction ratios. A study lives in Optuna storage; any number of workers share it.",
+    )
+    actions = parser.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    _register_run(actions)
+    _register_worker(actions)
+    _register_status(actions)
+    _register_export(actions)
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="study name")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
+
+
+def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("workers")
+    group.add_argument("--heartbeat-interval", type=float, default=15.0, help="seconds between a worker's heartbeats (default: 15)")
+    group.add_argument("--stale-after", type=float, default=120.0, help="a running trial whose heartbeat has not changed for this many seconds is failed and retried from its checkpoint; keep it several heartbeats long and the same on every worker (default: 120)")
+    group.add_argument("--db-patience", type=float, default=900.0, help="seconds to keep retrying an unreachable storage before giving up (default: 900)")
+
+
+def _register_run(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "run", help="create (or rejoin) a study and work until its strategy is done",
+        description="Create the study, or join it when its definition is the same, and train until the strategy is done.",
+    )
+    parser.add_argument("strategy", metavar="STRATEGY", choices=STRATEGIES, help=STRATEGY_HELP)
+    _add_store_options(parser)
+    parser.add_argument("--artifacts", type=Path, help="root of the run directories (default: ./seratio-runs/NAME, or the study's when joining)")
+    parser.add_argument("--seeds", type=int, default=1, help="train every configuration with seeds 0..K-1; decisions use the mean (default: 1)")
+    parser.add_argument("--candidates", help="candidate ratios, e.g. 2,4,8,16,32 (default); a ratio is dropped in a stage where c // r would be 0")
+    parser.add_argument("--baseline", default="none", help="the comparison configuration, also trained: 'none' = plain ResNet (default) or ratios like 8,8,8")
+    parser.add_argument("--select-on", choices=SELECT_ON, help="metric the search selects on: val (default) or test (paper practice; the default of 'paper')")
+    parser.add_argument("--n-trials", type=int, help="tpe only: number of TPE draws (a draw of a measured configuration reuses its result)")
+    parser.add_argument("--halving-min-epochs", type=int, help="halving only: epochs before the first cut; later cuts at 3x, 9x, ... (default: epochs // 27, at least 1)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes; more than 1 needs journal or PostgreSQL storage (default: 1)")
+    add_run_options(parser, with_rr=False, with_seed=False)
+    _add_worker_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _register_worker(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "worker", help="join an existing study from any machine and work until nothing is left",
+        description="Join an existing study and train its runs until the strategy is done. Start one per GPU.",
+    )
+    _add_store_options(parser)
+    parser.add_argument("--artifacts", type=Path, help="root of the run directories as mounted here (default: the study's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (pin one GPU) (default: auto)")
+    parser.add_argument("--data-dir", help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    _add_worker_options(parser)
+    parser.set_defaults(func=worker)
+
+
+def _register_status(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser("status", help="phase, trial counts and best configuration so far")
+    _add_store_options(parser)
+    parser.set_defaults(func=status)
+
+
+def _register_export(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser("export", help="write one row per trial to CSV or JSON")
+    _add_store_options(parser)
+    parser.add_argument("--out", type=Path, required=True, help="output file, .csv or .json")
+    parser.set_defaults(func=export)
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    err.print(f"[{os.getpid()}] {message}", markup=False)
+
+
+def _candidates(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(token) for token in text.split(","))
+    except ValueError:
+        raise SeratioError(f"--candidates {text!r} must be comma-separated integers, e.g. 2,4,8,16,32") from None
+
+
+def _options(args: argparse.Namespace, artifacts: Path, device: str) -> WorkerOptions:
+    if args.heartbeat_interval <= 0 or args.stale_after <= args.heartbeat_interval:
+        raise SeratioError(
+            f"--stale-after {args.stale_after} must exceed --heartbeat-interval {args.heartbeat_interval} (> 0)"
+        )
+    return WorkerOptions(
+        artifacts=artifacts, device=device, data_dir=args.data_dir,
+        heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after,
+    )
+
+
+def _quiet_optuna() -> None:
+    """Optuna's INFO lines would interleave with ours; its warnings still show."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _interrupt(signum: int, frame: Any) -> NoReturn:
+    """Batch schedulers pre-empt with SIGTERM: stop exactly as on Ctrl-C, leaving the trial resumable."""
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.workers < 1:
+        raise SeratioError(f"--workers {args.workers} must be >= 1")
+    if args.workers > 1 and is_sqlite(args.storage):
+        raise SeratioError(sqlite_parallel_message(args.storage, f"--workers {args.workers} asks for parallel workers"))
+    request = StudyRequest(
+        strategy=args.strategy, run=run_config_from_args(args, rr="none", seed=0),
+        candidates=_candidates(args.candidates), seeds=args.seeds, baseline=parse_rr(args.baseline),
+        select_on=args.select_on, n_trials=args.n_trials, halving_min_epochs=args.halving_min_epochs,
+    )
+    definition = build_definition(request)
+    patience = Patience(seconds=args.db_patience)
+    storage = open_storage(args.storage, create=True, patience=patience, log=_log)
+    store = StudyStore.create_or_join(storage, args.name, patience, _log)
+    artifacts, warnings = create_or_join(store, definition, args.artifacts)
+    for warning in warnings:
+        _log(f"warning: {warning}")
+    if args.workers == 1:
+        _work(store, definition, _options(args, artifacts, args.device), args.storage)
+    else:
+        _options(args, artifacts, args.device)
+        _spawn_workers(args, artifacts)
+    _print_progress(store.name, definition, progress(definition, store.trials()))
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SeratioError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    _quiet_optuna()
+    signal.signal(signal.SIGTERM, _interrupt)
+    patience = Patience(seconds=args.db_patience)
+    store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
+    definition, artifacts = load_definition(store)
+    for warning in code_warnings(definition):
+        _log(f"warning: {warning}")
+    _work(store, definition, _options(args, args.artifacts or artifacts, args.device), args.storage)
+    return 0
+
+
+def _work(store: StudyStore, definition: dict[str, Any], options: WorkerOptions, url: str) -> None:
+    with sqlite_worker_lock(url):
+        summary = Worker(store, definition, options, log=_log).run()
+    _log(
+        f"worker done: {summary.trained} trained, {summary.pruned} pruned, {summary.reused} reused, "
+        f"{summary.duplicates} duplicate claims dropped"
+    )
+
+
+def _spawn_workers(args: argparse.Namespace, artifacts: Path) -> None:
+    """W independent `study worker` processes; torch threads split so W workers do not oversubscribe the CPU."""
+    threads = max(1, len(os.sched_getaffinity(0)) // args.workers)
+    common = [
+        sys.executable, "-m", "seratio.cli", "study", "worker", "--name", args.name, "--storage", args.storage,
+        "--artifacts", str(artifacts), "--threads", str(threads),
+        "--heartbeat-interval", str(args.heartbeat_interval), "--stale-after", str(args.stale_after),
+        "--db-patience", str(args.db_patience),
+    ] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    processes = [subprocess.Popen(common + ["--device", _device(args.device, i)]) for i in range(args.workers)]
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in processes:
+            p.wait()
+        raise
+    if any(codes):
+        raise SeratioError(f"{sum(1 for c in codes if c)} of {args.workers} workers failed (exit codes {codes}); see their messages above")
+
+
+def _device(device: str, index: int) -> str:
+    """With several GPUs and --device auto, worker i gets GPU i mod count."""
+    if device != "auto":
+        return device
+    count = torch.cuda.device_count()
+    return f"cuda:{index % count}" if count > 1 else device
+
+
+def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]]:
+    patience = Patience(seconds=30)
+    store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
+    definition = store.user_attrs().get(DEFINITION_ATTR)
+    if not isinstance(definition, dict):
+        raise SeratioError(f"study {args.name!r} has no seratio definition; was it created by 'seratio study run'?")
+    return store, definition
+
+
+def status(args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    store, definition = _open_existing(args)
+    _print_progress(store.name, definition, progress(definition, store.trials()))
+    return 0
+
+
+def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> None:
+    metric = f"{definition['select_on']} accuracy"
+    label = f" ({TEST_LABEL})" if definition["select_on"] == "test" else ""
+    table = Table(title=f"study {name}: {definition['strategy']}, {definition['seeds']} seed(s){label}")
+    table.add_column("phase")
+    for key in state.counts:
+        table.add_column(key, justify="right")
+    table.add_row(state.phase, *(str(v) for v in state.counts.values()))
+    out.print(table)
+    mean = " (mean over seeds)" if definition["seeds"] > 1 else ""
+    if state.best is not None:
+        out.print(f"best so far: rr {format_rr(state.best)}, {metric} {state.best_score:.4f}{mean}{label}")
+    if state.baseline_score is not None:
+        baseline = format_rr(tuple(definition["baseline"]))
+        out.print(f"baseline rr {baseline}: {metric} {state.baseline_score:.4f}{mean}")
+
+
+def export(args: argparse.Namespace) -> int:
+    suffix = args.out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise SeratioError(f"--out {str(args.out)!r} must end in .csv or .json")
+    _quiet_optuna()
+    store, definition = _open_existing(args)
+    rows = [trial_row(t) for t in store.trials()]
+    for row in rows:
+        row["select_on"] = definition["select_on"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    else:
+        with args.out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["number"])
+            writer.writeheader()
+            writer.writerows(rows)
+    out.print(f"wrote {len(rows)} trials to {args.out}")
+    return 0

@@ -1,0 +1,80 @@
+"""What a study has done so far: its phase, trial counts, best configuration, and one row per trial.
+
+Read-only: `study status` and `study export` never change a trial.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from seratio import strategies
+from seratio.errors import SeratioError
+from seratio.ledger import RR, Ledger
+from seratio.models import format_rr
+
+EXPORT_ATTRS = (
+    "phase", "seed", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy",
+    "best_epoch", "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "run_dir",
+    "fail_reason", "duplicate_of", "reused_from",
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    counts: dict[str, int]
+    best: RR | None
+    best_score: float | None
+    baseline_score: float | None
+
+
+def _category(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    if "duplicate_of" in attrs:
+        return "duplicate"
+    if "reused_from" in attrs:
+        return "reused"
+    return {
+        TrialState.COMPLETE: "done", TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
+        TrialState.FAIL: "failed", TrialState.PRUNED: "pruned",
+    }[trial.state]
+
+
+def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
+    ledger = Ledger(trials)
+    try:
+        phase = strategies.plan(definition, ledger).phase
+    except SeratioError as error:
+        phase = f"blocked: {error}"
+    counts = Counter(_category(t) for t in trials)
+    seeds, baseline = definition["seeds"], tuple(definition["baseline"])
+    configs = {v.rr for v in ledger.views if v.rr is not None and v.rr != baseline}
+    scored = {rr: s for rr in configs if (s := strategies.score(ledger, rr, seeds)) is not None}
+    best = max(scored, key=lambda rr: scored[rr]) if scored else None
+    return Progress(
+        phase=phase,
+        counts={k: counts.get(k, 0) for k in ("done", "running", "waiting", "failed", "pruned", "reused", "duplicate")},
+        best=best,
+        best_score=scored.get(best) if best else None,
+        baseline_score=strategies.score(ledger, baseline, seeds),
+    )
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    """One exported row: number, state, ratios, the selection metric, then every seratio attribute."""
+    attrs = trial.user_attrs
+    rr = attrs.get("rr")
+    row: dict[str, Any] = {
+        "number": trial.number,
+        "state": trial.state.name,
+        "rr": None if rr is None else format_rr(tuple(rr)),
+        "value": trial.value if trial.state == TrialState.COMPLETE else None,
+    }
+    row.update({key: attrs.get(key) for key in EXPORT_ATTRS})
+    row["started"] = trial.datetime_start.isoformat() if trial.datetime_start else None
+    row["finished"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
+    return row

@@ -1,0 +1,246 @@
+"""Where a study lives: an Optuna storage named by a URL, reached with patience.
+
+One spelling per deployment:
+
+    sqlite:///study.db          one process on one machine (the default)
+    journal:PATH                Optuna's journal file: several processes on one machine
+    postgresql://user@host/db   any number of machines (a cluster's workers)
+
+Optuna's storages are the distributed engine; seratio adds no queue of its
+own. Every read and write a worker makes goes through `StudyStore`, which
+retries with exponential backoff while the database is unreachable, so a
+restarted PostgreSQL pauses the workers instead of killing days of training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import FrozenTrial, TrialState
+
+from seratio.errors import SeratioError
+
+DEFAULT_STORAGE = "sqlite:///seratio.db"
+JOURNAL_PREFIX = "journal:"
+HEARTBEAT_ATTR = "seratio_heartbeat"
+STORAGE_HELP = (
+    "where the study lives: sqlite:///PATH.db (one process; default sqlite:///seratio.db), "
+    "journal:PATH (Optuna journal file; several processes on one machine), or "
+    "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (many machines)"
+)
+T = TypeVar("T")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long to keep retrying an unreachable storage before giving up."""
+
+    seconds: float = 900.0
+    first_wait: float = 0.5
+    max_wait: float = 30.0
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Connection trouble that a later attempt may not meet; data errors are not retried."""
+    if isinstance(error, optuna.exceptions.StorageInternalError):
+        return True
+    if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return True
+    return isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated
+
+
+def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
+    """`call()`, retried with jittered exponential backoff while the storage is unreachable."""
+    deadline = time.monotonic() + patience.seconds
+    wait = patience.first_wait
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not _is_transient(error):
+                raise
+            if time.monotonic() + wait > deadline:
+                raise SeratioError(
+                    f"study storage unreachable for {patience.seconds:.0f}s, giving up: {_cause(error)}"
+                ) from error
+            log(f"storage unreachable ({_cause(error)}); retrying in {wait:.1f}s")
+            time.sleep(wait * random.uniform(0.8, 1.2))
+            wait = min(wait * 2, patience.max_wait)
+
+
+def _cause(error: BaseException) -> str:
+    root = error.__cause__ or error
+    return " ".join(str(root).split())[:200]
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:")
+
+
+def _journal_path(url: str) -> Path:
+    path = url.removeprefix(JOURNAL_PREFIX).removeprefix("//")
+    if not path:
+        raise SeratioError(f"--storage {url!r} names no journal file; write journal:PATH, e.g. journal:./study.log")
+    return Path(path).expanduser()
+
+
+def _rdb_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 when only that driver is installed."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None:
+            return "postgresql+psycopg2://" + url.removeprefix(prefix)
+    return url
+
+
+def _check_url(url: str, *, create: bool) -> None:
+    if url.startswith(JOURNAL_PREFIX):
+        path = _journal_path(url)
+        if not create and not path.is_file():
+            raise SeratioError(f"journal file {str(path)!r} from --storage {url!r} does not exist")
+        return
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} does not exist")
+        return
+    if not url.startswith(("postgresql:", "postgresql+", "postgres:", "mysql")):
+        raise SeratioError(f"--storage {url!r} is not understood; use {STORAGE_HELP}")
+
+
+def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind `url`; `create=False` refuses to conjure an empty store from a typo."""
+    _check_url(url, create=create)
+    if url.startswith(JOURNAL_PREFIX):
+        backend = optuna.storages.journal.JournalFileBackend(str(_journal_path(url)))
+        return optuna.storages.JournalStorage(backend)
+
+    def connect() -> optuna.storages.BaseStorage:
+        # Optuna's cached wrapper, as optuna.load_study would build: Trial objects require its trial index.
+        rdb = optuna.storages.RDBStorage(_rdb_url(url), engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.get_storage(rdb)
+
+    try:
+        return retrying(connect, patience, log)
+    except ImportError as error:
+        raise SeratioError(
+            f"no database driver for {url!r}: install psycopg2-binary (pip install seratio[postgres])"
+        ) from error
+
+
+@contextlib.contextmanager
+def sqlite_worker_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store so a second worker is refused, never 'database is locked'."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SeratioError(sqlite_parallel_message(url, "another seratio worker is already using it")) from None
+        yield
+
+
+def sqlite_parallel_message(url: str, why: str) -> str:
+    return (
+        f"SQLite store {url!r}: {why}. SQLite serves one process at a time; for parallel workers use "
+        "--storage journal:./study.log (one machine) or --storage postgresql://... (many machines)"
+    )
+
+
+class StudyStore:
+    """One study in one storage; every call retries while the storage is unreachable."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, name: str, patience: Patience, log: Log) -> None:
+        self.storage = storage
+        self.name = name
+        self.patience = patience
+        self.log = log
+        try:
+            self.study_id = self.call(lambda: storage.get_study_id_from_name(name))
+        except KeyError:
+            names = sorted(s.study_name for s in self.call(storage.get_all_studies))
+            raise SeratioError(
+                f"no study named {name!r} in this storage; studies there: {', '.join(names) or 'none'}"
+            ) from None
+
+    @classmethod
+    def create_or_join(
+        cls, storage: optuna.storages.BaseStorage, name: str, patience: Patience, log: Log
+    ) -> StudyStore:
+        """Create the study, or join it if it exists; racing creators both end up joined."""
+        retrying(
+            lambda: optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True),
+            patience, log,
+        )
+        return cls(storage, name, patience, log)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return retrying(fn, self.patience, self.log)
+
+    def optuna_study(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+        return self.call(
+            lambda: optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner)
+        )
+
+    def user_attrs(self) -> dict[str, Any]:
+        return self.call(lambda: self.storage.get_study_user_attrs(self.study_id))
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.call(lambda: self.storage.set_study_user_attr(self.study_id, key, value))
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.call(lambda: self.storage.get_all_trials(self.study_id, deepcopy=False))
+
+    def trial(self, trial_id: int) -> FrozenTrial:
+        return self.call(lambda: self.storage.get_trial(trial_id))
+
+    def enqueue(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+        """One WAITING trial, created with its params and attributes in a single atomic write."""
+        template = optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"fixed_params": params}, user_attrs=user_attrs
+        )
+        self.call(lambda: self.storage.create_new_trial(self.study_id, template_trial=template))
+
+    def claim(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING; the storage lets exactly one racing worker win."""
+        try:
+            return self.call(lambda: self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    def set_trial_attr(self, trial_id: int, key: str, value: Any) -> bool:
+        """False when the trial already finished (another worker failed it as stale)."""
+        try:
+            self.call(lambda: self.storage.set_trial_user_attr(trial_id, key, value))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return True
+
+    def beat(self, trial_id: int) -> bool:
+        """Record a heartbeat; False when the trial is no longer ours to run."""
+        try:
+            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return True
+
+    def finish(self, trial_id: int, state: TrialState, value: float | None = None) -> bool:
+        """End a trial; False when someone else ended it first (so nothing is double-counted)."""
+        values = None if value is None else [value]
+        try:
+            return self.call(lambda: self.storage.set_trial_state_values(trial_id, state=state, values=values))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False

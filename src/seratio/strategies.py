@@ -1,0 +1,157 @@
+"""Which runs a strategy wants, given what the study has measured so far.
+
+A plan is a pure function of the study definition and the stored results, so
+every worker computes the same plan and the storage alone coordinates them.
+The fixed strategies (constant, grid, greedy, the paper preset, halving's
+configurations) name their runs outright; they reach Optuna as enqueued trials
+with fixed parameters, because a WAITING trial can be claimed atomically and a
+sampler's pick cannot. TPE asks for `n_trials` slots; the TPE sampler draws each
+slot's ratios when a worker claims it. Halving adds Optuna's successive-halving
+pruner to the grid (see `worker.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from seratio.errors import SeratioError
+from seratio.ledger import RR, Ledger, Status
+
+STAGES = ("stage1", "stage2", "stage3")
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run the strategy wants: a configuration, a seed, and the phase that first asked for it."""
+
+    rr: RR
+    seed: int
+    phase: str
+
+    @property
+    def key(self) -> tuple[RR, int]:
+        return (self.rr, self.seed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    units: tuple[Unit, ...]
+    phase: str
+    slots: int = 0
+    best: RR | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase == DONE
+
+
+def score(ledger: Ledger, rr: RR, seeds: int) -> float | None:
+    """Mean selection metric over all seeds; None until every seed has completed."""
+    values = [ledger.value((rr, s)) for s in range(seeds)]
+    if any(v is None for v in values):
+        return None
+    return math.fsum(values) / seeds  # type: ignore[arg-type]
+
+
+def best_of(ledger: Ledger, configs: Sequence[RR], seeds: int, phase: str) -> RR:
+    """The highest mean; ties go to the earlier candidate so every worker agrees."""
+    scored = [(s, rr) for rr in configs if (s := score(ledger, rr, seeds)) is not None]
+    if not scored:
+        raise SeratioError(f"phase {phase}: no configuration finished (all failed), so the search cannot continue")
+    top = max(s for s, _ in scored)
+    return next(rr for s, rr in scored if s == top)
+
+
+def _units(configs: Iterable[RR], seeds: int, phase: str) -> list[Unit]:
+    return [Unit(rr, seed, phase) for rr in configs for seed in range(seeds)]
+
+
+def _merge(units: list[Unit], more: list[Unit]) -> list[Unit]:
+    """Add runs not already wanted: a configuration measured earlier is reused, never retrained."""
+    known = {u.key for u in units}
+    return units + [u for u in more if u.key not in known]
+
+
+def _baseline(definition: Mapping[str, Any]) -> list[Unit]:
+    return _units([tuple(definition["baseline"])], definition["seeds"], "baseline")
+
+
+def _resolved(ledger: Ledger, units: Iterable[Unit]) -> bool:
+    """Every run is finished, or failed for good (diverged, pruned)."""
+    return all(ledger.status(u.key) in (Status.COMPLETE, Status.FINAL) for u in units)
+
+
+def _greedy(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
+    """The paper's search: best constant, then each stage in turn with the others fixed at the best so far."""
+    seeds, phases = definition["seeds"], definition["phases"]
+    units = _baseline(definition)
+    configs = [(r, r, r) for r in phases["constant"]]
+    units = _merge(units, _units(configs, seeds, "constant"))
+    if not _resolved(ledger, [u for u in units if u.phase == "constant"]):
+        return Plan(tuple(units), "constant")
+    best = best_of(ledger, configs, seeds, "constant")
+    for stage, name in enumerate(STAGES):
+        configs = [best[:stage] + (r,) + best[stage + 1 :] for r in phases[name]]
+        wanted = _units(configs, seeds, name)
+        units = _merge(units, wanted)
+        if not _resolved(ledger, wanted):
+            return Plan(tuple(units), name, best=best)
+        best = best_of(ledger, configs, seeds, name)
+    return Plan(tuple(units), DONE if _resolved(ledger, units) else "baseline", best=best)
+
+
+def _all_configs(definition: Mapping[str, Any]) -> list[RR]:
+    per_stage = definition["stage_candidates"]
+    return [(a, b, c) for a in per_stage[0] for b in per_stage[1] for c in per_stage[2]]
+
+
+def _exhaustive(definition: Mapping[str, Any], ledger: Ledger, configs: list[RR], phase: str) -> Plan:
+    units = _merge(_baseline(definition), _units(configs, definition["seeds"], phase))
+    done = _resolved(ledger, units)
+    best = _best_measured(ledger, configs, definition["seeds"])
+    return Plan(tuple(units), DONE if done else phase, best=best)
+
+
+def _best_measured(ledger: Ledger, configs: Sequence[RR], seeds: int) -> RR | None:
+    scored = [rr for rr in configs if score(ledger, rr, seeds) is not None]
+    return best_of(ledger, scored, seeds, "any") if scored else None
+
+
+def _constant(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
+    return _exhaustive(definition, ledger, [(r, r, r) for r in definition["phases"]["constant"]], "constant")
+
+
+def _grid(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
+    return _exhaustive(definition, ledger, _all_configs(definition), "grid")
+
+
+def _halving(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
+    return _exhaustive(definition, ledger, _all_configs(definition), "halving")
+
+
+def _tpe(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
+    """n_trials TPE draws; every drawn configuration is then run with every seed."""
+    sampled, slots = ledger.sampled(), definition["n_trials"]
+    units = _merge(_baseline(definition), _units(sampled, definition["seeds"], "tpe"))
+    drawn = all(ledger.slot_used(s) for s in range(slots)) and not ledger.any_live()
+    done = drawn and _resolved(ledger, units)
+    best = _best_measured(ledger, sampled, definition["seeds"])
+    return Plan(tuple(units), DONE if done else "tpe", slots, best)
+
+
+PLANNERS = {
+    "constant": _constant,
+    "greedy": _greedy,
+    "paper": _greedy,
+    "grid": _grid,
+    "tpe": _tpe,
+    "halving": _halving,
+}
+
+
+def plan(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
+    return PLANNERS[definition["strategy"]](definition, ledger)

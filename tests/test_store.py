@@ -1,0 +1,109 @@
+"""Storage URLs, patience with an unreachable database, and the SQLite one-process rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy.exc
+
+from seratio.cli import main
+from seratio.errors import SeratioError
+from seratio.store import Patience, _rdb_url, open_storage, retrying, sqlite_worker_lock
+from study_fakes import FakeTrainer, create, table3_accuracy, work
+
+QUICK = Patience(seconds=2.0, first_wait=0.01, max_wait=0.05)
+
+
+def _flaky(failures: list[BaseException]):  # type: ignore[no-untyped-def]
+    calls = []
+
+    def call() -> str:
+        calls.append(1)
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    return call, calls
+
+
+def test_unreachable_storage_is_retried_with_backoff_until_it_answers() -> None:
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    call, calls = _flaky([optuna.exceptions.StorageInternalError("commit failed"), lost])
+    messages: list[str] = []
+    assert retrying(call, QUICK, messages.append) == "ok"
+    assert len(calls) == 3 and all("unreachable" in m for m in messages)
+
+
+def test_errors_that_are_not_about_the_connection_are_not_retried() -> None:
+    call, calls = _flaky([ValueError("bad data")])
+    with pytest.raises(ValueError):
+        retrying(call, QUICK, lambda m: None)
+    assert len(calls) == 1
+
+
+def test_patience_runs_out_with_a_clear_message() -> None:
+    def down() -> None:
+        raise optuna.exceptions.StorageInternalError("could not connect to server")
+
+    with pytest.raises(SeratioError, match="unreachable for 0s, giving up"):
+        retrying(down, Patience(seconds=0.2, first_wait=0.05, max_wait=0.05), lambda m: None)
+
+
+def test_postgresql_urls_use_the_installed_driver() -> None:
+    assert _rdb_url("postgresql://u@h:5432/db").startswith("postgresql+psycopg2://")
+    assert _rdb_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost", "not understood"),
+        ("study.db", "not understood"),
+        ("journal:", "names no journal file"),
+        ("journal:{tmp}/missing.log", "does not exist"),
+        ("sqlite:///{tmp}/missing.db", "does not exist"),
+    ],
+)
+def test_bad_or_missing_storage_is_refused(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(SeratioError, match=message):
+        open_storage(url.format(tmp=tmp_path), create=False, patience=QUICK, log=lambda m: None)
+
+
+def test_sqlite_with_parallel_workers_is_refused_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "s.db"
+    code = main(["study", "run", "greedy", "--name", "s", "--storage", f"sqlite:///{db}", "--workers", "2"])
+    message = capsys.readouterr().err
+    assert code == 2 and "journal:" in message and "postgresql://" in message
+    assert not db.exists()
+
+
+def test_a_second_worker_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with sqlite_worker_lock(url):
+        with pytest.raises(SeratioError, match="another seratio worker"):
+            with sqlite_worker_lock(url):
+                pass
+
+
+def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    create(url, "p", "paper", tmp_path / "runs")
+    work(url, "p", FakeTrainer(table3_accuracy))
+    assert main(["study", "status", "--name", "p", "--storage", url]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "done" in shown and "rr 8,2,16" in shown and "0.9153" in shown and "TEST set (paper practice)" in shown
+    assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.json")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert len(rows) == 14 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.csv")]) == 0
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 15
+
+
+def test_status_of_an_unknown_study_names_the_ones_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    create(url, "real", "constant", tmp_path / "runs", candidates=(2,))
+    assert main(["study", "status", "--name", "typo", "--storage", url]) == 2
+    assert "studies there: real" in capsys.readouterr().err

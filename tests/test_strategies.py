@@ -1,0 +1,127 @@
+"""Each strategy visits the configurations it should, with a fake trainer (no real training)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from seratio import strategies
+from seratio.ledger import Ledger
+from study_fakes import TABLE3, TINY, FakeTrainer, create, smooth_accuracy, table3_accuracy, work
+
+
+def _study(tmp_path: Path, strategy: str, trainer: FakeTrainer, **request: object) -> tuple[Ledger, strategies.Plan]:
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", strategy, tmp_path / "runs", **request)
+    work(url, "s", trainer)
+    ledger = Ledger(store.trials())
+    return ledger, strategies.plan(definition, ledger)
+
+
+def _complete(ledger: Ledger) -> set[tuple]:
+    return {v.rr for v in ledger.views if v.state == TrialState.COMPLETE}
+
+
+def test_paper_preset_on_table3_visits_its_13_configurations_and_picks_8_2_16(tmp_path: Path) -> None:
+    trainer = FakeTrainer(table3_accuracy)
+    ledger, plan = _study(tmp_path, "paper", trainer)
+    assert _complete(ledger) == set(TABLE3)  # 13 SE configurations + the plain ResNet
+    assert sorted(trainer.calls, key=str) == sorted(((rr, 0) for rr in TABLE3), key=str)
+    assert plan.done and plan.best == (8, 2, 16)
+    phases = {v.rr: v.phase for v in ledger.views}
+    assert phases[(8, 8, 8)] == "constant" and phases[(8, 2, 16)] == "stage3" and phases[(None,) * 3] == "baseline"
+
+
+def test_constant_drops_ratios_whose_se_width_would_be_zero(tmp_path: Path) -> None:
+    ledger, plan = _study(tmp_path, "constant", FakeTrainer())
+    assert _complete(ledger) == {(r, r, r) for r in (2, 4, 8, 16)} | {(None, None, None)}
+    assert plan.done
+
+
+def test_grid_trains_every_combination(tmp_path: Path) -> None:
+    ledger, plan = _study(tmp_path, "grid", FakeTrainer(), candidates=(2, 4), baseline=(8, 8, 8))
+    assert _complete(ledger) == set(itertools.product((2, 4), repeat=3)) | {(8, 8, 8)}
+    assert plan.best == (4, 2, 4)  # smooth_accuracy's optimum (4, 2, 16) restricted to {2, 4}
+
+
+def test_greedy_fixes_each_stage_in_turn_and_reuses_measured_configurations(tmp_path: Path) -> None:
+    trainer = FakeTrainer(smooth_accuracy)
+    ledger, plan = _study(tmp_path, "greedy", trainer)
+    constant = {(r, r, r) for r in (2, 4, 8, 16)}  # 32 would leave stage 1 (16 channels) no SE unit
+    stage1 = {(r, 4, 4) for r in (2, 4, 8, 16)}
+    stage2 = {(4, r, 4) for r in (2, 4, 8, 16, 32)}
+    stage3 = {(4, 2, r) for r in (2, 4, 8, 16, 32)}
+    assert _complete(ledger) == constant | stage1 | stage2 | stage3 | {(None, None, None)}
+    assert len(trainer.calls) == len(set(trainer.calls)) == 16
+    assert plan.best == (4, 2, 16)
+
+
+def test_seeds_replicate_every_configuration_and_decisions_use_the_mean(tmp_path: Path) -> None:
+    def accuracy(rr: tuple, seed: int) -> float:
+        # seed 0 alone would pick (2, 2, 2); the mean over seeds picks (4, 4, 4)
+        table = {(2, 2, 2): (0.95, 0.80), (4, 4, 4): (0.90, 0.90)}
+        return table.get(rr, (0.5, 0.5))[seed]
+
+    trainer = FakeTrainer(accuracy)
+    ledger, plan = _study(tmp_path, "greedy", trainer, candidates=(2, 4), seeds=2)
+    assert (2, 4, 4) in _complete(ledger) and (4, 2, 2) not in _complete(ledger)
+    assert {seed for _, seed in trainer.calls} == {0, 1}
+    assert sorted(trainer.calls, key=str) == sorted({(rr, s) for rr in _complete(ledger) for s in (0, 1)}, key=str)
+
+
+def test_tpe_draws_n_trials_and_never_retrains_a_configuration(tmp_path: Path) -> None:
+    trainer = FakeTrainer()
+    ledger, plan = _study(tmp_path, "tpe", trainer, n_trials=12, seeds=2)
+    draws = [v for v in ledger.views if v.slot is not None and v.rr is not None]
+    assert len({v.slot for v in draws}) == 12
+    stage_lists = ([2, 4, 8, 16], [2, 4, 8, 16, 32], [2, 4, 8, 16, 32])
+    assert all(r in allowed for v in draws for r, allowed in zip(v.rr, stage_lists))
+    assert len(trainer.calls) == len(set(trainer.calls))
+    assert set(trainer.calls) == {(v.rr, s) for v in draws for s in (0, 1)} | {((None, None, None), s) for s in (0, 1)}
+    reused = [v for v in ledger.views if v.reused_from is not None]
+    assert all(v.state == TrialState.COMPLETE and v.value is not None for v in reused)
+    assert plan.done
+
+
+def test_halving_starts_every_configuration_and_prunes_the_weak(tmp_path: Path) -> None:
+    trainer = FakeTrainer(epochs=9)
+    run = dataclasses.replace(TINY, epochs=9)
+    ledger, plan = _study(tmp_path, "halving", trainer, candidates=(2, 4, 8), halving_min_epochs=1, run=run)
+    started = {rr for rr, _ in trainer.calls}
+    assert started == set(itertools.product((2, 4, 8), repeat=3)) | {(None, None, None)}
+    states = {v.state for v in ledger.views}
+    assert TrialState.PRUNED in states
+    assert plan.done and plan.best is not None
+
+
+def test_diverged_run_fails_with_its_reason_and_the_search_goes_on(tmp_path: Path) -> None:
+    from seratio.train import TrainingDiverged
+
+    base = FakeTrainer()
+
+    def trainer(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
+        if config.rr == (2, 2, 2):
+            base.calls.append((config.rr, config.seed))
+            raise TrainingDiverged("training diverged: train loss is nan in epoch 1")
+        return base(config, out_dir, **hooks)
+
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", "greedy", tmp_path / "runs", candidates=(2, 4))
+    work(url, "s", trainer)  # type: ignore[arg-type]
+    ledger = Ledger(store.trials())
+    failed = [v for v in ledger.views if v.state == TrialState.FAIL]
+    assert [v.rr for v in failed] == [(2, 2, 2)]
+    assert "diverged" in failed[0].attrs["fail_reason"]
+    assert base.calls.count(((2, 2, 2), 0)) == 1  # a divergence is final: never retried
+    assert strategies.plan(definition, ledger).done
+
+
+@pytest.mark.parametrize("strategy", ["constant", "greedy"])
+def test_phase_labels_are_the_contract_names(tmp_path: Path, strategy: str) -> None:
+    ledger, _ = _study(tmp_path, strategy, FakeTrainer(), candidates=(2, 4))
+    allowed = {"baseline", "constant", "stage1", "stage2", "stage3"}
+    assert {v.phase for v in ledger.views} <= allowed

@@ -1,0 +1,117 @@
+"""Worker guarantees in one process, with a fake trainer: exactly-once, stale retry, reruns, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from seratio import strategies
+from seratio.errors import SeratioError
+from seratio.ledger import Ledger
+from seratio.study import DEFINITION_ATTR, create_or_join, run_name
+from study_fakes import TINY, FakeTrainer, create, work
+
+
+def _url(tmp_path: Path) -> str:
+    return f"journal:{tmp_path / 'study.log'}"
+
+
+def _unit_attrs(tmp_path: Path, rr: tuple, seed: int = 0) -> tuple[dict, dict]:
+    run_dir = (tmp_path / "runs" / run_name(rr, seed)).resolve()
+    params = {f"r{i + 1}": r for i, r in enumerate(rr)}
+    return params, {"rr": list(rr), "seed": seed, "phase": "constant", "run_dir": str(run_dir)}
+
+
+def test_a_run_enqueued_twice_by_racing_workers_is_trained_once(tmp_path: Path) -> None:
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,), baseline=(2, 2, 2))
+    for _ in range(3):  # what three workers planning at the same instant would do
+        store.enqueue(*_unit_attrs(tmp_path, (2, 2, 2)))
+    trainer = FakeTrainer()
+    work(_url(tmp_path), "s", trainer)
+    assert trainer.calls == [((2, 2, 2), 0)]
+    views = Ledger(store.trials()).views
+    assert [v.state for v in views] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert [v.duplicate_of for v in views] == [None, 0, 0]
+
+
+def test_a_trial_whose_worker_died_is_failed_as_stale_and_resumed(tmp_path: Path) -> None:
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,), baseline=(2, 2, 2))
+    store.enqueue(*_unit_attrs(tmp_path, (2, 2, 2)))
+    dead = store.trials()[0]
+    assert store.claim(dead._trial_id)  # claimed by a worker that then vanished: no heartbeat ever
+    trainer = FakeTrainer()
+    work(_url(tmp_path), "s", trainer, stale_after=1.0)
+    views = Ledger(store.trials()).views
+    assert views[0].state == TrialState.FAIL and views[0].fail_kind == "stale"
+    assert "no heartbeat" in views[0].attrs["fail_reason"]
+    assert views[1].state == TrialState.COMPLETE and views[1].attrs["run_dir"] == views[0].attrs["run_dir"]
+    assert trainer.calls == [((2, 2, 2), 0)]
+
+
+def test_a_study_rerun_after_completion_trains_nothing(tmp_path: Path) -> None:
+    create(_url(tmp_path), "s", "greedy", tmp_path / "runs", candidates=(2, 4))
+    work(_url(tmp_path), "s", FakeTrainer())
+    store, _ = create(_url(tmp_path), "s", "greedy", tmp_path / "runs", candidates=(2, 4))
+    before = len(store.trials())
+    again = FakeTrainer()
+    work(_url(tmp_path), "s", again)
+    assert again.calls == [] and len(store.trials()) == before
+
+
+def test_joining_with_a_different_definition_is_refused_naming_the_keys(tmp_path: Path) -> None:
+    create(_url(tmp_path), "s", "greedy", tmp_path / "runs", candidates=(2, 4))
+    with pytest.raises(SeratioError, match=r"different definition.*candidates.*epochs"):
+        create(_url(tmp_path), "s", "greedy", tmp_path / "runs", candidates=(2, 8), run=dataclasses.replace(TINY, epochs=2))
+
+
+def test_a_different_code_version_warns_but_joins(tmp_path: Path) -> None:
+    store, definition = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,))
+    store.set_user_attr(DEFINITION_ATTR, {**definition, "code_version": "0.0.1+gold"})
+    _, warnings = create_or_join(store, definition, None)
+    assert warnings and "0.0.1+gold" in warnings[0]
+
+
+def test_an_error_blocks_the_worker_and_a_rerun_resumes_the_run(tmp_path: Path) -> None:
+    full = FakeTrainer()
+
+    def disk_full(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
+        if config.rr == (4, 4, 4):
+            raise SeratioError(f"no space left on device while writing {out_dir}/checkpoint.pt")
+        return full(config, out_dir, **hooks)
+
+    store, definition = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2, 4))
+    with pytest.raises(SeratioError, match="cannot finish.*no space left"):
+        work(_url(tmp_path), "s", disk_full)  # type: ignore[arg-type]
+    failed = [v for v in Ledger(store.trials()).views if v.state == TrialState.FAIL]
+    assert len(failed) == 1 and "no space left" in failed[0].attrs["fail_reason"]
+    healthy = FakeTrainer()
+    work(_url(tmp_path), "s", healthy)  # space freed: a fresh worker retries the failed run
+    assert healthy.calls == [((4, 4, 4), 0)]
+    assert strategies.plan(definition, Ledger(store.trials())).done
+
+
+def test_ctrl_c_fails_the_trial_as_interrupted_and_the_next_worker_resumes_it(tmp_path: Path) -> None:
+    def interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,), baseline=(2, 2, 2))
+    with pytest.raises(KeyboardInterrupt):
+        work(_url(tmp_path), "s", interrupted)  # type: ignore[arg-type]
+    assert Ledger(store.trials()).views[0].fail_kind == "interrupted"
+    trainer = FakeTrainer()
+    work(_url(tmp_path), "s", trainer)
+    assert trainer.calls == [((2, 2, 2), 0)]
+
+
+def test_every_complete_trial_carries_the_contract_attributes(tmp_path: Path) -> None:
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,))
+    work(_url(tmp_path), "s", FakeTrainer())
+    for trial in store.trials():
+        attrs = trial.user_attrs
+        assert {"rr", "seed", "phase", "run_dir", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                "best_test_accuracy", "best_epoch", "params", "macs", "seconds", "epochs", "code_version",
+                "recipe_hash"} <= set(attrs)
+        assert Path(attrs["run_dir"]).is_absolute() and trial.value == attrs["val_accuracy"]

@@ -1,0 +1,101 @@
+"""Several worker processes on one journal storage: exactly-once training and recovery from SIGKILL.
+
+The fake-trainer stress test races many workers over many runs; the others train
+tiny real models through the CLI, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from seratio import strategies
+from seratio.rundir import read_metrics
+from study_fakes import TINY_CLI, assert_trained_exactly_once, create, fake_workers, open_store
+
+
+def seratio(*args: str) -> list[str]:
+    return [sys.executable, "-m", "seratio.cli", *args]
+
+
+def test_four_racing_fake_workers_train_each_run_exactly_once(tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(storage, "race", "greedy", tmp_path / "runs", seeds=2)
+    fake_workers(storage, "race", 4)
+    ledger = assert_trained_exactly_once(store, definition)
+    assert strategies.plan(definition, ledger).best == (4, 2, 16)
+
+
+def _training_lines(stderr: str) -> Counter[str]:
+    return Counter(re.findall(r"training in (\S+)", stderr))
+
+
+def test_greedy_with_two_local_workers_trains_each_run_once_and_a_rerun_trains_nothing(
+    tmp_path: Path, cifar_dir: Path
+) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    command = seratio("study", "run", "greedy", "--name", "g", "--storage", storage, "--candidates", "2,4",
+                      "--baseline", "2,2,2", "--epochs", "1", "--workers", "2", "--artifacts", str(tmp_path / "runs"),
+                      "--data-dir", str(cifar_dir), *TINY_CLI)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr
+    trained = _training_lines(first.stderr)
+    assert len(trained) == 5 and set(trained.values()) == {1}, first.stderr  # (2,2,2) (4,4,4) + one per stage
+    assert len(set(re.findall(r"^\[(\d+)\] worker done", first.stderr, re.M))) == 2
+    results = [json.loads(Path(d, "result.json").read_text()) for d in trained]
+    assert all(r["epochs"] == 1 for r in results)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=200)
+    assert again.returncode == 0, again.stderr
+    assert _training_lines(again.stderr) == Counter() and "done" in again.stdout
+
+
+def _wait_for_epoch(run_dir: Path, epochs: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if (run_dir / "checkpoint.pt").exists() and metrics.exists() and len(read_metrics(metrics)) >= epochs:
+            return
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.1)
+    raise AssertionError(f"{run_dir} never reached epoch {epochs}")
+
+
+def test_a_sigkilled_worker_trial_is_finished_by_another_worker_from_its_checkpoint(
+    tmp_path: Path, cifar_dir: Path
+) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    runs = tmp_path / "runs"
+    victim = subprocess.Popen(
+        seratio("study", "run", "constant", "--name", "k", "--storage", storage, "--candidates", "4",
+                "--baseline", "4,4,4", "--epochs", "2", "--artifacts", str(runs), "--data-dir", str(cifar_dir),
+                *TINY_CLI),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    run_dir = runs / "rr-4-4-4_seed-0"
+    _wait_for_epoch(run_dir, 1, victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    first_epoch = read_metrics(run_dir / "metrics.jsonl")[0]
+
+    rescuer = subprocess.run(
+        seratio("study", "worker", "--name", "k", "--storage", storage, "--data-dir", str(cifar_dir),
+                "--heartbeat-interval", "0.5", "--stale-after", "4"),
+        capture_output=True, text=True, timeout=400,
+    )
+    assert rescuer.returncode == 0, rescuer.stderr
+    assert re.search(r"resuming \S+rr-4-4-4_seed-0 after epoch 1", rescuer.stderr), rescuer.stderr
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["epoch"] for row in metrics] == [1, 2]
+    assert metrics[0] == first_epoch  # epoch 1 came from the checkpoint, not from training again
+    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 2
+    states = [(t.state, t.user_attrs.get("fail_kind")) for t in open_store(storage, "k").trials()]
+    assert states == [(TrialState.FAIL, "stale"), (TrialState.COMPLETE, None)]
