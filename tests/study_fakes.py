@@ -101,11 +101,13 @@ def open_store(storage: str, name: str) -> StudyStore:
     return StudyStore(_open(storage, create=False), name, Patience(seconds=30), lambda m: None)
 
 
-def work(storage: str, name: str, trainer: FakeTrainer, *, stale_after: float = 3.0) -> Worker:
-    store = open_store(storage, name)
+def work(
+    storage: str, name: str, trainer: FakeTrainer, *, stale_after: float = 3.0, log: Callable[[str], None] = lambda m: None
+) -> Worker:
+    store = StudyStore(_open(storage, create=False), name, Patience(seconds=60), log)
     definition, artifacts = load_definition(store)
     options = WorkerOptions(artifacts=artifacts, heartbeat_interval=0.2, stale_after=stale_after)
-    worker = Worker(store, definition, options, trainer=trainer)
+    worker = Worker(store, definition, options, trainer=trainer, log=log)
     worker.run()
     return worker
 
@@ -141,4 +143,5 @@ def assert_trained_exactly_once(store: StudyStore, definition: dict[str, Any]) -
 
 
 if __name__ == "__main__":
-    work(sys.argv[1], sys.argv[2], FakeTrainer(sleep=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0))
+    work(sys.argv[1], sys.argv[2], FakeTrainer(sleep=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0),
+         log=lambda message: print(message, file=sys.stderr))

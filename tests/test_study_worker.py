@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from seratio import strategies
 from seratio.errors import SeratioError
-from seratio.ledger import Ledger
+from seratio.heartbeat import StaleWatch
+from seratio.ledger import Ledger, TrialView
 from seratio.study import DEFINITION_ATTR, create_or_join, run_name
 from study_fakes import TINY, FakeTrainer, create, work
 
@@ -115,3 +116,32 @@ def test_every_complete_trial_carries_the_contract_attributes(tmp_path: Path) ->
                 "best_test_accuracy", "best_epoch", "params", "macs", "seconds", "epochs", "code_version",
                 "recipe_hash"} <= set(attrs)
         assert Path(attrs["run_dir"]).is_absolute() and trial.value == attrs["val_accuracy"]
+
+
+def _running(heartbeat: float) -> list:  # type: ignore[type-arg]
+    from optuna.trial import create_trial
+
+    trial = create_trial(state=TrialState.RUNNING, system_attrs={"seratio_heartbeat": heartbeat})
+    return [dataclasses.replace(TrialView.of(trial), trial_id=7)]
+
+
+def test_stale_means_an_unchanged_heartbeat_seen_for_the_whole_grace_period() -> None:
+    now = [0.0]
+    watch = StaleWatch(after=5.0, clock=lambda: now[0])
+    for t, beat, stale in [(0, 1.0, False), (2, 2.0, False), (4, 2.0, False), (6, 2.0, False), (7.5, 2.0, True)]:
+        now[0] = t
+        assert bool(watch.stale(_running(beat), own=set())) == stale, t
+    assert watch.stale(_running(2.0), own={7}) == []  # a worker never declares its own trial stale
+
+
+def test_a_watcher_that_could_not_look_starts_afresh_instead_of_blaming_the_worker() -> None:
+    now = [0.0]
+    watch = StaleWatch(after=5.0, clock=lambda: now[0])
+    watch.stale(_running(1.0), own=set())
+    now[0] = 60.0  # the storage was down (or this worker was training) for a minute
+    assert watch.stale(_running(1.0), own=set()) == []
+    for t in (62.0, 64.0):
+        now[0] = t
+        assert watch.stale(_running(1.0), own=set()) == []
+    now[0] = 65.5
+    assert watch.stale(_running(1.0), own=set())

@@ -3,8 +3,10 @@
 A worker stamps its running trial every `interval` seconds. Another worker
 declares the trial stale when it has seen the stamp stay unchanged for
 `after` seconds by its *own* monotonic clock, so machines need no synchronised
-clocks. A stale trial is failed with a reason and its run is retried, resuming
-from the run directory's last checkpoint.
+clocks. A watcher that could not look for a while (it was training, or the
+storage was down for everyone) starts its observations afresh: it cannot tell a
+dead worker from one that was cut off just like itself. A stale trial is failed
+with a reason and its run is retried from the run directory's last checkpoint.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Heartbeat:
                 complained = False
             except Exception as error:  # an unreachable storage must not kill training; the next beat retries
                 if not complained:
-                    self._log(f"heartbeat not recorded ({type(error).__name__}); retrying every {self._interval:.0f}s")
+                    self._log(f"heartbeat not recorded ({type(error).__name__}); retrying every {self._interval:g}s")
                 complained = True
             if self._stop.wait(self._interval):
                 return
@@ -57,12 +59,17 @@ class Heartbeat:
 class StaleWatch:
     """Remembers when each running trial's heartbeat last changed, as this process observed it."""
 
-    def __init__(self, after: float) -> None:
+    def __init__(self, after: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.after = after
+        self._clock = clock
         self._seen: dict[int, tuple[Any, float]] = {}
+        self._last_look: float | None = None
 
     def stale(self, running: list[TrialView], own: set[int]) -> list[TrialView]:
-        now = time.monotonic()
+        now = self._clock()
+        if self._last_look is not None and now - self._last_look > self.after / 2:
+            self._seen = {}
+        self._last_look = now
         seen: dict[int, tuple[Any, float]] = {}
         stale = []
         for view in running:

@@ -80,8 +80,9 @@ def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
 
 
 def _cause(error: BaseException) -> str:
+    """The driver's message on one line, without SQLAlchemy's link to its error catalogue."""
     root = error.__cause__ or error
-    return " ".join(str(root).split())[:200]
+    return " ".join(str(root).split("(Background on this error")[0].split())[:200]
 
 
 def is_sqlite(url: str) -> bool:

@@ -62,7 +62,7 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
 def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("workers")
     group.add_argument("--heartbeat-interval", type=float, default=15.0, help="seconds between a worker's heartbeats (default: 15)")
-    group.add_argument("--stale-after", type=float, default=120.0, help="a running trial whose heartbeat has not changed for this many seconds is failed and retried from its checkpoint; keep it several heartbeats long and the same on every worker (default: 120)")
+    group.add_argument("--stale-after", type=float, default=120.0, help="a running trial whose heartbeat has not changed for this many seconds is failed and retried from its checkpoint; at least 3 heartbeats; use the same values on every worker (default: 120)")
     group.add_argument("--db-patience", type=float, default=900.0, help="seconds to keep retrying an unreachable storage before giving up (default: 900)")
 
 
@@ -130,9 +130,10 @@ def _candidates(text: str | None) -> tuple[int, ...] | None:
 
 
 def _options(args: argparse.Namespace, artifacts: Path, device: str) -> WorkerOptions:
-    if args.heartbeat_interval <= 0 or args.stale_after <= args.heartbeat_interval:
+    if args.heartbeat_interval <= 0 or args.stale_after < 3 * args.heartbeat_interval:
         raise SeratioError(
-            f"--stale-after {args.stale_after} must exceed --heartbeat-interval {args.heartbeat_interval} (> 0)"
+            f"--stale-after {args.stale_after:g} must be at least 3 heartbeats "
+            f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0)"
         )
     return WorkerOptions(
         artifacts=artifacts, device=device, data_dir=args.data_dir,
@@ -204,7 +205,11 @@ def _work(store: StudyStore, definition: dict[str, Any], options: WorkerOptions,
 
 
 def _spawn_workers(args: argparse.Namespace, artifacts: Path) -> None:
-    """W independent `study worker` processes; torch threads split so W workers do not oversubscribe the CPU."""
+    """W independent `study worker` processes; torch threads split so W workers do not oversubscribe the CPU.
+
+    Each worker gets its own session, so a Ctrl-C reaches only this process, which passes exactly
+    one SIGINT to each worker; a second one could cut short a worker marking its trial resumable.
+    """
     threads = max(1, len(os.sched_getaffinity(0)) // args.workers)
     common = [
         sys.executable, "-m", "seratio.cli", "study", "worker", "--name", args.name, "--storage", args.storage,
@@ -212,7 +217,10 @@ def _spawn_workers(args: argparse.Namespace, artifacts: Path) -> None:
         "--heartbeat-interval", str(args.heartbeat_interval), "--stale-after", str(args.stale_after),
         "--db-patience", str(args.db_patience),
     ] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    processes = [subprocess.Popen(common + ["--device", _device(args.device, i)]) for i in range(args.workers)]
+    processes = [
+        subprocess.Popen(common + ["--device", _device(args.device, i)], start_new_session=True)
+        for i in range(args.workers)
+    ]
     try:
         codes = [p.wait() for p in processes]
     except KeyboardInterrupt:
