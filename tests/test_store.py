@@ -107,3 +107,11 @@ def test_status_of_an_unknown_study_names_the_ones_there(tmp_path: Path, capsys:
     create(url, "real", "constant", tmp_path / "runs", candidates=(2,))
     assert main(["study", "status", "--name", "typo", "--storage", url]) == 2
     assert "studies there: real" in capsys.readouterr().err
+
+
+def test_a_study_on_sqlite_runs_in_one_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create(url, "s", "greedy", tmp_path / "runs", candidates=(2, 4))
+    trainer = FakeTrainer()
+    work(url, "s", trainer)
+    assert len(trainer.calls) == len(set(trainer.calls)) == 6  # 2 constants + 1 new per stage + plain ResNet

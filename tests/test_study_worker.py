@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,25 @@ def test_a_watcher_that_could_not_look_starts_afresh_instead_of_blaming_the_work
         assert watch.stale(_running(1.0), own=set()) == []
     now[0] = 65.5
     assert watch.stale(_running(1.0), own=set())
+
+
+def test_a_worker_whose_trial_was_declared_stale_stops_training_it(tmp_path: Path) -> None:
+    """A slow but living worker must not keep writing a run directory its trial's retry now owns."""
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,), baseline=(2, 2, 2))
+    epochs_seen: list[int] = []
+    finish = FakeTrainer()
+
+    def trainer(config, out_dir, *, on_epoch, **hooks):  # type: ignore[no-untyped-def]
+        if epochs_seen:  # the retry
+            return finish(config, out_dir, on_epoch=on_epoch, **hooks)
+        running = [t for t in store.trials() if t.state == TrialState.RUNNING][0]
+        store.finish(running._trial_id, TrialState.FAIL)  # what a peer does to a trial it thinks is dead
+        for epoch in (1, 2, 3):
+            time.sleep(0.5)  # heartbeats run meanwhile and find the trial gone
+            epochs_seen.append(epoch)
+            on_epoch({"epoch": epoch, "val_accuracy": 0.5, "test_accuracy": 0.5})
+        raise AssertionError("training went on after the trial was taken over")
+
+    work(_url(tmp_path), "s", trainer)  # type: ignore[arg-type]
+    assert epochs_seen == [1]
+    assert [t.state for t in store.trials()] == [TrialState.FAIL, TrialState.COMPLETE]

@@ -177,8 +177,8 @@ def create_or_join(store: StudyStore, definition: dict[str, Any], artifacts: Pat
         if store.trials():
             raise SeratioError(f"study {store.name!r} exists but was not created by seratio; choose another --name")
         root = (artifacts or Path("seratio-runs") / store.name).resolve()
-        store.set_user_attr(DEFINITION_ATTR, definition)
         store.set_user_attr(ARTIFACTS_ATTR, str(root))
+        store.set_user_attr(DEFINITION_ATTR, definition)  # last: its presence marks the study as created
         attrs = store.user_attrs()  # a racing creator may have written its own definition last
     mismatch = differences(attrs[DEFINITION_ATTR], definition)
     if mismatch:
