@@ -10,7 +10,7 @@ if ! as_postgres "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
   rm -rf "$root"
   mkdir -p "$root"
   [ "$(id -u)" = 0 ] && chown postgres "$root"
-  as_postgres "$bin/initdb" -q -D "$root/data" -U postgres --auth=trust >/dev/null
+  as_postgres "$bin/initdb" -D "$root/data" -U postgres --auth=trust >/dev/null
   as_postgres "$bin/pg_ctl" -D "$root/data" -l "$root/server.log" -w \
     -o "-p $port -k $root -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
 fi
