@@ -75,6 +75,7 @@ class TrialRecord:
     fail_reason: str | None
     last_reported_epoch: int | None
     reused_from: int | None  # a TPE draw of a measured configuration copies that trial's result
+    duplicate_of: int | None  # lost a claim race to that trial and was closed without training
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         fail_reason=a.get("fail_reason"),
         last_reported_epoch=max(trial.intermediate_values, default=None),
         reused_from=_opt(a, "reused_from", int),
+        duplicate_of=_opt(a, "duplicate_of", int),
     )
 
 
@@ -229,7 +231,8 @@ def _is_complete(t: TrialRecord) -> bool:
 def aggregate(study: StudyRecords) -> Aggregate:
     """Group completed trials by ratios and summarise over seeds; list everything left out."""
     complete = [t for t in study.trials if _is_complete(t)]
-    incomplete = tuple(t for t in study.trials if not _is_complete(t))
+    # A lost claim race is bookkeeping, not a failed run: the run it names is the other trial.
+    incomplete = tuple(t for t in study.trials if not _is_complete(t) and t.duplicate_of is None)
     d = study.definition
     prefer = {"code_version": d.code_version, "recipe_hash": d.recipe_hash, "epochs": d.epochs}
     majority = {f: _majority((getattr(t, f) for t in complete), prefer[f]) for f in PROVENANCE_FIELDS}
