@@ -315,3 +315,20 @@ def test_highlighted_run_without_its_directory_is_skipped_with_notes(tmp_path: P
     assert all(s.method == "none" and "not found" in s.detail for s in written.content.significance.values())
     html = (tmp_path / "r" / "index.html").read_text()
     assert "not found (run directory missing or incomplete on this machine)" in html
+
+
+def test_a_tie_marks_one_winner_and_best_found_is_the_searchs_choice(tmp_path: Path) -> None:
+    """Ties go to the smallest ratios, as the search breaks them; the best found is the last phase's winner."""
+    table = [
+        ("baseline", NONE3, 0.90, 0.5),
+        ("constant", (2, 2, 2), 0.91, 0.5), ("constant", (8, 8, 8), 0.92, 0.5),
+        ("stage1", (2, 8, 8), 0.93, 0.5), ("stage1", (4, 8, 8), 0.93, 0.5),
+        ("stage2", (2, 2, 8), 0.92, 0.5), ("stage2", (2, 4, 8), 0.93, 0.5),
+    ]
+    fixture = make_study(tmp_path, table=table)
+    content = build_content(load_study(fixture.name, fixture.storage))
+    winners = {phase: [row.config.rr for row in rows if row.winner] for phase, rows in content.phases}
+    assert winners["stage1"] == [(2, 8, 8)]
+    assert winners["stage2"] == [(2, 4, 8)]
+    best_found = next(h for h in content.highlights if "best found" in h.role)
+    assert best_found.config.rr == (2, 4, 8)

@@ -69,7 +69,7 @@ def _check_candidates(request: StudyRequest) -> list[int]:
             )
     if len(set(candidates)) != len(candidates):
         raise SeratioError(f"--candidates {format_rr(tuple(candidates))} repeats a ratio")
-    return candidates
+    return sorted(candidates)  # ascending, so a tie goes to the smallest ratio in search and report alike
 
 
 def _phases(strategy: str, stage_lists: list[list[int]]) -> dict[str, list[int]] | None:

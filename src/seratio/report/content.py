@@ -10,6 +10,7 @@ that holds the study database but not every worker's files.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +170,12 @@ def _carried_over(phase: str, members: set[RR], configs: dict[RR, ConfigResult])
     return {rr for rr in configs if len(rr) > stage and rr[:stage] + rr[stage + 1 :] == others}
 
 
+def _first_best(configs: Sequence[ConfigResult]) -> ConfigResult | None:
+    """Highest selection mean; a tie goes to the smallest ratios, as the search itself breaks ties."""
+    ordered = sorted(configs, key=lambda c: _rr_key(c.rr))
+    return max(ordered, key=lambda c: c.selection.mean, default=None)
+
+
 def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     all_phases = {p for c in agg.configs.values() for p in c.phases}
     result = []
@@ -176,8 +183,8 @@ def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
         members = {rr for rr, c in agg.configs.items() if phase in c.phases}
         members |= _carried_over(phase, members, agg.configs)
         configs = sorted((agg.configs[rr] for rr in members), key=lambda c: _rr_key(c.rr))
-        best = max((c.selection.mean for c in configs), default=math.nan)
-        rows = tuple(Row(phase, c, len(configs) > 1 and c.selection.mean == best) for c in configs)
+        winner = _first_best(configs)
+        rows = tuple(Row(phase, c, len(configs) > 1 and c is winner) for c in configs)
         if rows:  # a phase with no finished run shows up in the list of unfinished trials instead
             result.append((phase, rows))
     return tuple(result)
@@ -233,17 +240,21 @@ def _significance(agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tupl
     }
 
 
-def _highlights(agg: Aggregate, baseline_rr: RR) -> tuple[Highlight, ...]:
-    """Baseline, best constant and best found (by the selection metric), each shown once."""
-    def best(candidates: list[ConfigResult]) -> ConfigResult | None:
-        return max(candidates, key=lambda c: c.selection.mean, default=None)
+def _highlights(
+    agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...]
+) -> tuple[Highlight, ...]:
+    """Baseline, best constant and best found (by the selection metric), each shown once.
 
+    The best found is the last phase's winner: for greedy that is the search's own final
+    choice, which a tie elsewhere in the table must not replace.
+    """
     others = [c for rr, c in agg.configs.items() if rr != baseline_rr]
     constant = [c for c in others if None not in c.rr and len(set(c.rr)) == 1]
+    last = [row.config for _, rows in phases[-1:] for row in rows if row.config.rr != baseline_rr]
     chosen = [
         ("baseline", agg.configs.get(baseline_rr)),
-        ("best constant", best(constant)),
-        ("best found", best(others)),
+        ("best constant", _first_best(constant)),
+        ("best found", _first_best(last) or _first_best(others)),
     ]
     roles: dict[RR, list[str]] = {}
     configs: dict[RR, ConfigResult] = {}
@@ -340,7 +351,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     depth = study.definition.depth
     phases = _phase_rows(agg)
     significance = _significance(agg, baseline, phases)
-    highlights = _highlights(agg, baseline)
+    highlights = _highlights(agg, baseline, phases)
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
