@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from seratio import __version__
+from seratio.datasets import dataset_info
 from seratio.errors import SeratioError
 from seratio.models import ModelConfig, Ratios, parse_rr
 from seratio.recipes import Recipe, get_recipe
@@ -51,8 +52,27 @@ class RunConfig:
                 raise SeratioError(f"{name.replace('_', ' ')} {value!r} must be an integer >= 0")
         if self.precision not in PRECISIONS:
             raise SeratioError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        self._check_split()
         self.resolved_recipe()
         self.model_config()
+
+    def _check_split(self) -> None:
+        """Dataset and split sizes are known without the files: a study must refuse them before it starts.
+
+        The data loader checks them again against the files it reads.
+        """
+        info = dataset_info(self.dataset)
+        val = self.val_size
+        if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val < info.train_count:
+            raise SeratioError(f"val_size {val!r} is out of range; allowed: 0 <= val_size <= {info.train_count - 1}")
+        subset, most = self.train_subset, info.train_count - val
+        if subset is not None and (
+            not isinstance(subset, int) or isinstance(subset, bool) or not info.num_classes <= subset <= most
+        ):
+            raise SeratioError(
+                f"train_subset {subset!r} is out of range; allowed: {info.num_classes} <= train_subset <= {most} "
+                f"(train images left after val_size={val})"
+            )
 
     def model_config(self, num_classes: int | None = None) -> ModelConfig:
         classes = num_classes if num_classes is not None else (100 if self.dataset == "cifar100" else 10)

@@ -184,7 +184,10 @@ def build_model(config: ModelConfig) -> CifarResNet:
 
 
 def count_params(config: ModelConfig) -> int:
-    return sum(p.numel() for p in build_model(config).parameters())
+    """Built on the meta device: shapes only, no memory and no initialisation, so any depth is instant."""
+    with torch.device("meta"):
+        model = build_model(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def count_macs(config: ModelConfig, image_size: int = 32) -> int:

@@ -37,21 +37,39 @@ class CorruptCheckpoint(Exception):
     """A checkpoint file whose checksum or structure does not verify."""
 
 
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+TEMP_PATTERN = ".*.tmp"
+"""How `write_atomic` names its temporary files: `.NAME.XXXXXXXX.tmp` beside the target."""
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via temp file + fsync + rename; a full disk becomes a clear SeratioError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via temp file + fsync + rename; a full disk or any other I/O error becomes a clear SeratioError."""
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
-            raise SeratioError(f"no space left on device while writing {path}") from error
-        raise
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if error.errno in _DISK_FULL:
+            raise SeratioError(f"{_DISK_FULL[error.errno]} while writing {path}") from error
+        raise SeratioError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def is_temp_file(path: Path) -> bool:
+    """A leftover of a write that a kill interrupted: never a run's data, safe to ignore or delete."""
+    return path.match(TEMP_PATTERN)
+
+
+def remove_temp_files(run_dir: Path) -> None:
+    """Delete leftovers of interrupted writes, so a finished run dir holds only its real files."""
+    for path in run_dir.glob(TEMP_PATTERN):
+        path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -101,13 +101,24 @@ def _difference(stored: RunConfig, wanted: RunConfig) -> str:
     return ", ".join(f"{k}: stored {a[k]!r}, asked {b[k]!r}" for k in a if a[k] != b[k])
 
 
+def _make_run_dir(out: Path) -> None:
+    """Fail before loading any data when `out` cannot be a run directory (a file, or under one)."""
+    if out.exists() and not out.is_dir():
+        raise SeratioError(f"run directory {out} is a file, not a directory; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SeratioError(f"cannot create run directory {out}: {error.strerror or error}") from None
+
+
 def _checkpoint_to_resume(
     config: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
 ) -> dict[str, Any] | None:
+    _make_run_dir(out)
     if not (out / rundir.CONFIG).exists():
-        if out.exists() and any(out.iterdir()):
+        if any(not rundir.is_temp_file(path) for path in out.iterdir()):
             raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")
-        return None
+        return None  # empty, or only the temp file of a first write that a kill interrupted
     stored = RunConfig.from_dict(rundir.read_json(out / rundir.CONFIG)["run"])
     if stored.identity() != config.identity():
         raise SeratioError(f"cannot continue {out}: its configuration differs ({_difference(stored, config)})")
@@ -356,6 +367,7 @@ def _finish(session: _Session, state: dict[str, Any], out: Path) -> dict[str, An
         "recipe_hash": session.recipe.fingerprint(),
         "code_version": environment()["code_version"],
     }
+    rundir.remove_temp_files(out)  # what kills during earlier writes left behind; result.json comes last
     rundir.write_array(out / rundir.PREDICTIONS, predictions.numpy().astype(np.int16))
     rundir.write_array(out / rundir.LABELS, labels.numpy().astype(np.int16))
     rundir.write_json(out / rundir.RESULT, result)

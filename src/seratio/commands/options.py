@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from seratio.config import PRECISIONS, RunConfig
+from seratio.models import parse_rr
 from seratio.recipes import RECIPES
 
 
@@ -48,5 +49,5 @@ def run_config_from_args(args: argparse.Namespace, **overrides: object) -> RunCo
     }
     values.update(overrides)
     if isinstance(values["rr"], str):
-        values["rr"] = tuple(values["rr"].split(","))
+        values["rr"] = parse_rr(values["rr"])  # parsed as typed, so an error quotes the user's text
     return RunConfig(**values)

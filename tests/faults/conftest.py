@@ -1,0 +1,59 @@
+"""Fixtures of the fault suite: the uninterrupted reference run, and the tally of faults survived.
+
+Every test module here sets `pytestmark = pytest.mark.faults`. The tally is printed at the end
+of the session, so the numbers in GUARANTEES.md (fault, runs tried, survived, data lost) come
+from a real run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from faultkit import assert_no_traceback, run_seratio, train_argv
+
+
+@dataclass
+class Tally:
+    fault: str
+    tried: int
+    survived: int
+    lost: int
+
+
+TALLY: list[Tally] = []
+
+
+Record = Callable[[str, int, int, int], None]
+
+
+@pytest.fixture
+def tally() -> Record:
+    """`tally(fault, tried, survived, lost)`: one row per kind of fault a test injected."""
+
+    def record(fault: str, tried: int, survived: int, lost: int) -> None:
+        TALLY.append(Tally(fault, tried, survived, lost))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TALLY:
+        return
+    terminalreporter.section("faults injected")
+    terminalreporter.write_line(f"{'fault':<72} {'tried':>5} {'survived':>8} {'lost':>4}")
+    for row in TALLY:
+        terminalreporter.write_line(f"{row.fault:<72} {row.tried:>5} {row.survived:>8} {row.lost:>4}")
+
+
+@pytest.fixture(scope="session")
+def reference_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run trained once without any fault: what every faulted run must end up equal to."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    done = run_seratio(train_argv(cifar_dir, out))
+    assert done.returncode == 0, done.stderr
+    assert_no_traceback(done.stderr)
+    return out

@@ -1,0 +1,67 @@
+"""Results of different programs are never averaged silently: trials record their code and recipe.
+
+A study's run directories can outlive the code that wrote them (an artifacts root reused after an
+upgrade, a recipe tweaked between sessions). A finished run is read back, never retrained, so its
+trial carries the code version and recipe hash of the program that trained it, and the report
+keeps it out of the averages and says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from faultkit import main_in_process
+from seratio.config import RunConfig, code_version
+from seratio.study import run_name
+from study_fakes import TINY, FakeTrainer, _result, create, work
+
+pytestmark = pytest.mark.faults
+OLD_CODE = "0.0.1+gdeadbeef00"
+OLD_RECIPE = "0123456789ab"
+
+
+def test_a_real_run_records_the_code_version_and_recipe_hash_it_ran_with(reference_run: Path) -> None:
+    result = json.loads((reference_run / "result.json").read_text())
+    config = RunConfig.from_dict(json.loads((reference_run / "config.json").read_text())["run"])
+    assert result["code_version"] == code_version()
+    assert result["recipe_hash"] == config.resolved_recipe().fingerprint()
+
+
+def test_a_trial_of_other_code_and_recipe_is_recorded_flagged_and_kept_out_of_the_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    runs = tmp_path / "runs"
+    create(storage, "prov", "constant", runs, candidates=(4,), seeds=2)
+    stale = runs / run_name((4, 4, 4), 1)  # finished earlier by other code; the worker reads it back
+    stale.mkdir(parents=True)
+    old = _result(RunConfig(rr=(4, 4, 4), seed=1, **{k: getattr(TINY, k) for k in ("depth", "epochs", "batch_size")}),
+                  0.5) | {"code_version": OLD_CODE, "recipe_hash": OLD_RECIPE}
+    (stale / "result.json").write_text(json.dumps(old))
+    worker = work(storage, "prov", FakeTrainer())
+
+    trials = worker.store.trials()
+    complete = {(tuple(t.user_attrs["rr"]), t.user_attrs["seed"]): t for t in trials if t.state == TrialState.COMPLETE}
+    assert len(complete) == 4
+    for (rr, seed), trial in complete.items():
+        odd = (rr, seed) == ((4, 4, 4), 1)
+        assert trial.user_attrs["code_version"] == (OLD_CODE if odd else code_version())
+        assert trial.user_attrs["recipe_hash"] == (OLD_RECIPE if odd else TINY.resolved_recipe().fingerprint())
+
+    out = tmp_path / "report"
+    assert main_in_process(["report", "--name", "prov", "--storage", storage, "--out", str(out),
+                            "--format", "json,md"]) == 0
+    terminal = capsys.readouterr().out
+    document = json.loads((out / "table.json").read_text())
+    [excluded] = document["excluded"]
+    assert (tuple(excluded["rr"]), excluded["seed"]) == ((4, 4, 4), 1)
+    assert f"code_version {OLD_CODE!r}" in excluded["reason"] and f"recipe_hash {OLD_RECIPE!r}" in excluded["reason"]
+    row = next(r for r in document["rows"] if tuple(r["rr"]) == (4, 4, 4))
+    assert row["n"] == 1 and row["seeds"] == [0]  # the mean is over the comparable run only
+    markdown = (out / "table.md").read_text()
+    assert "## Excluded from averages" in markdown and OLD_RECIPE in markdown
+    assert "excluded" in terminal and OLD_RECIPE in terminal, terminal  # said where the user looks first

@@ -1,0 +1,182 @@
+"""Every value a user can type, given wrong: one clear line that names it, exit code 2, no traceback.
+
+One row per mistake: the command line, the exit code, and a fragment of the message that names
+the bad value. `{tmp}` is a fresh directory per row holding `afile` (a file), `foreign/` (a
+non-empty directory that is not a run), `emptydata/` (no CIFAR inside) and, for rows that use
+it, a journal study `s` created with TINY_STUDY's definition. Rows run in process through
+`seratio.cli.main`, so the whole table takes seconds.
+
+Commands that would start training get `--data-dir {tmp}/emptydata` unless data is the point:
+should a check ever be lost, the row then fails fast instead of training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from seratio.cli import main
+from study_fakes import create
+
+EMPTY = ["--data-dir", "{tmp}/emptydata"]
+TRAIN = ["train", "--depth", "8", "--epochs", "1", "--out", "{tmp}/run", "--quiet"]
+TINY_STUDY = ["constant", "--candidates", "4", "--depth", "8", "--batch-size", "64", "--train-subset", "200",
+              "--val-size", "100", "--epochs", "1"]
+"""The definition of study `s` in `{tmp}/study.log` (as study_fakes.TINY with candidates 4)."""
+STUDY = ["study", "run", "constant", "--name", "x", "--storage", "journal:{tmp}/j.log", "--epochs", "1", *EMPTY,
+         "--db-patience", "1"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]
+    code: int
+    says: str  # a fragment of the output that names the bad value
+
+
+CASES = [
+    # reduction ratios
+    Case("rr wrong stage count", ["info", "--rr", "8,2"], 2, "'8,2' give 2 stages; the model has 3"),
+    Case("rr zero", ["info", "--rr", "0"], 2, "stage 1: reduction ratio 0 is < 1"),
+    Case("rr not an integer", ["info", "--rr", "8,x,16"], 2, "stage 2: reduction ratio 'x' is not an integer"),
+    Case("rr negative", ["info", "--rr", "8,2,-16"], 2, "stage 3: reduction ratio -16 is < 1"),
+    Case("rr fraction", ["info", "--rr", "2.5"], 2, "stage 1: reduction ratio '2.5' is not an integer"),
+    Case("rr empty", ["info", "--rr", ""], 2, "stage 1: reduction ratio '' is not an integer"),
+    Case("rr gives width 0", ["info", "--rr", "32,2,16"], 2, "stage 1 has 16 channels; ratio 32 gives SE hidden width 16 // 32 = 0"),
+    Case("train rr stage count", [*TRAIN, "--rr", "4,4", *EMPTY], 2, "'4,4' give 2 stages"),
+    # depth and classes
+    Case("depth not 6n+2", ["info", "--depth", "51"], 2, "depth 51 is not 6n+2"),
+    Case("depth too small", ["info", "--depth", "2"], 2, "depth 2 is not 6n+2"),
+    Case("depth not a number", ["info", "--depth", "fifty"], 2, "invalid int value: 'fifty'"),
+    Case("train depth not 6n+2", [*TRAIN, "--depth", "10", *EMPTY], 2, "depth 10 is not 6n+2"),
+    Case("classes below 2", ["info", "--classes", "1"], 2, "number of classes 1 must be"),
+    # training options
+    Case("dataset unknown", [*TRAIN, "--dataset", "mnist", *EMPTY], 2, "unknown dataset 'mnist'; allowed: cifar10, cifar100"),
+    Case("recipe unknown", [*TRAIN, "--recipe", "slow", *EMPTY], 2, "unknown recipe 'slow'; allowed: paper, fast"),
+    Case("seed negative", [*TRAIN, "--seed", "-1", *EMPTY], 2, "seed -1 must be an integer >= 0"),
+    Case("seed fraction", [*TRAIN, "--seed", "1.5", *EMPTY], 2, "argument --seed: invalid int value: '1.5'"),
+    Case("epochs zero", [*TRAIN, "--epochs", "0", *EMPTY], 2, "epochs 0 must be an integer >= 1"),
+    Case("batch size zero", [*TRAIN, "--batch-size", "0", *EMPTY], 2, "batch size 0 must be an integer >= 1"),
+    Case("batch size negative", [*TRAIN, "--batch-size", "-32", *EMPTY], 2, "batch size -32 must be"),
+    Case("lr negative", [*TRAIN, "--lr", "-1", *EMPTY], 2, "learning rate -1.0 must be a finite number > 0"),
+    Case("lr nan", [*TRAIN, "--lr", "nan", *EMPTY], 2, "learning rate nan must be a finite number > 0"),
+    Case("lr not a number", [*TRAIN, "--lr", "fast", *EMPTY], 2, "argument --lr: invalid float value: 'fast'"),
+    Case("precision unknown", [*TRAIN, "--precision", "fp16", *EMPTY], 2, "precision 'fp16' is not one of auto, fp32, bf16"),
+    Case("device unknown", [*TRAIN, "--device", "tpu", *EMPTY], 2, "device 'tpu' is not valid"),
+    Case("device index malformed", [*TRAIN, "--device", "cuda:x", *EMPTY], 2, "device 'cuda:x' is not valid"),
+    Case("device not present", [*TRAIN, "--device", "cuda:99", *EMPTY], 2, "device 'cuda:99'"),
+    Case("split seed negative", [*TRAIN, "--split-seed", "-3", *EMPTY], 2, "split seed -3 must be an integer >= 0"),
+    Case("val size negative", [*TRAIN, "--val-size", "-1", *EMPTY], 2, "val_size -1 is out of range"),
+    Case("val size whole train set", [*TRAIN, "--val-size", "50000", *EMPTY], 2, "val_size 50000 is out of range"),
+    Case("val size not a number", [*TRAIN, "--val-size", "abc", *EMPTY], 2, "argument --val-size: invalid int value: 'abc'"),
+    Case("train subset below classes", [*TRAIN, "--train-subset", "5", *EMPTY], 2, "train_subset 5 is out of range; allowed: 10 <="),
+    Case("train subset too large", [*TRAIN, "--train-subset", "99999", *EMPTY], 2, "train_subset 99999 is out of range"),
+    # paths
+    Case("data dir missing", [*TRAIN, "--data-dir", "{tmp}/nowhere"], 2, "CIFAR-10 not found: {tmp}/nowhere"),
+    Case("data dir without CIFAR", [*TRAIN, *EMPTY], 2, "CIFAR-10 not found: {tmp}/emptydata"),
+    Case("data dir without CIFAR-100", [*TRAIN, "--dataset", "cifar100", "--data-dir", "{data}"], 2, "CIFAR-100 not found: {data}"),
+    Case("out dir is a file", [*TRAIN[:-3], "--out", "{tmp}/afile", *EMPTY], 2, "run directory {tmp}/afile is a file"),
+    Case("out dir under a file", [*TRAIN[:-3], "--out", "{tmp}/afile/run", *EMPTY], 2, "cannot create run directory {tmp}/afile/run"),
+    Case("out dir foreign and not empty", [*TRAIN[:-3], "--out", "{tmp}/foreign", *EMPTY], 2,
+         "{tmp}/foreign is not empty and holds no seratio run"),
+    # storage URLs
+    Case("storage unknown scheme", [*STUDY[:5], "--storage", "mongodb://h/x", *STUDY[7:]], 2, "--storage 'mongodb://h/x' is not understood"),
+    Case("storage journal without path", [*STUDY[:5], "--storage", "journal:", *STUDY[7:]], 2, "--storage 'journal:' names no journal file"),
+    Case("storage postgres port closed", [*STUDY[:5], "--storage", "postgresql://postgres@127.0.0.1:1/x", *STUDY[7:]], 2,
+         'connection to server at "127.0.0.1", port 1 failed'),
+    Case("storage postgres host unknown", [*STUDY[:5], "--storage", "postgresql://postgres@nonexistent.invalid/x", *STUDY[7:]], 2,
+         '"nonexistent.invalid"'),
+    Case("worker storage journal missing", ["study", "worker", "--name", "x", "--storage", "journal:{tmp}/nope.log"], 2,
+         "journal file '{tmp}/nope.log'"),
+    Case("worker storage sqlite missing", ["study", "worker", "--name", "x", "--storage", "sqlite:///{tmp}/nope.db"], 2,
+         "SQLite file '{tmp}/nope.db'"),
+    # study options
+    Case("strategy unknown", ["study", "run", "nonsense", *STUDY[3:]], 2, "invalid choice: 'nonsense'"),
+    Case("candidates not integers", [*STUDY, "--candidates", "2,x"], 2, "--candidates '2,x' must be comma-separated integers"),
+    Case("candidate zero", [*STUDY, "--candidates", "0,2"], 2, "candidate ratio 0 must be an integer >= 1"),
+    Case("candidate too large everywhere", [*STUDY, "--candidates", "128"], 2, "candidate ratio 128 gives SE hidden width 0"),
+    Case("candidates repeated", [*STUDY, "--candidates", "2,2"], 2, "--candidates 2,2 repeats a ratio"),
+    Case("seeds zero", [*STUDY, "--seeds", "0"], 2, "--seeds 0 must be an integer >= 1"),
+    Case("workers zero", [*STUDY, "--workers", "0"], 2, "--workers 0 must be >= 1"),
+    Case("sqlite with parallel workers", [*STUDY[:5], "--storage", "sqlite:///{tmp}/s.db", *STUDY[7:], "--workers", "2"], 2,
+         "--workers 2 asks for parallel workers"),
+    Case("select-on unknown", [*STUDY, "--select-on", "train"], 2, "argument --select-on: invalid choice: 'train'"),
+    Case("select-on val without val split", [*STUDY, "--val-size", "0"], 2, "--select-on val needs a validation split"),
+    Case("baseline bad ratio", [*STUDY, "--baseline", "8,0,8"], 2, "stage 2: reduction ratio 0 is < 1"),
+    Case("tpe without n-trials", ["study", "run", "tpe", *STUDY[3:]], 2, "tpe needs --n-trials N"),
+    Case("n-trials zero", ["study", "run", "tpe", *STUDY[3:], "--n-trials", "0"], 2, "--n-trials 0 must be >= 1"),
+    Case("halving min epochs beyond epochs", ["study", "run", "halving", *STUDY[3:], "--halving-min-epochs", "5"], 2,
+         "--halving-min-epochs 5 applies to halving only and must be in 1..1"),
+    Case("paper preset with other recipe", ["study", "run", "paper", *STUDY[3:], "--recipe", "fast"], 2, "not 'fast'; use 'greedy'"),
+    Case("heartbeat interval zero", [*STUDY, "--heartbeat-interval", "0"], 2, "--heartbeat-interval 0"),
+    Case("stale-after below heartbeat", [*STUDY, "--stale-after", "1", "--heartbeat-interval", "5"], 2, "--stale-after 1 "),
+    Case("study dataset unknown", [*STUDY, "--dataset", "svhn"], 2, "unknown dataset 'svhn'"),
+    Case("study val size negative", [*STUDY, "--val-size", "-4"], 2, "val_size -4 is out of range"),
+    Case("study joined with another definition",
+         ["study", "run", *TINY_STUDY[:-1], "2", "--name", "s", "--storage", "journal:{tmp}/study.log", *EMPTY], 2,
+         "study 's' exists with a different definition (epochs: stored 1, asked 2"),
+    Case("worker threads zero", ["study", "worker", "--name", "s", "--storage", "journal:{tmp}/study.log", "--threads", "0"], 2,
+         "--threads 0 must be >= 1"),
+    Case("worker study unknown", ["study", "worker", "--name", "nope", "--storage", "journal:{tmp}/study.log"], 2,
+         "no study named 'nope' in this storage; studies there: s"),
+    Case("status study unknown", ["study", "status", "--name", "nope", "--storage", "journal:{tmp}/study.log"], 2, "no study named 'nope'"),
+    Case("export suffix unknown", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/x.txt"], 2,
+         "--out '{tmp}/x.txt' must end in .csv or .json"),
+    # reports and comparisons
+    Case("report format unknown", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r", "--format", "pdf"], 2,
+         "--format 'pdf': unknown pdf"),
+    Case("report baseline bad", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r", "--baseline", "4,x,4"], 2,
+         "stage 2: reduction ratio 'x' is not an integer"),
+    Case("report study unknown", ["report", "--name", "nope", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r"], 2,
+         "no study named 'nope'"),
+    Case("report out is a file", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/afile"], 2,
+         "{tmp}/afile"),
+    Case("compare dirs that are not runs", ["compare", "{tmp}/foreign", "{tmp}/emptydata"], 2,
+         "{tmp}/foreign/test_predictions.npy not found"),
+    Case("compare missing dir", ["compare", "{tmp}/nowhere", "{tmp}/foreign"], 2, "run directory '{tmp}/nowhere' does not exist"),
+]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    (tmp_path / "afile").write_text("not a directory\n")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("someone else's\n")
+    (tmp_path / "emptydata").mkdir()
+    return tmp_path
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    """Exit code and everything printed; argparse's own errors exit via SystemExit(2)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = int(exit.code or 0)
+    return code, err.getvalue() + out.getvalue()
+
+
+def test_the_table_is_large_and_unique() -> None:
+    assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_refused_with_a_message_that_names_it(
+    case: Case, sandbox: Path, cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich would wrap long paths at 80 columns
+    fill = {"tmp": str(sandbox), "data": str(cifar_dir)}
+    argv = [arg.format(**fill) for arg in case.argv]
+    if "journal:{tmp}/study.log" in case.argv:
+        create(f"journal:{sandbox / 'study.log'}", "s", "constant", sandbox / "runs", candidates=(4,))
+    code, output = _run(argv)
+    assert "Traceback" not in output, output
+    assert code == case.code, output
+    assert case.says.format(**fill) in output, output
+    assert not (sandbox / "run" / "config.json").exists(), "a refused run must not have started"
