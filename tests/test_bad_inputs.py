@@ -86,7 +86,10 @@ CASES = [
          "{tmp}/foreign is not empty and holds no seratio run"),
     # storage URLs
     Case("storage unknown scheme", [*STUDY[:5], "--storage", "mongodb://h/x", *STUDY[7:]], 2, "--storage 'mongodb://h/x' is not understood"),
+    Case("storage sqlite in missing dir", [*STUDY[:5], "--storage", "sqlite:///{tmp}/nodir/x.db", *STUDY[7:]], 2, "{tmp}/nodir/x.db"),
     Case("storage journal without path", [*STUDY[:5], "--storage", "journal:", *STUDY[7:]], 2, "--storage 'journal:' names no journal file"),
+    Case("storage journal in missing dir", [*STUDY[:5], "--storage", "journal:{tmp}/nodir/j.log", *STUDY[7:]], 2, "{tmp}/nodir/j.log"),
+    Case("storage journal under a file", [*STUDY[:5], "--storage", "journal:{tmp}/afile/j.log", *STUDY[7:]], 2, "{tmp}/afile/j.log"),
     Case("storage postgres port closed", [*STUDY[:5], "--storage", "postgresql://postgres@127.0.0.1:1/x", *STUDY[7:]], 2,
          'connection to server at "127.0.0.1", port 1 failed'),
     Case("storage postgres host unknown", [*STUDY[:5], "--storage", "postgresql://postgres@nonexistent.invalid/x", *STUDY[7:]], 2,

@@ -85,6 +85,10 @@ def _cause(error: BaseException) -> str:
     return " ".join(str(root).split("(Background on this error")[0].split())[:200]
 
 
+_SCHEMA_RACE = frozenset({"23505", "42P07", "42710"})
+"""PostgreSQL's unique_violation, duplicate_table, duplicate_object: what losing a CREATE race raises."""
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite:")
 
@@ -104,16 +108,27 @@ def _rdb_url(url: str) -> str:
     return url
 
 
+def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
+    """A file store must exist to be joined, and its directory must exist to be created.
+
+    Checked here because the drivers fail late and vaguely: SQLite's "unable to open database
+    file" looks like an outage and would be retried for the whole --db-patience.
+    """
+    if not create and not path.is_file():
+        raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} does not exist")
+    if create and not path.parent.is_dir():
+        raise SeratioError(
+            f"{kind} file {str(path)!r} from --storage {url!r}: its directory {str(path.parent)!r} "
+            "does not exist or is not a directory"
+        )
+
+
 def _check_url(url: str, *, create: bool) -> None:
     if url.startswith(JOURNAL_PREFIX):
-        path = _journal_path(url)
-        if not create and not path.is_file():
-            raise SeratioError(f"journal file {str(path)!r} from --storage {url!r} does not exist")
+        _check_file("journal", _journal_path(url), url, create=create)
         return
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not create and not path.is_file():
-            raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} does not exist")
+        _check_file("SQLite", Path(url.removeprefix("sqlite:///")), url, create=create)
         return
     if not url.startswith(("postgresql:", "postgresql+", "postgres:", "mysql")):
         raise SeratioError(f"--storage {url!r} is not understood; use {STORAGE_HELP}")
@@ -123,12 +138,22 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
     """The Optuna storage behind `url`; `create=False` refuses to conjure an empty store from a typo."""
     _check_url(url, create=create)
     if url.startswith(JOURNAL_PREFIX):
-        backend = optuna.storages.journal.JournalFileBackend(str(_journal_path(url)))
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(str(_journal_path(url)))
+        except OSError as error:
+            raise SeratioError(f"cannot open journal file from --storage {url!r}: {error.strerror or error}") from None
         return optuna.storages.JournalStorage(backend)
 
     def connect() -> optuna.storages.BaseStorage:
+        try:
+            rdb = optuna.storages.RDBStorage(_rdb_url(url), engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            if getattr(error.orig, "pgcode", None) not in _SCHEMA_RACE:
+                raise
+            # Workers started together on a fresh database race to create Optuna's tables; a loser
+            # finds them made on its next attempt.
+            raise optuna.exceptions.StorageInternalError("another process is creating the study tables") from error
         # Optuna's cached wrapper, as optuna.load_study would build: Trial objects require its trial index.
-        rdb = optuna.storages.RDBStorage(_rdb_url(url), engine_kwargs={"pool_pre_ping": True})
         return optuna.storages.get_storage(rdb)
 
     try:

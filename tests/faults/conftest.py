@@ -7,27 +7,11 @@ from a real run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from faultkit import assert_no_traceback, run_seratio, train_argv
-
-
-@dataclass
-class Tally:
-    fault: str
-    tried: int
-    survived: int
-    lost: int
-
-
-TALLY: list[Tally] = []
-
-
-Record = Callable[[str, int, int, int], None]
+from faultkit import TALLY, Record, Tally, assert_no_traceback, run_seratio, train_argv
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,21 @@ TINY = ["--depth", "8", "--recipe", "paper", "--batch-size", "64", "--train-subs
 """About 3 s per epoch on one thread, most of it the 10,000-image test evaluation."""
 TINY_RUN = [*TINY, "--rr", "4,4,4", "--epochs", str(EPOCHS)]
 TIMING_KEYS = {"seconds"}
+
+
+@dataclass
+class Tally:
+    """One kind of fault, as a test injected it: how often, how often recovered, what was lost."""
+
+    fault: str
+    tried: int
+    survived: int
+    lost: int
+
+
+TALLY: list[Tally] = []
+"""Filled through the `tally` fixture, printed after the session by conftest.py."""
+Record = Callable[[str, int, int, int], None]
 
 
 def one_thread_env(**extra: str) -> dict[str, str]:

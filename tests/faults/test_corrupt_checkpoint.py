@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Record
-from faultkit import assert_same_run, main_in_process, run_outcome, train_argv
+from faultkit import Record, assert_same_run, main_in_process, run_outcome, train_argv
 from seratio import rundir
 
 pytestmark = pytest.mark.faults

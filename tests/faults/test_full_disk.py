@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from conftest import Record
 from faultkit import (
-    TINY, assert_no_traceback, assert_same_run, main_in_process, run_outcome, temp_files, train_argv,
+    Record, TINY, assert_no_traceback, assert_same_run, main_in_process, run_outcome, temp_files, train_argv,
 )
 from seratio import rundir
 from seratio.errors import SeratioError

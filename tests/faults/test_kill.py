@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Record
 from faultkit import (
-    assert_no_traceback, assert_same_run, one_thread_env, run_outcome, run_seratio, seratio_command, temp_files,
-    train_argv,
+    Record, assert_no_traceback, assert_same_run, one_thread_env, run_outcome, run_seratio, seratio_command,
+    temp_files, train_argv,
 )
 from seratio import rundir
 
