@@ -17,6 +17,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 
 from seratio.cli import main
@@ -118,6 +119,11 @@ CASES = [
     Case("paper preset with other recipe", ["study", "run", "paper", *STUDY[3:], "--recipe", "fast"], 2, "not 'fast'; use 'greedy'"),
     Case("heartbeat interval zero", [*STUDY, "--heartbeat-interval", "0"], 2, "--heartbeat-interval 0"),
     Case("stale-after below heartbeat", [*STUDY, "--stale-after", "1", "--heartbeat-interval", "5"], 2, "--stale-after 1 "),
+    Case("db patience negative", [*STUDY[:-2], "--db-patience", "-5"], 2, "--db-patience -5 must be >= 0"),
+    Case("artifacts root is a file", [*STUDY, "--artifacts", "{tmp}/afile"], 2, "--artifacts '{tmp}/afile' is a file"),
+    Case("study device unknown", [*STUDY, "--device", "tpu"], 2, "device 'tpu' is not valid"),
+    Case("worker device unknown", ["study", "worker", "--name", "s", "--storage", "journal:{tmp}/study.log", "--device", "tpu"], 2,
+         "device 'tpu' is not valid"),
     Case("study dataset unknown", [*STUDY, "--dataset", "svhn"], 2, "unknown dataset 'svhn'"),
     Case("study val size negative", [*STUDY, "--val-size", "-4"], 2, "val_size -4 is out of range"),
     Case("study joined with another definition",
@@ -128,6 +134,8 @@ CASES = [
     Case("worker study unknown", ["study", "worker", "--name", "nope", "--storage", "journal:{tmp}/study.log"], 2,
          "no study named 'nope' in this storage; studies there: s"),
     Case("status study unknown", ["study", "status", "--name", "nope", "--storage", "journal:{tmp}/study.log"], 2, "no study named 'nope'"),
+    Case("export out under a file", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/afile/x.csv"], 2,
+         "cannot write --out '{tmp}/afile/x.csv'"),
     Case("export suffix unknown", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/x.txt"], 2,
          "--out '{tmp}/x.txt' must end in .csv or .json"),
     # reports and comparisons
@@ -183,3 +191,11 @@ def test_bad_input_is_refused_with_a_message_that_names_it(
     assert code == case.code, output
     assert case.says.format(**fill) in output, output
     assert not (sandbox / "run" / "config.json").exists(), "a refused run must not have started"
+    assert _studies(sandbox / "j.log") == [], "a refused study must not have been created"
+
+
+def _studies(journal: Path) -> list[str]:
+    if not journal.exists():
+        return []
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return [study.study_name for study in storage.get_all_studies()]

@@ -258,7 +258,8 @@ class Worker:
             self._fail(view, "error", f"{type(error).__name__}: {error}")
             self.excluded.add((view.rr, view.seed))
             self.summary.failed.append(f"trial #{view.number} {self._label(view)}: {error}")
-            self.log(f"{prefix}: failed\n{traceback.format_exc()}")
+            if not isinstance(error, SeratioError):  # a user-facing error says all in its message
+                self.log(f"{prefix}: failed\n{traceback.format_exc()}")
         else:
             self._record(view, result, prefix)
 

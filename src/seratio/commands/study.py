@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.commands.options import add_run_options, run_config_from_args
+from seratio.config import resolve_device
 from seratio.errors import SeratioError
 from seratio.models import format_rr, parse_rr
 from seratio.overview import Progress, progress, trial_row
@@ -129,12 +130,21 @@ def _candidates(text: str | None) -> tuple[int, ...] | None:
         raise SeratioError(f"--candidates {text!r} must be comma-separated integers, e.g. 2,4,8,16,32") from None
 
 
-def _options(args: argparse.Namespace, artifacts: Path, device: str) -> WorkerOptions:
+def _check_worker_args(args: argparse.Namespace) -> None:
+    """Refuse a bad worker option before any storage is touched, not in every trial or after creating the study."""
     if args.heartbeat_interval <= 0 or args.stale_after < 3 * args.heartbeat_interval:
         raise SeratioError(
             f"--stale-after {args.stale_after:g} must be at least 3 heartbeats "
             f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0)"
         )
+    if args.db_patience < 0:
+        raise SeratioError(f"--db-patience {args.db_patience:g} must be >= 0 seconds")
+    resolve_device(args.device)
+    if args.artifacts is not None and args.artifacts.exists() and not args.artifacts.is_dir():
+        raise SeratioError(f"--artifacts {str(args.artifacts)!r} is a file, not a directory")
+
+
+def _options(args: argparse.Namespace, artifacts: Path, device: str) -> WorkerOptions:
     return WorkerOptions(
         artifacts=artifacts, device=device, data_dir=args.data_dir,
         heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after,
@@ -154,6 +164,7 @@ def _interrupt(signum: int, frame: Any) -> NoReturn:
 def run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
+    _check_worker_args(args)
     if args.workers < 1:
         raise SeratioError(f"--workers {args.workers} must be >= 1")
     if args.workers > 1 and is_sqlite(args.storage):
@@ -173,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
     if args.workers == 1:
         _work(store, definition, _options(args, artifacts, args.device), args.storage)
     else:
-        _options(args, artifacts, args.device)
         _spawn_workers(args, artifacts)
     _print_progress(store.name, definition, progress(definition, store.trials()))
     return 0
@@ -184,6 +194,7 @@ def worker(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise SeratioError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
+    _check_worker_args(args)
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     patience = Patience(seconds=args.db_patience)
@@ -284,13 +295,16 @@ def export(args: argparse.Namespace) -> int:
     rows = [trial_row(t) for t in store.trials()]
     for row in rows:
         row["select_on"] = definition["select_on"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".json":
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    else:
-        with args.out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["number"])
-            writer.writeheader()
-            writer.writerows(rows)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".json":
+            args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        else:
+            with args.out.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["number"])
+                writer.writeheader()
+                writer.writerows(rows)
+    except OSError as error:
+        raise SeratioError(f"cannot write --out {str(args.out)!r}: {error.strerror or error}") from None
     out.print(f"wrote {len(rows)} trials to {args.out}")
     return 0
