@@ -25,16 +25,16 @@ from seratio import rundir
 
 pytestmark = pytest.mark.faults
 SEED = 20261126
-"""Fixes the random delays, so a failure can be replayed."""
+"""Fixes the random kill points, so a failure can be replayed."""
 
 
 @dataclass(frozen=True)
 class Kill:
-    """One way to kill: a launcher kill point (exact instant), a delay after start, or a watcher."""
+    """One way to kill: a launcher kill point (an exact instant of a write), or an outside observer."""
 
     what: str
     kill_at: str = "-"
-    delay: float | None = None
+    into_next_epoch: float | None = None  # random kill: this fraction into the epoch after the first one it ends
     watch_checkpoint: bool = False
 
 
@@ -52,33 +52,35 @@ class Landed:
 
 
 def _schedule(rng: random.Random) -> list[Kill]:
-    """Kills in an order that makes progress: each process gets past the previous kill point."""
+    """Kills in an order that reaches every exact point, whatever the random ones hit.
+
+    Random kills come where at least two epochs remain, so they can never let the run finish
+    early, and their instant is a fraction of the process's own epoch time, so they land mid-run
+    on a fast machine and a slow one alike.
+    """
     return [
         Kill("first write of the run dir (config.json temp file, not yet renamed)", "config.json:fsync:1"),
-        Kill("checkpoint.pt half written (the run's first checkpoint)", "checkpoint.pt:partial:1"),
-        Kill("random delay", delay=rng.uniform(2.0, 9.0)),
+        Kill("random point in an epoch", into_next_epoch=rng.uniform(0.05, 0.95)),
+        Kill("checkpoint.pt rotated to checkpoint.prev.pt, new one not yet written", "checkpoint.pt:rotate:1"),
+        Kill("checkpoint.pt temp file half written", "checkpoint.pt:partial:1"),
+        Kill("random point in an epoch", into_next_epoch=rng.uniform(0.05, 0.95)),
         Kill("watcher: checkpoint temp file appears or metrics just rewritten", watch_checkpoint=True),
-        Kill("checkpoint.pt rotated to checkpoint.prev.pt, new one not written", "checkpoint.pt:rotate:1"),
-        Kill("random delay", delay=rng.uniform(2.0, 9.0)),
         Kill("result.json temp file written, not renamed (predictions already saved)", "result.json:fsync:1"),
     ]
 
 
-def _watch_and_kill(process: subprocess.Popen[bytes], run: Path, timeout: float = 120) -> None:
-    """SIGKILL as soon as a checkpoint write is under way, as an outside observer sees it.
-
-    The temp file lives for milliseconds, so the watcher also fires on a fresh metrics.jsonl,
-    which the run rewrites just before it serializes and writes the checkpoint.
-    """
+def _wait_for_epoch_end(process: subprocess.Popen[bytes], run: Path, timeout: float = 300) -> bool:
+    """Until this process ends an epoch (metrics.jsonl is rewritten just before the checkpoint) or a
+    checkpoint temp file shows; False if the process exited first."""
     metrics = run / rundir.METRICS
     before = metrics.stat().st_mtime_ns if metrics.exists() else None
+    leftovers = set(run.glob(".checkpoint.pt.*.tmp"))  # from earlier kills; only a new one counts
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        fresh = metrics.exists() and metrics.stat().st_mtime_ns != before
-        if fresh or any(run.glob(".checkpoint.pt.*.tmp")):
-            os.kill(process.pid, signal.SIGKILL)
-            return
+        if (metrics.exists() and metrics.stat().st_mtime_ns != before) or set(run.glob(".checkpoint.pt.*.tmp")) - leftovers:
+            return True
         time.sleep(0.0005)
+    return False
 
 
 def _kill_once(kill: Kill, args: list[str], run: Path) -> Landed:
@@ -87,13 +89,11 @@ def _kill_once(kill: Kill, args: list[str], run: Path) -> Landed:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=one_thread_env(),
     )
     try:
-        if kill.delay is not None:
-            try:
-                process.wait(kill.delay)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-        elif kill.watch_checkpoint:
-            _watch_and_kill(process, run)
+        if (kill.watch_checkpoint or kill.into_next_epoch is not None) and _wait_for_epoch_end(process, run):
+            if kill.into_next_epoch is not None:
+                seconds = rundir.read_metrics(run / rundir.METRICS)[-1]["seconds"]
+                time.sleep(kill.into_next_epoch * seconds)
+            os.kill(process.pid, signal.SIGKILL)
         _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
@@ -124,9 +124,9 @@ def test_repeated_sigkill_including_mid_checkpoint_write_resumes_bit_identical(
                        for o in outcomes)
     landed = [o for o in outcomes if o.landed]
     identical = run_outcome(run) == run_outcome(reference_run)
-    tally("SIGKILL of `seratio train`: exact write instants, random delays, watcher", len(landed),
+    tally("SIGKILL of `seratio train`: exact write instants, random points, watcher", len(landed),
           sum(o.lost == 0 for o in landed) if identical else 0, sum(o.lost for o in landed) + (not identical))
-    assert len(landed) >= 5 and sum(o.kill.kill_at != "-" for o in landed) == 4, report  # each exact point hit
+    assert len(landed) == len(outcomes) == 7, report  # every kill landed, none came after the run was done
     assert all(o.lost == 0 for o in outcomes), report
     assert_same_run(run, reference_run)
     assert temp_files(run) == [], "a finished run dir keeps no leftovers of interrupted writes"
