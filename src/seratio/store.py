@@ -152,7 +152,7 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
                 raise
             # Workers started together on a fresh database race to create Optuna's tables; a loser
             # finds them made on its next attempt.
-            raise optuna.exceptions.StorageInternalError("another process is creating the study tables") from error
+            raise optuna.exceptions.StorageInternalError("another worker is creating the study tables") from None
         # Optuna's cached wrapper, as optuna.load_study would build: Trial objects require its trial index.
         return optuna.storages.get_storage(rdb)
 

@@ -9,12 +9,14 @@ long the database was away.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from optuna.trial import TrialState
@@ -124,6 +126,27 @@ def test_four_worker_processes_train_every_run_exactly_once_and_end_as_the_seque
     assert len(trained) == RUNS and set(trained.values()) == {1}, err
     assert len(set(re.findall(r"^\[(\d+)\] trial", err, re.M))) >= 2, "the runs were not shared out"
     assert final == sequential
+
+
+def _connect_when_released(url: str, start: Any) -> None:
+    start.wait()
+    open_storage(url, create=True, patience=Patience(60), log=print)
+
+
+def test_workers_connecting_together_to_a_fresh_postgres_database_all_get_in(postgres: Postgres) -> None:
+    """The first connection creates Optuna's tables; the others lose that race and must retry, not crash.
+
+    Released by one barrier, so the race happens every time rather than by luck of timing.
+    """
+    url = postgres.fresh_database("race")
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(6)
+    processes = [context.Process(target=_connect_when_released, args=(url, start)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [p.exitcode for p in processes] == [0] * 6
 
 
 def _backoff_waits(stderr: str) -> dict[str, list[float]]:
