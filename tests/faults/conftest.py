@@ -25,12 +25,18 @@ def tally() -> Record:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per kind of fault, summed over the tests (and parametrizations) that injected it."""
     if not TALLY:
         return
-    terminalreporter.section("faults injected")
-    terminalreporter.write_line(f"{'fault':<72} {'tried':>5} {'survived':>8} {'lost':>4}")
+    totals: dict[str, list[int]] = {}
     for row in TALLY:
-        terminalreporter.write_line(f"{row.fault:<72} {row.tried:>5} {row.survived:>8} {row.lost:>4}")
+        total = totals.setdefault(row.fault, [0, 0, 0])
+        for i, value in enumerate((row.tried, row.survived, row.lost)):
+            total[i] += value
+    terminalreporter.section("faults injected")
+    terminalreporter.write_line(f"{'fault':<78} {'tried':>5} {'survived':>8} {'lost':>4}")
+    for fault, (tried, survived, lost) in totals.items():
+        terminalreporter.write_line(f"{fault:<78} {tried:>5} {survived:>8} {lost:>4}")
 
 
 @pytest.fixture(scope="session")

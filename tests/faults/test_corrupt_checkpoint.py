@@ -72,11 +72,13 @@ def _two_checkpoints(run: Path) -> None:
 
 @pytest.mark.parametrize("how", DAMAGE)
 def test_damaged_newest_checkpoint_is_detected_and_the_previous_one_loaded(
-    tmp_path: Path, how: str, torch_loads: list[int]
+    tmp_path: Path, how: str, torch_loads: list[int], tally: Record
 ) -> None:
     _two_checkpoints(tmp_path)
     _damage(tmp_path / rundir.CHECKPOINT, how)
     checkpoint, notes = rundir.load_checkpoint(tmp_path)
+    good = checkpoint is not None and checkpoint["epoch"] == 1 and len(torch_loads) == 1
+    tally(f"checkpoint damaged on disk ({len(DAMAGE)} kinds): previous loaded, damaged never", 1, int(good), int(not good))
     assert checkpoint is not None and checkpoint["epoch"] == 1
     assert torch.equal(checkpoint["weights"], torch.arange(2000, dtype=torch.float32))
     assert len(notes) == 1 and str(tmp_path / rundir.CHECKPOINT) in notes[0]
@@ -85,11 +87,13 @@ def test_damaged_newest_checkpoint_is_detected_and_the_previous_one_loaded(
 
 
 @pytest.mark.parametrize("how", DAMAGE)
-def test_both_checkpoints_damaged_loads_nothing(tmp_path: Path, how: str, torch_loads: list[int]) -> None:
+def test_both_checkpoints_damaged_loads_nothing(tmp_path: Path, how: str, torch_loads: list[int], tally: Record) -> None:
     _two_checkpoints(tmp_path)
     _damage(tmp_path / rundir.CHECKPOINT, how)
     _damage(tmp_path / rundir.PREVIOUS_CHECKPOINT, "payload byte flipped, header intact")
     checkpoint, notes = rundir.load_checkpoint(tmp_path)
+    good = checkpoint is None and torch_loads == []
+    tally(f"both checkpoints damaged ({len(DAMAGE)} kinds): nothing loaded", 1, int(good), int(not good))
     assert checkpoint is None and len(notes) == 2
     assert torch_loads == []
 
