@@ -152,6 +152,7 @@ def test_full_disk_fails_one_study_trial_keeps_the_others_and_a_rerun_completes(
 
     assert main_in_process(argv) == 2
     err = capsys.readouterr().err
+    assert_no_traceback(err)
     last = err.strip().splitlines()[-1]
     assert last.startswith("seratio: error: study 'disk' cannot finish") and "no space left on device" in last
     first = _trials(storage, "disk")
