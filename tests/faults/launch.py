@@ -77,7 +77,10 @@ def main(argv: list[str]) -> int:
         install(name, step, int(nth))
     from seratio.cli import main as seratio_main
 
-    return seratio_main(args)
+    # Exactly as the `seratio` command starts: from sys.argv, so whatever the command does first
+    # (e.g. re-executing itself with another allocator, which replays this launcher) happens here too.
+    sys.argv = ["seratio", *args]
+    return seratio_main()
 
 
 if __name__ == "__main__":
