@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from seratio import __version__
 from seratio.errors import SeratioError
+from seratio.runtime import reexec_with_tcmalloc
 
 COMMANDS = ("info", "train", "report", "compare", "study")
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the `seratio` command itself, never a call from Python: exec replaces the process
+        reexec_with_tcmalloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
