@@ -19,14 +19,16 @@ from seratio.runtime import reexec_with_tcmalloc
 COMMANDS = ("info", "train", "report", "compare", "study")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with `only` just that command's, so `seratio train` never pays for
+    importing the report stack (matplotlib, scipy) or the study stack (optuna, SQLAlchemy)."""
     parser = argparse.ArgumentParser(
         prog="seratio",
         description="Study the reduction ratio (RR) of Squeeze-and-Excitation blocks in CIFAR ResNets.",
     )
     parser.add_argument("--version", action="version", version=f"seratio {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"seratio.commands.{name}").register(subparsers)
     return parser
 
@@ -34,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the `seratio` command itself, never a call from Python: exec replaces the process
         reexec_with_tcmalloc()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments[0] if arguments and arguments[0] in COMMANDS else None)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
     except SeratioError as error:
