@@ -1,0 +1,55 @@
+"""A report built from a study of tiny real CIFAR-10 runs: the values it shows are the stored ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from matplotlib.image import imread
+
+from seratio.cli import main
+
+STUDY = "real-constant"
+
+
+@pytest.fixture(scope="module")
+def real_study(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp("real")
+    storage = f"sqlite:///{root / 'study.db'}"
+    code = main([
+        "study", "run", "constant", "--name", STUDY, "--storage", storage, "--artifacts", str(root / "runs"),
+        "--candidates", "4,8", "--depth", "8", "--train-subset", "2000", "--val-size", "200", "--epochs", "2",
+        "--data-dir", str(cifar_dir),
+    ])
+    assert code == 0
+    assert main(["report", "--name", STUDY, "--storage", storage, "--out", str(root / "report")]) == 0
+    return storage, root / "report"
+
+
+def test_table_values_equal_the_stored_trials(real_study: tuple[str, Path]) -> None:
+    storage, report = real_study
+    trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials()
+    stored = {tuple(t.user_attrs["rr"]): t.user_attrs for t in trials}
+    assert set(stored) == {(None, None, None), (4, 4, 4), (8, 8, 8)}
+    rows = json.loads((report / "table.json").read_text())["rows"]
+    assert {tuple(r["rr"]) for r in rows} == set(stored)
+    for row in rows:
+        attrs = stored[tuple(row["rr"])]
+        assert row["test_accuracy"] == attrs["test_accuracy"]
+        assert row["params"] == attrs["params"]
+        assert 0.2 < attrs["test_accuracy"] < 1.0  # learned: chance is 0.1
+        result = json.loads((Path(attrs["run_dir"]) / "result.json").read_text())
+        assert result["test_accuracy"] == attrs["test_accuracy"]
+
+
+def test_figures_and_page_exist_and_parse(real_study: tuple[str, Path]) -> None:
+    _, report = real_study
+    for name in ("curves.png", "pareto.png"):
+        assert imread(report / name).shape[2] in (3, 4)
+    assert len(list(report.glob("confusion_*.png"))) >= 2
+    html = (report / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "McNemar" in html
+    assert np.isfinite(json.loads((report / "table.json").read_text())["rows"][0]["test_loss"])
