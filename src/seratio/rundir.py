@@ -72,6 +72,17 @@ def remove_temp_files(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def make_dir(path: Path, label: str, hint: str = "") -> None:
+    """Create an output directory up front, so a path that is (or lies under) a file fails in one
+    line naming `label` before any data is loaded or study is read."""
+    if path.exists() and not path.is_dir():
+        raise SeratioError(f"{label} is a file, not a directory{hint}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SeratioError(f"cannot create {label}: {error.strerror or error}") from None
+
+
 def write_json(path: Path, payload: Any) -> None:
     write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 

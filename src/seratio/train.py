@@ -116,20 +116,10 @@ def _difference(stored: RunConfig, wanted: RunConfig) -> str:
     return ", ".join(f"{k}: stored {a[k]!r}, asked {b[k]!r}" for k in a if a[k] != b[k])
 
 
-def _make_run_dir(out: Path) -> None:
-    """Fail before loading any data when `out` cannot be a run directory (a file, or under one)."""
-    if out.exists() and not out.is_dir():
-        raise SeratioError(f"run directory {out} is a file, not a directory; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SeratioError(f"cannot create run directory {out}: {error.strerror or error}") from None
-
-
 def _checkpoint_to_resume(
     config: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
 ) -> dict[str, Any] | None:
-    _make_run_dir(out)
+    rundir.make_dir(out, f"run directory {out}", "; choose another --out")
     if not (out / rundir.CONFIG).exists():
         if any(not rundir.is_temp_file(path) for path in out.iterdir()):
             raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")

@@ -11,6 +11,7 @@ from rich.table import Table
 from seratio.errors import SeratioError
 from seratio.models import parse_rr
 from seratio.records import load_study
+from seratio.rundir import make_dir
 from seratio.report import FORMATS, Written, write_report
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
 from seratio.store import DEFAULT_STORAGE, STORAGE_HELP
@@ -76,20 +77,10 @@ def _print(written: Written, out: Path) -> None:
     console.print(f"report: {index if index in written.paths else out}")
 
 
-def _make_out_dir(out: Path) -> None:
-    """Fail before reading the study when --out cannot be a directory."""
-    if out.exists() and not out.is_dir():
-        raise SeratioError(f"--out {str(out)!r} is a file, not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SeratioError(f"cannot create --out {str(out)!r}: {error.strerror or error}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
-    _make_out_dir(args.out)
+    make_dir(args.out, f"--out {str(args.out)!r}")
     study = load_study(args.name, args.storage, log=Console(stderr=True).print)  # storage retries
     written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
