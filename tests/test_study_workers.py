@@ -99,3 +99,57 @@ def test_a_sigkilled_worker_trial_is_finished_by_another_worker_from_its_checkpo
     assert json.loads((run_dir / "result.json").read_text())["epochs"] == 2
     states = [(t.state, t.user_attrs.get("fail_kind")) for t in open_store(storage, "k").trials()]
     assert states == [(TrialState.FAIL, "stale"), (TrialState.COMPLETE, None)]
+
+
+def _results(runs: Path) -> dict[str, dict[str, object]]:
+    keep = ("test_accuracy", "test_loss", "train_loss", "confusion_matrix")
+    return {d.name: {k: json.loads((d / "result.json").read_text())[k] for k in keep} for d in sorted(runs.iterdir())}
+
+
+def _worker_pids(stderr: str) -> set[str]:
+    return set(re.findall(r"^\[(\d+)\] worker done", stderr, re.MULTILINE))
+
+
+def test_trials_per_device_train_side_by_side_and_equal_sequential_runs(tmp_path: Path, cifar_dir: Path) -> None:
+    """K trials at once on one device, through `study run` and `study worker`, give what one worker gives alone."""
+    study = ["constant", "--candidates", "2,4", "--baseline", "2,2,2", "--epochs", "1", "--data-dir", str(cifar_dir), *TINY_CLI]
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # what each of 2 concurrent trials gets on this 2-core CI box
+    sequential = subprocess.run(
+        seratio("study", "run", *study, "--name", "s", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                "--artifacts", str(tmp_path / "seq")),
+        capture_output=True, text=True, timeout=400, env=one_thread,
+    )
+    assert sequential.returncode == 0, sequential.stderr
+    assert len(_worker_pids(sequential.stderr)) == 1
+    expected = _results(tmp_path / "seq")
+    assert sorted(expected) == ["rr-2-2-2_seed-0", "rr-4-4-4_seed-0"]
+
+    side_by_side = subprocess.run(
+        seratio("study", "run", *study, "--name", "c", "--storage", f"journal:{tmp_path / 'c.log'}",
+                "--artifacts", str(tmp_path / "con"), "--trials-per-device", "2", "--device", "cpu"),
+        capture_output=True, text=True, timeout=400,
+    )
+    assert side_by_side.returncode == 0, side_by_side.stderr
+    assert len(_worker_pids(side_by_side.stderr)) == 2
+    assert _results(tmp_path / "con") == expected
+
+    storage = f"journal:{tmp_path / 'w.log'}"
+    create(storage, "w", "constant", tmp_path / "wrk", candidates=(2, 4), baseline=(2, 2, 2))
+    joined = subprocess.run(
+        seratio("study", "worker", "--name", "w", "--storage", storage, "--trials-per-device", "2",
+                "--data-dir", str(cifar_dir)),
+        capture_output=True, text=True, timeout=400,
+    )
+    assert joined.returncode == 0, joined.stderr
+    assert len(_worker_pids(joined.stderr)) == 2
+    assert _results(tmp_path / "wrk") == expected
+
+
+def test_more_than_one_trial_per_device_on_sqlite_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    done = subprocess.run(
+        seratio("study", "run", "constant", "--name", "s", "--storage", f"sqlite:///{db}", "--trials-per-device", "2"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "--trials-per-device 2 asks for 2 parallel workers" in done.stderr
+    assert "journal:" in done.stderr and not db.exists()

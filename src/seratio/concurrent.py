@@ -1,4 +1,4 @@
-"""Several trials at once on one device (`--trials-per-device K`), each in its own process.
+"""Several trials at once on one device, each in its own process: the library form of `--trials-per-device K`.
 
 Why processes: a batch-32 step of a small CIFAR ResNet leaves most of a GPU idle, and on a CPU
 two single-threaded trials waste less time in thread synchronisation than one trial on two

@@ -165,11 +165,15 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
 
 
 @contextlib.contextmanager
-def sqlite_worker_lock(url: str) -> Iterator[None]:
-    """Hold an exclusive lock beside a SQLite store so a second worker is refused, never 'database is locked'."""
+def sqlite_worker_lock(url: str, *, create: bool) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store so a second worker is refused, never 'database is locked'.
+
+    Taken before the store is opened, so a refused second `study run` has not written to it either.
+    """
     if not url.startswith("sqlite:///"):
         yield
         return
+    _check_url(url, create=create)
     lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
     with open(lock_path, "a") as handle:
         try:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.commands.options import add_run_options, run_config_from_args
+from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
 from seratio.errors import SeratioError
 from seratio.models import format_rr, parse_rr
@@ -37,6 +38,10 @@ STRATEGY_HELP = (
     "grid: all combinations; tpe: Optuna's TPE for --n-trials draws; halving: all combinations under successive "
     "halving over epochs; paper: the paper's exact experiment (greedy over its per-phase candidates, paper recipe, "
     "plain ResNet baseline, selection on the TEST set as the paper did)"
+)
+TRIALS_PER_DEVICE_HELP = (
+    "trials trained at once on each device, each in its own worker process; K > 1 needs journal or PostgreSQL "
+    "storage. A batch-32 trial leaves a GPU mostly idle; on a CPU, K single-threaded trials beat one K-threaded trial"
 )
 TEST_LABEL = "selected on TEST set (paper practice)"
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -81,7 +86,9 @@ def _register_run(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--select-on", choices=SELECT_ON, help="metric the search selects on: val (default) or test (paper practice; the default of 'paper')")
     parser.add_argument("--n-trials", type=int, help="tpe only: number of TPE draws (a draw of a measured configuration reuses its result)")
     parser.add_argument("--halving-min-epochs", type=int, help="halving only: epochs before the first cut; later cuts at 3x, 9x, ... (default: epochs // 27, at least 1)")
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes; more than 1 needs journal or PostgreSQL storage (default: 1)")
+    local = parser.add_mutually_exclusive_group()
+    local.add_argument("--workers", type=int, help="local worker processes in all; more than 1 needs journal or PostgreSQL storage (default: 1)")
+    local.add_argument("--trials-per-device", type=int, help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU")
     add_run_options(parser, with_rr=False, with_seed=False)
     _add_worker_options(parser)
     parser.set_defaults(func=run)
@@ -96,7 +103,8 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--artifacts", type=Path, help="root of the run directories as mounted here (default: the study's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (pin one GPU) (default: auto)")
     parser.add_argument("--data-dir", help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch in each trial (default: torch's; with --trials-per-device K, the cores / K)")
+    parser.add_argument("--trials-per-device", type=int, default=1, help=TRIALS_PER_DEVICE_HELP + " (default: 1)")
     _add_worker_options(parser)
     parser.set_defaults(func=worker)
 
@@ -165,10 +173,7 @@ def run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     _check_worker_args(args)
-    if args.workers < 1:
-        raise SeratioError(f"--workers {args.workers} must be >= 1")
-    if args.workers > 1 and is_sqlite(args.storage):
-        raise SeratioError(sqlite_parallel_message(args.storage, f"--workers {args.workers} asks for parallel workers"))
+    workers = _local_workers(args)
     request = StudyRequest(
         strategy=args.strategy, run=run_config_from_args(args, rr="none", seed=0),
         candidates=_candidates(args.candidates), seeds=args.seeds, baseline=parse_rr(args.baseline),
@@ -176,62 +181,90 @@ def run(args: argparse.Namespace) -> int:
     )
     definition = build_definition(request)
     patience = Patience(seconds=args.db_patience)
-    storage = open_storage(args.storage, create=True, patience=patience, log=_log)
-    store = StudyStore.create_or_join(storage, args.name, patience, _log)
-    artifacts, warnings = create_or_join(store, definition, args.artifacts)
-    for warning in warnings:
-        _log(f"warning: {warning}")
-    if args.workers == 1:
-        _work(store, definition, _options(args, artifacts, args.device), args.storage)
-    else:
-        _spawn_workers(args, artifacts)
+    with sqlite_worker_lock(args.storage, create=True):
+        storage = open_storage(args.storage, create=True, patience=patience, log=_log)
+        store = StudyStore.create_or_join(storage, args.name, patience, _log)
+        artifacts, warnings = create_or_join(store, definition, args.artifacts)
+        for warning in warnings:
+            _log(f"warning: {warning}")
+        if workers == 1:
+            _work(store, definition, _options(args, artifacts, args.device))
+        else:
+            _spawn_workers(args, artifacts, [_device(args.device, i) for i in range(workers)], threads_per_trial(workers))
     _print_progress(store.name, definition, progress(definition, store.trials()))
     return 0
 
 
+def _local_workers(args: argparse.Namespace) -> int:
+    """`--workers W` as given, or K trials on each device that `--device` names (every GPU for `auto`)."""
+    if args.trials_per_device is not None:
+        _check_positive("--trials-per-device", args.trials_per_device)
+        workers = args.trials_per_device * _device_count(args.device)
+    else:
+        workers = 1 if args.workers is None else _check_positive("--workers", args.workers)
+    if workers > 1 and is_sqlite(args.storage):
+        asked = f"--workers {args.workers}" if args.workers is not None else f"--trials-per-device {args.trials_per_device}"
+        raise SeratioError(sqlite_parallel_message(args.storage, f"{asked} asks for {workers} parallel workers"))
+    return workers
+
+
+def _check_positive(flag: str, value: int) -> int:
+    if value < 1:
+        raise SeratioError(f"{flag} {value} must be >= 1")
+    return value
+
+
+def _device_count(device: str) -> int:
+    count = torch.cuda.device_count()
+    return count if device == "auto" and count > 1 else 1
+
+
 def worker(args: argparse.Namespace) -> int:
     if args.threads is not None:
-        if args.threads < 1:
-            raise SeratioError(f"--threads {args.threads} must be >= 1")
+        _check_positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
+    trials = _check_positive("--trials-per-device", args.trials_per_device)
     _check_worker_args(args)
+    if trials > 1 and is_sqlite(args.storage):
+        raise SeratioError(sqlite_parallel_message(args.storage, f"--trials-per-device {trials} asks for {trials} parallel workers"))
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     patience = Patience(seconds=args.db_patience)
-    store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
-    definition, artifacts = load_definition(store)
-    for warning in code_warnings(definition):
-        _log(f"warning: {warning}")
-    _work(store, definition, _options(args, args.artifacts or artifacts, args.device), args.storage)
+    with sqlite_worker_lock(args.storage, create=False):
+        store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
+        definition, artifacts = load_definition(store)
+        for warning in code_warnings(definition):
+            _log(f"warning: {warning}")
+        if trials == 1:
+            _work(store, definition, _options(args, args.artifacts or artifacts, args.device))
+        else:
+            _spawn_workers(args, args.artifacts or artifacts, [args.device] * trials, args.threads or threads_per_trial(trials))
     return 0
 
 
-def _work(store: StudyStore, definition: dict[str, Any], options: WorkerOptions, url: str) -> None:
-    with sqlite_worker_lock(url):
-        summary = Worker(store, definition, options, log=_log).run()
+def _work(store: StudyStore, definition: dict[str, Any], options: WorkerOptions) -> None:
+    summary = Worker(store, definition, options, log=_log).run()
     _log(
         f"worker done: {summary.trained} trained, {summary.pruned} pruned, {summary.reused} reused, "
         f"{summary.duplicates} duplicate claims dropped"
     )
 
 
-def _spawn_workers(args: argparse.Namespace, artifacts: Path) -> None:
-    """W independent `study worker` processes; torch threads split so W workers do not oversubscribe the CPU.
+def _spawn_workers(args: argparse.Namespace, artifacts: Path, devices: list[str], threads: int) -> None:
+    """One independent `study worker` process per entry of `devices`, each with `threads` torch threads.
+
+    The threads are an equal share of the cores unless given, so W workers do not oversubscribe the CPU.
 
     Each worker gets its own session, so a Ctrl-C reaches only this process, which passes exactly
     one SIGINT to each worker; a second one could cut short a worker marking its trial resumable.
     """
-    threads = max(1, len(os.sched_getaffinity(0)) // args.workers)
     common = [
         sys.executable, "-m", "seratio.cli", "study", "worker", "--name", args.name, "--storage", args.storage,
         "--artifacts", str(artifacts), "--threads", str(threads),
         "--heartbeat-interval", str(args.heartbeat_interval), "--stale-after", str(args.stale_after),
         "--db-patience", str(args.db_patience),
     ] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    processes = [
-        subprocess.Popen(common + ["--device", _device(args.device, i)], start_new_session=True)
-        for i in range(args.workers)
-    ]
+    processes = [subprocess.Popen(common + ["--device", device], start_new_session=True) for device in devices]
     try:
         codes = [p.wait() for p in processes]
     except KeyboardInterrupt:
@@ -242,7 +275,7 @@ def _spawn_workers(args: argparse.Namespace, artifacts: Path) -> None:
             p.wait()
         raise
     if any(codes):
-        raise SeratioError(f"{sum(1 for c in codes if c)} of {args.workers} workers failed (exit codes {codes}); see their messages above")
+        raise SeratioError(f"{sum(1 for c in codes if c)} of {len(processes)} workers failed (exit codes {codes}); see their messages above")
 
 
 def _device(device: str, index: int) -> str:
