@@ -140,6 +140,12 @@ CASES = [
          "--trials-per-device 3 asks for 3 parallel workers"),
     Case("worker study unknown", ["study", "worker", "--name", "nope", "--storage", "journal:{tmp}/study.log"], 2,
          "no study named 'nope' in this storage; studies there: s"),
+    Case("status postgres port closed", ["study", "status", "--name", "s", "--storage", "postgresql://postgres@127.0.0.1:1/x", "--db-patience", "0"], 2,
+         'connection to server at "127.0.0.1", port 1 failed'),
+    Case("export db-patience negative", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/x.csv", "--db-patience", "-1"], 2,
+         "--db-patience -1 must be >= 0 seconds"),
+    Case("report postgres port closed", ["report", "--name", "s", "--storage", "postgresql://postgres@127.0.0.1:1/x", "--out", "{tmp}/r", "--db-patience", "0"], 2,
+         'connection to server at "127.0.0.1", port 1 failed'),
     Case("status study unknown", ["study", "status", "--name", "nope", "--storage", "journal:{tmp}/study.log"], 2, "no study named 'nope'"),
     Case("export out under a file", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/afile/x.csv"], 2,
          "cannot write --out '{tmp}/afile/x.csv'"),
@@ -157,6 +163,8 @@ CASES = [
     Case("compare dirs that are not runs", ["compare", "{tmp}/foreign", "{tmp}/emptydata"], 2,
          "{tmp}/foreign/test_predictions.npy not found"),
     Case("compare missing dir", ["compare", "{tmp}/nowhere", "{tmp}/foreign"], 2, "run directory '{tmp}/nowhere' does not exist"),
+    Case("compare a file", ["compare", "{tmp}/afile", "{tmp}/foreign"], 2,
+         "run directory '{tmp}/afile' is a file"),
 ]
 
 

@@ -25,6 +25,9 @@ from seratio.errors import SeratioError
 from seratio.records import aggregate, load_study, redact_url
 from seratio.report import write_report
 from seratio.report.content import build_content, pareto_front
+from seratio.store import Patience
+
+PATIENCE = Patience(seconds=30)
 
 # Table 3 as the paper prints it, incumbents repeated: phase -> ratios in row order.
 PAPER_ROWS = {
@@ -45,7 +48,7 @@ def _rr(row: dict[str, Any]) -> tuple[int | None, ...]:
 def one_seed(tmp_path_factory: pytest.TempPathFactory) -> tuple[FixtureStudy, Path]:
     root = tmp_path_factory.mktemp("one")
     fixture = make_study(root / "study", seeds=1)
-    write_report(load_study(fixture.name, fixture.storage), root / "report")
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), root / "report")
     return fixture, root / "report"
 
 
@@ -53,7 +56,7 @@ def one_seed(tmp_path_factory: pytest.TempPathFactory) -> tuple[FixtureStudy, Pa
 def three_seeds(tmp_path_factory: pytest.TempPathFactory) -> tuple[FixtureStudy, Path]:
     root = tmp_path_factory.mktemp("three")
     fixture = make_study(root / "study", seeds=3, problems=True)
-    write_report(load_study(fixture.name, fixture.storage), root / "report")
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), root / "report")
     return fixture, root / "report"
 
 
@@ -221,7 +224,7 @@ def test_missing_run_directory_is_a_note_not_a_crash(three_seeds: tuple[FixtureS
 
 def test_test_set_selection_is_labelled(tmp_path: Path) -> None:
     fixture = make_study(tmp_path / "s", select_on="test", table=TABLE3[:5])
-    written = write_report(load_study(fixture.name, fixture.storage), tmp_path / "r", ("md", "json"))
+    written = write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "r", ("md", "json"))
     document = _table(tmp_path / "r")
     assert "as in the paper (test-set selection)" in document["selection_note"]
     assert "Val acc" not in (tmp_path / "r" / "table.md").read_text()
@@ -232,7 +235,7 @@ def test_test_set_selection_is_labelled(tmp_path: Path) -> None:
 def test_a_real_difference_is_reported_as_significant(tmp_path: Path) -> None:
     table = [("baseline", NONE3, 0.90, 0.5), ("constant", (8, 8, 8), 0.95, 0.3), ("constant", (4, 4, 4), 0.9005, 0.5)]
     fixture = make_study(tmp_path, seeds=3, table=table)
-    content = build_content(load_study(fixture.name, fixture.storage))
+    content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
     assert content.conclusion.startswith("1 of 2 configurations differs significantly")
     assert "(8, 8, 8) (+5.00 points" in content.conclusion
     assert "is on the accuracy-parameters Pareto front" in content.pareto_note
@@ -242,7 +245,7 @@ def test_pareto_front_and_a_dominated_best_found(tmp_path: Path) -> None:
     assert pareto_front([1, 2, 3, 3], [0.9, 0.8, 0.95, 0.94]) == [True, False, True, False]
     table = [("baseline", NONE3, 0.92, 0.5), ("constant", (8, 8, 8), 0.91, 0.3), ("constant", (2, 2, 2), 0.90, 0.5)]
     fixture = make_study(tmp_path, table=table)
-    content = build_content(load_study(fixture.name, fixture.storage))
+    content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
     assert [h.role for h in content.highlights] == ["baseline", "best constant and best found"]
     assert "is not on the accuracy-parameters Pareto front: ResNet-50 is at least" in content.pareto_note
 
@@ -280,9 +283,9 @@ def test_cli_report_user_errors(one_seed: tuple[FixtureStudy, Path], tmp_path: P
 
 def test_missing_storage_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(SeratioError, match="does not exist"):
-        load_study("x", f"sqlite:///{tmp_path / 'absent.db'}")
+        load_study("x", f"sqlite:///{tmp_path / 'absent.db'}", PATIENCE)
     with pytest.raises(SeratioError, match="does not exist"):
-        load_study("x", f"journal:{tmp_path / 'absent.log'}")
+        load_study("x", f"journal:{tmp_path / 'absent.log'}", PATIENCE)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -293,7 +296,7 @@ def test_journal_storage_is_read(tmp_path: Path) -> None:
     study.set_user_attr("seratio_definition", {"strategy": "constant", "baseline": [8, 8, 8], "depth": 20})
     study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={
         "rr": [8, 8, 8], "seed": 0, "phase": "constant", "test_accuracy": 0.81, "test_loss": 0.6}))
-    records = load_study("j", f"journal:{path}")
+    records = load_study("j", f"journal:{path}", PATIENCE)
     assert records.definition.baseline == (8, 8, 8) and records.definition.depth == 20
     config = aggregate(records).configs[(8, 8, 8)]
     assert config.test_accuracy.mean == 0.81 and math.isnan(config.test_accuracy.std)
@@ -307,7 +310,7 @@ def test_passwords_are_redacted() -> None:
 def test_highlighted_run_without_its_directory_is_skipped_with_notes(tmp_path: Path) -> None:
     fixture = make_study(tmp_path / "s", table=TABLE3[:4])
     shutil.rmtree(fixture.stored[(NONE3, 0)]["run_dir"])
-    written = write_report(load_study(fixture.name, fixture.storage), tmp_path / "r", ("html",))
+    written = write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "r", ("html",))
     names = {p.name for p in written.paths}
     assert {"curves.png", "confusion_se_8_8_8.png", "pareto.png", "index.html"} <= names
     assert "confusion_resnet.png" not in names
@@ -326,7 +329,7 @@ def test_a_tie_marks_one_winner_and_best_found_is_the_searchs_choice(tmp_path: P
         ("stage2", (2, 2, 8), 0.92, 0.5), ("stage2", (2, 4, 8), 0.93, 0.5),
     ]
     fixture = make_study(tmp_path, table=table)
-    content = build_content(load_study(fixture.name, fixture.storage))
+    content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
     winners = {phase: [row.config.rr for row in rows if row.winner] for phase, rows in content.phases}
     assert winners["stage1"] == [(2, 8, 8)]
     assert winners["stage2"] == [(2, 4, 8)]

@@ -13,6 +13,9 @@ from fixtures.browser import MISSING, Chromium, PageLoad, chromium_path
 from fixtures.studies import make_study
 from seratio.records import load_study
 from seratio.report import write_report
+from seratio.store import Patience
+
+PATIENCE = Patience(seconds=30)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -36,7 +39,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("html")
     fixture = make_study(root / "study", seeds=3, problems=True)
-    write_report(load_study(fixture.name, fixture.storage), root / "report")
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), root / "report")
     return root / "report" / "index.html"
 
 

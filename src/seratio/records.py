@@ -29,7 +29,6 @@ RR = tuple[int | None, ...]
 """Reduction ratio per stage; None means no SE block in that stage."""
 
 PROVENANCE_FIELDS = ("code_version", "recipe_hash", "epochs")
-READ_PATIENCE = Patience(seconds=30.0)
 
 
 @dataclass(frozen=True)
@@ -197,15 +196,16 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     )
 
 
-def load_study(name: str, storage_url: str, log: Callable[[str], None] = lambda message: None) -> StudyRecords:
+def load_study(
+    name: str, storage_url: str, patience: Patience, log: Callable[[str], None] = lambda message: None
+) -> StudyRecords:
     """Every trial of study `name`, in trial order, as plain records.
 
     Opens the storage with `create=False` (a typo must not conjure an empty store)
-    and waits at most READ_PATIENCE for an unreachable database: a report is
-    interactive, unlike a worker that should outlast a database restart.
+    and waits at most `patience` for an unreachable database.
     """
-    storage = open_storage(storage_url, create=False, patience=READ_PATIENCE, log=log)
-    store = StudyStore(storage, name, READ_PATIENCE, log)
+    storage = open_storage(storage_url, create=False, patience=patience, log=log)
+    store = StudyStore(storage, name, patience, log)
     definition = _definition(store.user_attrs(), name)
     trials = tuple(_trial_record(t) for t in store.trials())
     return StudyRecords(name, storage_url, definition, trials)

@@ -183,6 +183,13 @@ def sqlite_worker_lock(url: str, *, create: bool) -> Iterator[None]:
         yield
 
 
+def read_patience(seconds: float) -> Patience:
+    """A reader's `--db-patience`, refused when negative."""
+    if seconds < 0:
+        raise SeratioError(f"--db-patience {seconds:g} must be >= 0 seconds")
+    return Patience(seconds=seconds)
+
+
 def sqlite_parallel_message(url: str, why: str) -> str:
     return (
         f"SQLite store {url!r}: {why}. SQLite serves one process at a time; for parallel workers use "

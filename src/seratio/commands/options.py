@@ -1,4 +1,5 @@
-"""Options shared by every command that trains: `train`, `study run`, `study worker`."""
+"""Options shared across commands: the run options of every command that trains (`train`, `study run`,
+`study worker`), and the storage patience of every command that only reads a study."""
 
 from __future__ import annotations
 
@@ -51,3 +52,14 @@ def run_config_from_args(args: argparse.Namespace, **overrides: object) -> RunCo
     if isinstance(values["rr"], str):
         values["rr"] = parse_rr(values["rr"])  # parsed as typed, so an error quotes the user's text
     return RunConfig(**values)
+
+READ_PATIENCE_SECONDS = 30.0
+"""How long a read (status, export, report) waits for an unreachable database: it is interactive,
+unlike a worker that should outlast a database restart."""
+
+
+def add_read_patience_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db-patience", type=float, default=READ_PATIENCE_SECONDS,
+        help=f"seconds to keep retrying an unreachable storage before giving up (default: {READ_PATIENCE_SECONDS:g})",
+    )

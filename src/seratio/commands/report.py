@@ -8,13 +8,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from seratio.commands.options import add_read_patience_option
 from seratio.errors import SeratioError
 from seratio.models import parse_rr
 from seratio.records import load_study
 from seratio.rundir import make_dir
 from seratio.report import FORMATS, Written, write_report
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
-from seratio.store import DEFAULT_STORAGE, STORAGE_HELP
+from seratio.store import DEFAULT_STORAGE, STORAGE_HELP, read_patience
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--name", required=True, help="study name")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
+    add_read_patience_option(parser)
     parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help=f"comma-separated table formats: {', '.join(FORMATS)} (default: all); figures always")
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
     make_dir(args.out, f"--out {str(args.out)!r}")
-    study = load_study(args.name, args.storage, log=Console(stderr=True).print)  # storage retries
+    study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
     written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0

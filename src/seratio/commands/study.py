@@ -17,15 +17,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from seratio.commands.options import add_run_options, run_config_from_args
+from seratio.commands.options import add_read_patience_option, add_run_options, run_config_from_args
 from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
 from seratio.errors import SeratioError
 from seratio.models import format_rr, parse_rr
 from seratio.overview import Progress, progress, trial_row
 from seratio.store import (
-    DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, is_sqlite, open_storage, sqlite_parallel_message,
-    sqlite_worker_lock,
+    DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, is_sqlite, open_storage, read_patience,
+    sqlite_parallel_message, sqlite_worker_lock,
 )
 from seratio.study import (
     DEFINITION_ATTR, SELECT_ON, STRATEGIES, StudyRequest, build_definition, code_warnings, create_or_join,
@@ -112,12 +112,14 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
 def _register_status(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser("status", help="phase, trial counts and best configuration so far")
     _add_store_options(parser)
+    add_read_patience_option(parser)
     parser.set_defaults(func=status)
 
 
 def _register_export(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser("export", help="write one row per trial to CSV or JSON")
     _add_store_options(parser)
+    add_read_patience_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output file, .csv or .json")
     parser.set_defaults(func=export)
 
@@ -287,7 +289,7 @@ def _device(device: str, index: int) -> str:
 
 
 def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]]:
-    patience = Patience(seconds=30)
+    patience = read_patience(args.db_patience)
     store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
     definition = store.user_attrs().get(DEFINITION_ATTR)
     if not isinstance(definition, dict):

@@ -61,7 +61,8 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
     """Compare two finished runs image by image."""
     for path in (run_a, run_b):
         if not Path(path).is_dir():
-            raise SeratioError(f"run directory {str(path)!r} does not exist")
+            state = "is a file" if Path(path).exists() else "does not exist"
+            raise SeratioError(f"run directory {str(path)!r} {state}; give two run directories made by 'seratio train' or a study")
     pred_a, labels = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
     if not np.array_equal(labels, labels_b):
