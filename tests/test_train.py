@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -78,6 +79,20 @@ def test_rerun_into_finished_dir_neither_retrains_nor_overwrites(
     assert main(train_args(cifar_dir, finished_run)) == 0
     assert "already holds the finished run" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
+
+
+def test_a_finished_dir_from_other_code_is_reused_with_a_warning(
+    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    result = json.loads((copy / "result.json").read_text())
+    (copy / "result.json").write_text(json.dumps({**result, "code_version": "0.0.1+gdeadbeef00"}))
+    assert main(train_args(cifar_dir, copy)) == 0
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "already holds the finished run" in err and "trained by code 0.0.1+gdeadbeef00" in err
+    assert main(train_args(cifar_dir, finished_run)) == 0
+    assert "trained by code" not in capsys.readouterr().err
 
 
 def test_finished_dir_with_other_config_is_refused(finished_run: Path, cifar_dir: Path, capsys) -> None:

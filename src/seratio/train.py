@@ -24,7 +24,7 @@ from torch import nn
 
 from seratio import rundir
 from seratio.augment import augment_batch, to_float
-from seratio.config import RunConfig, environment, resolve_device
+from seratio.config import RunConfig, code_version, environment, resolve_device
 from seratio.cpu_compile import CompiledForward
 from seratio.cuda_step import GraphedStep
 from seratio.data import CifarData, Split, load_cifar
@@ -80,7 +80,7 @@ def train_run(
     out = Path(out_dir)
     finished = _finished_result(config, out)
     if finished is not None:
-        log(f"{out} already holds the finished run; nothing retrained or overwritten")
+        log(f"{out} already holds the finished run; nothing retrained or overwritten{_other_code(finished)}")
         return finished
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
     session = _start_session(config)
@@ -109,6 +109,14 @@ def _finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
             f"({_difference(stored, config)}); choose another --out"
         )
     return rundir.read_json(result_path)
+
+
+def _other_code(result: dict[str, Any]) -> str:
+    """A reused result from other code is still the same configuration, but a reader should know."""
+    stored, current = result.get("code_version"), code_version()
+    if stored == current:
+        return ""
+    return f" (warning: trained by code {stored}, this is {current}; delete the directory to retrain)"
 
 
 def _difference(stored: RunConfig, wanted: RunConfig) -> str:
