@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -168,3 +169,27 @@ def test_a_worker_whose_trial_was_declared_stale_stops_training_it(tmp_path: Pat
     work(_url(tmp_path), "s", trainer)  # type: ignore[arg-type]
     assert epochs_seen == [1]
     assert [t.state for t in store.trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_resumed_halving_trial_reports_its_earlier_epochs_to_the_pruner(tmp_path: Path) -> None:
+    """The epochs a dead predecessor trained reach the new trial's history, as if it had trained them."""
+    run = dataclasses.replace(TINY, epochs=6)
+    store, _ = create(_url(tmp_path), "h", "halving", tmp_path / "runs", run=run, candidates=(2,),
+                      baseline=(2, 2, 2), halving_min_epochs=1)
+    run_dir = tmp_path / "runs" / run_name((2, 2, 2), 0)
+    run_dir.mkdir(parents=True)
+    earlier = [{"epoch": e, "val_accuracy": 0.1 + e / 100, "test_accuracy": 0.0} for e in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in earlier))
+    finish = FakeTrainer(epochs=6)
+    resumed_at: list[int] = []
+
+    def resuming(config, out_dir, *, on_epoch, **hooks):  # type: ignore[no-untyped-def]
+        """What train_run does from a checkpoint at epoch 2: epoch 3 again, then 4-6."""
+        resumed_at.append(3)
+        return finish(config, out_dir, on_epoch=lambda row: row["epoch"] >= 3 and on_epoch(row), **hooks)
+
+    work(_url(tmp_path), "h", resuming)  # type: ignore[arg-type]
+    (trial,) = [t for t in store.trials() if t.state == TrialState.COMPLETE]
+    assert resumed_at == [3]
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5, 6]
+    assert [trial.intermediate_values[e] for e in (1, 2, 3)] == pytest.approx([0.11, 0.12, 0.13])  # epoch 3: once

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from seratio import strategies, study
+from seratio import rundir, strategies, study
 from seratio.errors import SeratioError
 from seratio.heartbeat import Heartbeat, StaleWatch
 from seratio.ledger import RR, Ledger, RunKey, Status, TrialView
@@ -239,12 +239,13 @@ class Worker:
             self.definition, view.rr, view.seed, device=self.options.device, data_dir=self.options.data_dir
         )
         prefix = f"trial #{view.number} {self._label(view)}"
-        self.log(f"{prefix}: training in {view.attrs['run_dir']}")
+        run_dir = Path(view.attrs["run_dir"])
+        self.log(f"{prefix}: training in {run_dir}")
         try:
+            on_epoch = self._epoch_hook(trial, heartbeat, prefix)
+            self._replay_for_pruner(trial, run_dir, prefix)
             result = self.trainer(
-                config, Path(view.attrs["run_dir"]), resume=True,
-                log=lambda message: self.log(f"{prefix}: {message}"),
-                on_epoch=self._epoch_hook(trial, heartbeat, prefix),
+                config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"), on_epoch=on_epoch,
             )
         except TrainingDiverged as error:
             self._fail(view, "diverged", str(error))
@@ -277,11 +278,35 @@ class Worker:
             if heartbeat.abandoned.is_set():
                 raise TrialAbandoned
             if prune:
-                self.store.call(lambda: trial.report(row[metric], row["epoch"]))
-                if self.store.call(trial.should_prune):
-                    raise optuna.TrialPruned
+                self._report(trial, row)
 
         return on_epoch
+
+    def _report(self, trial: optuna.trial.Trial, row: dict[str, Any]) -> None:
+        """Halving's per-epoch report; an epoch already reported (replayed, then trained again) counts once."""
+        if row["epoch"] not in self.store.call(lambda: self.store.trial(trial._trial_id).intermediate_values):
+            self.store.call(lambda: trial.report(row[f"{self.definition['select_on']}_accuracy"], row["epoch"]))
+        if self.store.call(trial.should_prune):
+            raise optuna.TrialPruned
+
+    def _replay_for_pruner(self, trial: optuna.trial.Trial, run_dir: Path, prefix: str) -> None:
+        """A retried halving trial resumes mid-run: report the epochs its predecessor trained.
+
+        Without them the new trial would reach its first rung with no history, and successive
+        halving would judge it on a later epoch than its peers.
+        """
+        metrics = run_dir / rundir.METRICS
+        if self.definition["strategy"] != "halving" or (run_dir / rundir.RESULT).exists() or not metrics.exists():
+            return
+        try:
+            rows = rundir.read_metrics(metrics)
+        except (OSError, ValueError) as error:
+            self.log(f"{prefix}: earlier epochs not replayed to the pruner ({metrics}: {error})")
+            return
+        for row in rows:
+            self._report(trial, row)
+        if rows:
+            self.log(f"{prefix}: replayed epochs 1-{rows[-1]['epoch']} to the pruner")
 
     def _record(self, view: TrialView, result: dict[str, Any], prefix: str) -> None:
         """Result attributes first, then COMPLETE.
