@@ -58,7 +58,8 @@ class FakeTrainer:
         self.calls: list[tuple[RR, int]] = []
 
     def __call__(self, config: RunConfig, out_dir: Path, *, resume: bool, log: Callable[[str], None],
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None, show_progress: bool = False) -> dict[str, Any]:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None, show_progress: bool = False,
+                 wait_for_lock: bool = False) -> dict[str, Any]:
         out = Path(out_dir)
         if (out / "result.json").exists():
             return json.loads((out / "result.json").read_text())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seratio import rundir
+from seratio import rundir, runlock
 from seratio.augment import augment_batch, to_float
 from seratio.config import RunConfig, code_version, environment, resolve_device
 from seratio.cpu_compile import CompiledForward
@@ -75,13 +75,34 @@ def train_run(
     show_progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
     on_epoch: EpochCallback | None = None,
+    wait_for_lock: bool = False,
 ) -> dict[str, Any]:
-    """Train (or finish, or just read back) the run that `config` defines in `out_dir`."""
+    """Train (or finish, or just read back) the run that `config` defines in `out_dir`.
+
+    One process at a time writes a run directory: another writer makes this call refuse, or with
+    `wait_for_lock` wait until that writer stops (then read back or resume what it left).
+    """
     out = Path(out_dir)
     finished = _finished_result(config, out)
     if finished is not None:
-        log(f"{out} already holds the finished run; nothing retrained or overwritten{_other_code(finished)}")
-        return finished
+        return _reused(finished, out, log)
+    rundir.make_dir(out, f"run directory {out}", "; choose another --out")
+    with runlock.hold(out, wait=wait_for_lock, log=log):
+        finished = _finished_result(config, out)  # the writer this call waited for may have finished it
+        if finished is not None:
+            return _reused(finished, out, log)
+        return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
+
+
+def _reused(finished: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"{out} already holds the finished run; nothing retrained or overwritten{_other_code(finished)}")
+    return finished
+
+
+def _train(
+    config: RunConfig, out: Path, *, resume: bool, show_progress: bool, log: Callable[[str], None],
+    on_epoch: EpochCallback | None,
+) -> dict[str, Any]:
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
     session = _start_session(config)
     state = _restore(session, checkpoint) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
@@ -127,9 +148,8 @@ def _difference(stored: RunConfig, wanted: RunConfig) -> str:
 def _checkpoint_to_resume(
     config: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
 ) -> dict[str, Any] | None:
-    rundir.make_dir(out, f"run directory {out}", "; choose another --out")
     if not (out / rundir.CONFIG).exists():
-        if any(not rundir.is_temp_file(path) for path in out.iterdir()):
+        if any(not rundir.is_temp_file(path) and path.name != runlock.LOCK_FILE for path in out.iterdir()):
             raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")
         return None  # empty, or only the temp file of a first write that a kill interrupted
     stored = RunConfig.from_dict(rundir.read_json(out / rundir.CONFIG)["run"])

@@ -37,7 +37,7 @@ from seratio.store import StudyStore
 from seratio.train import TrainingDiverged, train_run
 
 Trainer = Callable[..., dict[str, Any]]
-"""`train_run`'s signature: (config, out_dir, *, resume, log, on_epoch) -> result dict."""
+"""`train_run`'s signature: (config, out_dir, *, resume, log, on_epoch, wait_for_lock) -> result dict."""
 
 RESULT_ATTRS = (
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy", "best_epoch",
@@ -246,6 +246,7 @@ class Worker:
             self._replay_for_pruner(trial, run_dir, prefix)
             result = self.trainer(
                 config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"), on_epoch=on_epoch,
+                wait_for_lock=True,
             )
         except TrainingDiverged as error:
             self._fail(view, "diverged", str(error))

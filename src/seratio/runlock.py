@@ -1,0 +1,78 @@
+"""One writer per run directory, across processes and machines that share the directory.
+
+Why: a study worker whose trial was wrongly declared stale (its database link dropped while it
+kept training) goes on until its next epoch ends, while the retry resumes the same run directory
+elsewhere. Atomic writes keep every file whole, but two writers would interleave epochs. The lock
+is an exclusive `flock` on a file inside the run directory: the kernel (or the NFS lock manager)
+drops it when its holder dies, so a SIGKILLed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from seratio.errors import SeratioError
+
+LOCK_FILE = ".seratio.lock"
+"""Inside the run directory; never deleted (deleting a lock file races with its next holder)."""
+POLL_SECONDS = 1.0
+REMIND_SECONDS = 60.0
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold `run_dir`'s lock for the body. Busy: refuse at once, or (`wait`) poll until it is free.
+
+    A person starting a second `seratio train` on a busy directory wants to know now; a study
+    worker retrying a trial wants the previous writer to notice it was replaced and stop first.
+    """
+    path = run_dir / LOCK_FILE
+    try:
+        handle = open(path, "a+")
+    except OSError as error:
+        raise SeratioError(f"cannot create the lock file {path}: {error.strerror or error}") from None
+    with handle:
+        if not _try_lock(handle):
+            if not wait:
+                raise SeratioError(
+                    f"{run_dir} is being written by another seratio process ({_holder(handle)}); "
+                    "wait for it to finish or stop it, or choose another --out"
+                )
+            _wait_for(handle, run_dir, log)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(handle: IO[str]) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "holder unknown"
+
+
+def _wait_for(handle: IO[str], run_dir: Path, log: Callable[[str], None]) -> None:
+    """Poll rather than block, so Ctrl-C and SIGTERM still stop a waiting worker at once."""
+    started = time.monotonic()
+    reminded = -REMIND_SECONDS
+    while not _try_lock(handle):
+        waited = time.monotonic() - started
+        if waited - reminded >= REMIND_SECONDS:
+            log(f"waiting for {_holder(handle)} to stop writing {run_dir} ({waited:.0f}s so far)")
+            reminded = waited
+        time.sleep(POLL_SECONDS)
