@@ -181,15 +181,18 @@ def test_a_resumed_halving_trial_reports_its_earlier_epochs_to_the_pruner(tmp_pa
     earlier = [{"epoch": e, "val_accuracy": 0.1 + e / 100, "test_accuracy": 0.0} for e in (1, 2, 3)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in earlier))
     finish = FakeTrainer(epochs=6)
-    resumed_at: list[int] = []
+    trained: dict[int, float] = {}
 
     def resuming(config, out_dir, *, on_epoch, **hooks):  # type: ignore[no-untyped-def]
-        """What train_run does from a checkpoint at epoch 2: epoch 3 again, then 4-6."""
-        resumed_at.append(3)
-        return finish(config, out_dir, on_epoch=lambda row: row["epoch"] >= 3 and on_epoch(row), **hooks)
+        """What train_run does from a checkpoint at epoch 2: epoch 3 again (metrics held it already), then 4-6."""
+        def resumed(row: dict) -> None:
+            if row["epoch"] >= 3:
+                trained[row["epoch"]] = row["val_accuracy"]
+                on_epoch(row)
+        return finish(config, out_dir, on_epoch=resumed, **hooks)
 
     work(_url(tmp_path), "h", resuming)  # type: ignore[arg-type]
     (trial,) = [t for t in store.trials() if t.state == TrialState.COMPLETE]
-    assert resumed_at == [3]
     assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5, 6]
-    assert [trial.intermediate_values[e] for e in (1, 2, 3)] == pytest.approx([0.11, 0.12, 0.13])  # epoch 3: once
+    assert [trial.intermediate_values[e] for e in (1, 2)] == pytest.approx([0.11, 0.12])  # replayed
+    assert {e: trial.intermediate_values[e] for e in trained} == trained  # trained again: the new value

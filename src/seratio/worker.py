@@ -242,11 +242,9 @@ class Worker:
         run_dir = Path(view.attrs["run_dir"])
         self.log(f"{prefix}: training in {run_dir}")
         try:
-            on_epoch = self._epoch_hook(trial, heartbeat, prefix)
-            self._replay_for_pruner(trial, run_dir, prefix)
             result = self.trainer(
-                config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"), on_epoch=on_epoch,
-                wait_for_lock=True,
+                config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"),
+                on_epoch=self._epoch_hook(trial, heartbeat, run_dir, prefix), wait_for_lock=True,
             )
         except TrainingDiverged as error:
             self._fail(view, "diverged", str(error))
@@ -266,12 +264,13 @@ class Worker:
             self._record(view, result, prefix)
 
     def _epoch_hook(
-        self, trial: optuna.trial.Trial, heartbeat: Heartbeat, prefix: str
+        self, trial: optuna.trial.Trial, heartbeat: Heartbeat, run_dir: Path, prefix: str
     ) -> Callable[[dict[str, Any]], None]:
         """Per epoch: a log line, a stop if another worker took the trial over, and halving's report."""
         metric = f"{self.definition['select_on']}_accuracy"
         prune = self.definition["strategy"] == "halving"
         epochs = self.definition["epochs"]
+        first = [True]
 
         def on_epoch(row: dict[str, Any]) -> None:
             seconds = row.get("seconds", 0.0)
@@ -279,6 +278,9 @@ class Worker:
             if heartbeat.abandoned.is_set():
                 raise TrialAbandoned
             if prune:
+                if first[0]:
+                    first[0] = False
+                    self._replay_for_pruner(trial, run_dir, row["epoch"], prefix)
                 self._report(trial, row)
 
         return on_epoch
@@ -290,24 +292,24 @@ class Worker:
         if self.store.call(trial.should_prune):
             raise optuna.TrialPruned
 
-    def _replay_for_pruner(self, trial: optuna.trial.Trial, run_dir: Path, prefix: str) -> None:
+    def _replay_for_pruner(self, trial: optuna.trial.Trial, run_dir: Path, resumed_at: int, prefix: str) -> None:
         """A retried halving trial resumes mid-run: report the epochs its predecessor trained.
 
         Without them the new trial would reach its first rung with no history, and successive
-        halving would judge it on a later epoch than its peers.
+        halving would judge it on a later epoch than its peers. Called at the first epoch this
+        trial trains, when the run directory's lock is held and its metrics are the checkpoint's.
         """
-        metrics = run_dir / rundir.METRICS
-        if self.definition["strategy"] != "halving" or (run_dir / rundir.RESULT).exists() or not metrics.exists():
+        if resumed_at <= 1:
             return
+        metrics = run_dir / rundir.METRICS
         try:
-            rows = rundir.read_metrics(metrics)
-        except (OSError, ValueError) as error:
+            rows = [row for row in rundir.read_metrics(metrics) if row["epoch"] < resumed_at]
+        except (OSError, ValueError, KeyError) as error:
             self.log(f"{prefix}: earlier epochs not replayed to the pruner ({metrics}: {error})")
             return
         for row in rows:
             self._report(trial, row)
-        if rows:
-            self.log(f"{prefix}: replayed epochs 1-{rows[-1]['epoch']} to the pruner")
+        self.log(f"{prefix}: replayed epochs 1-{resumed_at - 1} to the pruner")
 
     def _record(self, view: TrialView, result: dict[str, Any], prefix: str) -> None:
         """Result attributes first, then COMPLETE.

@@ -53,6 +53,7 @@ def run_config_from_args(args: argparse.Namespace, **overrides: object) -> RunCo
         values["rr"] = parse_rr(values["rr"])  # parsed as typed, so an error quotes the user's text
     return RunConfig(**values)
 
+
 READ_PATIENCE_SECONDS = 30.0
 """How long a read (status, export, report) waits for an unreachable database: it is interactive,
 unlike a worker that should outlast a database restart."""
