@@ -1,7 +1,8 @@
 """Reports from stored study results: Table 3 layout, significance, figures and one HTML page.
 
-`content` decides what the report says; `tables`, `figures` and `html` only
-render it. A report reads the study storage and run directories and never trains.
+`content` decides what the report says (with `significance` for the tests against the baseline
+and `labels` for how models are named); `tables`, `figures` and `html` only render it. A report
+reads the study storage and run directories and never trains.
 """
 
 from __future__ import annotations

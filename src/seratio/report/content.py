@@ -2,58 +2,23 @@
 
 Every output format (tables, figures, HTML) renders this one structure, so the
 Markdown table, the JSON and the HTML page cannot disagree about a winner or a
-p-value. Reading run directories for McNemar happens here; a missing directory
-becomes a note, never a crash, because reports are often made on a machine
-that holds the study database but not every worker's files.
+p-value. A run directory missing for McNemar becomes a note, never a crash,
+because reports are often made on a machine that holds the study database but
+not every worker's files (see `significance`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from seratio import stats
-from seratio.errors import SeratioError
-from seratio.records import (
-    RR,
-    Aggregate,
-    ConfigResult,
-    Excluded,
-    StudyRecords,
-    TrialRecord,
-    aggregate,
-    paired_correctness,
-)
+from seratio.records import RR, Aggregate, ConfigResult, Excluded, StudyRecords, TrialRecord, aggregate
+from seratio.report.labels import model_label, short_label
+from seratio.report.significance import Significance, against_baseline, conclusion
 
-ALPHA = 0.05
 PHASE_ORDER = ("baseline", "constant", "stage1", "stage2", "stage3", "grid", "tpe", "halving")
-PHASE_TITLES = {
-    "baseline": "Baseline",
-    "constant": "Constant reduction ratio",
-    "stage1": "Stage 1 greedy RR search",
-    "stage2": "Stage 2 greedy RR search",
-    "stage3": "Stage 3 greedy RR search",
-    "grid": "Grid search",
-    "tpe": "TPE search",
-    "halving": "Successive halving",
-}
-
-
-@dataclass(frozen=True)
-class Significance:
-    """One configuration against the baseline; `diff` is in accuracy (fraction), config minus baseline."""
-
-    rr: RR
-    method: str  # "mcnemar", "welch" or "none"
-    diff: float
-    p_value: float
-    p_holm: float
-    ci_low: float
-    ci_high: float
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -100,46 +65,10 @@ class ReportContent:
         return self.aggregate.incomplete
 
 
-# -- naming ------------------------------------------------------------------------------------
-
-
-def ratios_text(rr: RR) -> str:
-    """Paper style "(8, 2, 16)"; a stage without SE shows as "-"; no SE at all as "-"."""
-    if all(r is None for r in rr):
-        return "-"
-    return "(" + ", ".join("-" if r is None else str(r) for r in rr) + ")"
-
-
-def model_name(rr: RR, depth: int) -> str:
-    return f"ResNet-{depth}" if all(r is None for r in rr) else f"SE-ResNet-{depth}"
-
-
-def model_label(rr: RR, depth: int) -> str:
-    ratios = ratios_text(rr)
-    return model_name(rr, depth) + ("" if ratios == "-" else f" {ratios}")
-
-
-def short_label(rr: RR, depth: int) -> str:
-    """Ratios alone identify an SE model once a caption names the network; the plain one keeps its name."""
-    ratios = ratios_text(rr)
-    return model_name(rr, depth) if ratios == "-" else ratios
-
-
-def model_slug(rr: RR) -> str:
-    """File-name-safe model id: `resnet` or `se_8_2_16` (`none` for a stage without SE)."""
-    if all(r is None for r in rr):
-        return "resnet"
-    return "se_" + "_".join("none" if r is None else str(r) for r in rr)
-
-
 def completed_as(agg: Aggregate, trial: TrialRecord) -> int | None:
     """The finished trial that ran the same configuration and seed, e.g. the retry of a crashed one."""
     config = agg.configs.get(trial.rr) if trial.rr is not None else None
     return next((t.number for t in config.runs if t.seed == trial.seed), None) if config else None
-
-
-def phase_title(phase: str) -> str:
-    return PHASE_TITLES.get(phase, phase)
 
 
 # -- building ----------------------------------------------------------------------------------
@@ -190,56 +119,6 @@ def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     return tuple(result)
 
 
-def _mcnemar(config: ConfigResult, base: ConfigResult) -> tuple[stats.McNemarResult | None, str]:
-    a, b = config.runs[0], base.runs[0]
-    if a.run_dir is None or b.run_dir is None:
-        return None, "not tested: a trial has no run_dir attribute"
-    try:
-        correct_a, correct_b = paired_correctness(a.run_dir, b.run_dir)
-    except SeratioError as error:
-        return None, f"not tested: {error}"
-    return stats.mcnemar_exact(correct_a, correct_b), ""
-
-
-def _test(config: ConfigResult, base: ConfigResult) -> Significance:
-    """McNemar for single runs (paired images), Welch + bootstrap over seeds otherwise."""
-    diff = config.test_accuracy.mean - base.test_accuracy.mean
-    nan = math.nan
-    n, m = config.test_accuracy.n, base.test_accuracy.n
-    if n == 1 and m == 1:
-        result, why = _mcnemar(config, base)
-        if result is None:
-            return Significance(config.rr, "none", diff, nan, nan, nan, nan, why)
-        detail = f"{result.b} images right only here, {result.c} only in the baseline"
-        return Significance(config.rr, "mcnemar", diff, result.p_value, nan, nan, nan, detail)
-    if n >= 2 and m >= 2:
-        a = [t.test_accuracy for t in config.runs]
-        b = [t.test_accuracy for t in base.runs]
-        welch = stats.welch_t_test(a, b)  # type: ignore[arg-type]  # complete runs have accuracies
-        boot = stats.bootstrap_diff_ci(a, b)  # type: ignore[arg-type]
-        detail = f"t = {welch.statistic:.2f}, df = {welch.df:.1f}; CI from {boot.resamples} bootstrap resamples"
-        return Significance(config.rr, "welch", diff, welch.p_value, nan, boot.low, boot.high, detail)
-    return Significance(
-        config.rr, "none", diff, nan, nan, nan, nan,
-        f"not tested: {n} seed(s) here and {m} in the baseline (McNemar needs 1 and 1, Welch at least 2 and 2)",
-    )
-
-
-def _significance(agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...]
-                  ) -> dict[RR, Significance]:
-    """Every configuration against the baseline, in table order, with Holm-adjusted p-values."""
-    base = agg.configs.get(baseline_rr)
-    if base is None:
-        return {}
-    in_order = list(dict.fromkeys(row.config.rr for _, rows in phases for row in rows))
-    tests = [_test(agg.configs[rr], base) for rr in in_order if rr != baseline_rr]
-    adjusted = stats.holm([s.p_value for s in tests])
-    return {
-        s.rr: Significance(s.rr, s.method, s.diff, s.p_value, p, s.ci_low, s.ci_high, s.detail)
-        for s, p in zip(tests, adjusted)
-    }
-
-
 def _highlights(
     agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...]
 ) -> tuple[Highlight, ...]:
@@ -277,44 +156,6 @@ def selection_note(select_on: str) -> str:
     )
 
 
-def fmt_p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
-
-
-def _conclusion(significance: dict[RR, Significance], baseline_rr: RR, depth: int, has_base: bool) -> str:
-    base = model_label(baseline_rr, depth)
-    if not has_base:
-        return f"No significance test ran: the baseline {base} has no completed comparable run."
-    tested = [s for s in significance.values() if not math.isnan(s.p_value)]
-    if not tested:
-        return f"No significance test could run against the baseline {base}; see the notes beside each row."
-    strong = [s for s in tested if s.p_holm < ALPHA]
-    loose = [s for s in tested if s.p_value < ALPHA and s.p_holm >= ALPHA]
-    k = len(tested)
-    if not strong:
-        text = (
-            f"No configuration differs significantly from the baseline {base} in test accuracy "
-            f"(5% level, Holm-adjusted over {k} test{'s' if k != 1 else ''}): the differences in the table "
-            "could be noise."
-        )
-    else:
-        items = ", ".join(
-            f"{ratios_text(s.rr)} ({100 * s.diff:+.2f} points, adjusted p = {fmt_p(s.p_holm)})" for s in strong
-        )
-        verb = "differs" if len(strong) == 1 else "differ"
-        configurations = "configuration" if k == 1 else "configurations"
-        text = f"{len(strong)} of {k} {configurations} {verb} significantly from the baseline {base}: {items}."
-    if loose:
-        names = ", ".join(ratios_text(s.rr) for s in loose)
-        text += f" {names} had p < 0.05 before adjusting for {k} comparisons, which is not evidence on its own."
-    if any(s.method == "mcnemar" for s in tested):
-        text += (" With one run per configuration, McNemar's test covers only the sampling of test images: "
-                 "it compares two trained networks and says nothing about run-to-run (seed) variation.")
-    return text
-
-
 def pareto_front(cost: list[float], accuracy: list[float]) -> list[bool]:
     """True where no other point is at least as cheap and as accurate, and strictly better in one."""
     c, a = np.asarray(cost, dtype=float), np.asarray(accuracy, dtype=float)
@@ -350,7 +191,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     baseline = baseline_rr if baseline_rr is not None else study.definition.baseline
     depth = study.definition.depth
     phases = _phase_rows(agg)
-    significance = _significance(agg, baseline, phases)
+    significance = against_baseline(agg, baseline, list(dict.fromkeys(r.config.rr for _, rows in phases for r in rows)))
     highlights = _highlights(agg, baseline, phases)
     notes = []
     if baseline not in agg.configs:
@@ -363,7 +204,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
         significance=significance,
         highlights=highlights,
         selection_note=selection_note(study.definition.select_on),
-        conclusion=_conclusion(significance, baseline, depth, baseline in agg.configs),
+        conclusion=conclusion(significance, baseline, depth, baseline in agg.configs),
         pareto_note=_pareto_note(agg, highlights, depth),
         notes=tuple(notes),
     )

@@ -19,7 +19,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from seratio.errors import SeratioError
 from seratio.records import ConfigResult, read_metrics, read_result
-from seratio.report.content import ReportContent, model_label, model_slug, pareto_front, ratios_text
+from seratio.report.content import ReportContent, pareto_front
+from seratio.report.labels import model_label, model_slug, ratios_text
 
 ROLE_COLORS = {"baseline": "#6baed6", "best constant": "#08519c", "best found": "#e6550d"}
 DPI = 120

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from seratio import __version__
 from seratio.records import redact_url
-from seratio.report.content import ReportContent, model_label, model_slug, phase_title
+from seratio.report.content import ReportContent
+from seratio.report.labels import model_label, model_slug, phase_title
 from seratio.report.tables import (
     all_rows,
     caption,

@@ -16,18 +16,9 @@ from typing import Any
 
 from seratio import __version__
 from seratio.records import RR, TrialRecord, redact_url
-from seratio.report.content import (
-    ReportContent,
-    Row,
-    Significance,
-    completed_as,
-    fmt_p,
-    model_label,
-    model_name,
-    phase_title,
-    ratios_text,
-    short_label,
-)
+from seratio.report.content import ReportContent, Row, completed_as
+from seratio.report.labels import fmt_p, model_label, model_name, phase_title, ratios_text, short_label
+from seratio.report.significance import Significance
 from seratio.stats import Summary
 
 # -- cell formatting shared by the human formats -----------------------------------------------
