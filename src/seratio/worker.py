@@ -287,7 +287,7 @@ class Worker:
 
     def _report(self, trial: optuna.trial.Trial, row: dict[str, Any]) -> None:
         """Halving's per-epoch report; an epoch already reported (replayed, then trained again) counts once."""
-        if row["epoch"] not in self.store.call(lambda: self.store.trial(trial._trial_id).intermediate_values):
+        if row["epoch"] not in self.store.trial(trial._trial_id).intermediate_values:
             self.store.call(lambda: trial.report(row[f"{self.definition['select_on']}_accuracy"], row["epoch"]))
         if self.store.call(trial.should_prune):
             raise optuna.TrialPruned
