@@ -286,9 +286,8 @@ class Worker:
         return on_epoch
 
     def _report(self, trial: optuna.trial.Trial, row: dict[str, Any]) -> None:
-        """Halving's per-epoch report; an epoch already reported (replayed, then trained again) counts once."""
-        if row["epoch"] not in self.store.trial(trial._trial_id).intermediate_values:
-            self.store.call(lambda: trial.report(row[f"{self.definition['select_on']}_accuracy"], row["epoch"]))
+        """Halving's per-epoch report and pruning check."""
+        self.store.call(lambda: trial.report(row[f"{self.definition['select_on']}_accuracy"], row["epoch"]))
         if self.store.call(trial.should_prune):
             raise optuna.TrialPruned
 
@@ -297,7 +296,8 @@ class Worker:
 
         Without them the new trial would reach its first rung with no history, and successive
         halving would judge it on a later epoch than its peers. Called at the first epoch this
-        trial trains, when the run directory's lock is held and its metrics are the checkpoint's.
+        trial trains, when the run directory's lock is held and its metrics are the checkpoint's;
+        only the epochs before that one are replayed, so no epoch is reported twice.
         """
         if resumed_at <= 1:
             return

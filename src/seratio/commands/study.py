@@ -204,10 +204,14 @@ def _local_workers(args: argparse.Namespace) -> int:
         workers = args.trials_per_device * _device_count(args.device)
     else:
         workers = 1 if args.workers is None else _check_positive("--workers", args.workers)
-    if workers > 1 and is_sqlite(args.storage):
-        asked = f"--workers {args.workers}" if args.workers is not None else f"--trials-per-device {args.trials_per_device}"
-        raise SeratioError(sqlite_parallel_message(args.storage, f"{asked} asks for {workers} parallel workers"))
+    asked = f"--workers {args.workers}" if args.workers is not None else f"--trials-per-device {args.trials_per_device}"
+    _refuse_parallel_sqlite(args.storage, workers, asked)
     return workers
+
+
+def _refuse_parallel_sqlite(storage: str, workers: int, asked: str) -> None:
+    if workers > 1 and is_sqlite(storage):
+        raise SeratioError(sqlite_parallel_message(storage, f"{asked} asks for {workers} parallel workers"))
 
 
 def _check_positive(flag: str, value: int) -> int:
@@ -227,8 +231,7 @@ def worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     trials = _check_positive("--trials-per-device", args.trials_per_device)
     _check_worker_args(args)
-    if trials > 1 and is_sqlite(args.storage):
-        raise SeratioError(sqlite_parallel_message(args.storage, f"--trials-per-device {trials} asks for {trials} parallel workers"))
+    _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {trials}")
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     patience = Patience(seconds=args.db_patience)
