@@ -7,9 +7,12 @@ Prints one table: training images/s at batch 32 and 128 in fp32 and bf16 autocas
 measured in the same process, the ratios, the fraction of the device's peak (large matmuls timed in
 the same run), K concurrent trials on the device, and the projected wall time of the paper's study.
 
-Every number is the median of --repeats (default 3) timed repeats after one untimed warm-up. A
-repeat is a fixed number of steps (not an epoch), so the whole script takes a few minutes on a
-2-core CPU and well under 8 minutes on a GPU. Images are synthetic uint8 tensors of CIFAR's
+Every number is the median of --repeats (default 3) timed repeats after one untimed warm-up. The
+repeats run in interleaved rounds: each round times every row once, plain and seratio side by side,
+so a slow spell on a shared host hits the reference and the tool alike instead of moving their
+ratio. The plain reference and the concurrent trials live in child processes that stay up between
+rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
+takes a few minutes on a 2-core CPU and well under 8 minutes on a GPU. Images are synthetic uint8 tensors of CIFAR's
 shape: throughput does not depend on pixel values, and the script needs no data set.
 
 The plain reference is what a straightforward port of the paper's Keras script looks like: a
@@ -24,28 +27,30 @@ import argparse
 import contextlib
 import functools
 import json
+import multiprocessing
 import os
 import platform
 import random
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from seratio.concurrent import run_in_processes, threads_per_trial
+from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
 from seratio.data import CifarData, Split
 from seratio.models import ModelConfig, build_model, count_macs, kernel_parameters
 from seratio.progress import EpochProgress
-from seratio.runtime import allocator, find_tcmalloc, reexec_with_tcmalloc
+from seratio.runtime import allocator, find_tcmalloc, reexec_with_tcmalloc, set_threads
 from seratio.recipes import get_recipe
-from seratio.train import EVAL_BATCH, build_session, compiles_on_cpu, evaluate
+from seratio.train import EVAL_BATCH, _train_epoch, build_session, compiles_on_cpu, evaluate
 
 RR = (8, 2, 16)
 DEPTH = 50
@@ -81,7 +86,11 @@ bf16 at the batch where it pays most."""
 
 @dataclass
 class Row:
-    """One measured configuration; `ips` is the median images/s over `runs` timed repeats."""
+    """One measured configuration; `ips` is the median images/s over `runs`, one timed repeat per round.
+
+    `round_ratios` pairs each round's repeat with the plain reference's repeat in the same round;
+    `ratio` is their median, so drift between rounds cancels out of it.
+    """
 
     kind: str  # train | eval | concurrent
     impl: str  # plain | seratio
@@ -92,6 +101,7 @@ class Row:
     allocator: str = ""
     setup: str = ""
     ratio: float | None = None
+    round_ratios: list[float] | None = None
     gflops: float | None = None
     peak_fraction: float | None = None
     epoch_seconds: float | None = None
@@ -196,20 +206,18 @@ class PlainReference:
             correct += (self.model(x).argmax(1) == y).sum().item()
 
 
-def plain_rows(device_name: str, plan: Plan, repeats: int) -> list[dict[str, Any]]:
-    """The plain reference's training (bs 32 and 128) and evaluation rows, as plain dicts."""
+def plain_runs(device_name: str, plan: Plan) -> dict[str, Callable[[], None]]:
+    """The plain reference's timed runs (training at bs 32 and 128, evaluation), built in its process."""
     device = torch.device(device_name)
     plain = PlainReference(device)
     steps = {32: plan.steps_bs32, 128: plan.steps_bs128}
     data = synthetic_data(max(b * s for b, s in steps.items()), plan.eval_images, torch.device("cpu"))
-    rows = []
+    runs = {}
     for batch, count in steps.items():
         images, labels = data.train.images[: batch * count], data.train.labels[: batch * count]
-        seconds = timed(functools.partial(plain.train, images, labels, batch), repeats, device)
-        rows.append(measured_row("train", "plain", batch, "fp32", rates(batch * count, seconds), PLAIN_SETUP))
-    seconds = timed(functools.partial(plain.evaluate, data.test.images, data.test.labels), repeats, device)
-    rows.append(measured_row("eval", "plain", 32, "fp32", rates(plan.eval_images, seconds), "NCHW, no_grad"))
-    return [asdict(r) for r in rows]
+        runs[f"train {batch}"] = synced(functools.partial(plain.train, images, labels, batch), device)
+    runs["eval"] = synced(functools.partial(plain.evaluate, data.test.images, data.test.labels), device)
+    return runs
 
 
 @contextlib.contextmanager
@@ -267,47 +275,132 @@ def setup(session: Any) -> str:
     return ", ".join(parts)
 
 
-def seratio_train_seconds(session: Any, repeats: int) -> list[float]:
-    """Each repeat is one `_train_epoch` over the synthetic split: exactly the tool's hot loop."""
-    from seratio.train import _train_epoch
-
+def train_epoch_run(session: Any) -> Callable[[], None]:
+    """One `_train_epoch` over the session's synthetic split: exactly the tool's hot loop."""
     progress = EpochProgress(enabled=False)
-    return timed(lambda: _train_epoch(session, 0, progress), repeats, session.device)
+    return synced(lambda: _train_epoch(session, 0, progress), session.device)
 
 
-def _concurrent_worker(
-    batch: int, precision: str, steps: int, repeats: int, device: str, barrier: Any
-) -> list[tuple[float, float]]:
-    """One of K processes: train in lockstep with the others; (start, end) monotonic times per repeat."""
-    from seratio.train import _train_epoch
-
-    dev = torch.device(device)
-    session = seratio_session(batch, precision, steps, 0, dev)
-    progress = EpochProgress(enabled=False)
-    _train_epoch(session, 0, progress)
-    spans = []
-    for _ in range(repeats):
-        barrier.wait()
-        started = time.monotonic()
-        _train_epoch(session, 0, progress)
-        spans.append((started, time.monotonic()))
-    return spans
+def concurrent_runs(batch: int, precision: str, steps: int, device_name: str) -> dict[str, Callable[[], None]]:
+    """One of K concurrent trials, built in its own process."""
+    session = seratio_session(batch, precision, steps, 0, torch.device(device_name))
+    return {"train": train_epoch_run(session)}
 
 
-def concurrent_rates(k: int, batch: int, precision: str, steps: int, repeats: int, device: torch.device) -> list[float]:
-    """Aggregate images/s of K processes training at once: all their images over the joint span."""
-    import multiprocessing
+def synced(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """`run` that returns only when the device has finished its work."""
 
-    with multiprocessing.get_context("spawn").Manager() as manager:
-        barrier = manager.Barrier(k)
-        calls = [(batch, precision, steps, repeats, str(device), barrier)] * k
-        spans = run_in_processes(_concurrent_worker, calls, k, threads_per_trial(k))
-    result = []
-    for r in range(repeats):
-        start = min(s[r][0] for s in spans)
-        end = max(s[r][1] for s in spans)
-        result.append(k * batch * steps / (end - start))
-    return result
+    def call() -> None:
+        run()
+        _sync(device)
+
+    return call
+
+
+# ------------------------------------------------------------------ child processes
+
+
+def _serve(conn: Any, factory: Callable[..., dict[str, Callable[[], None]]], args: tuple[Any, ...],
+           threads: int | None) -> None:
+    """A child's loop: build the runs once, then warm or time one per request until told to stop."""
+    try:
+        set_threads(threads)
+        runs = factory(*args)
+        conn.send(("ready", allocator()))
+        while (request := conn.recv())[0] != "stop":
+            command, name = request
+            started = time.monotonic()
+            runs[name]()
+            conn.send((command, (started, time.monotonic())))
+    except Exception:  # noqa: BLE001 - the parent re-raises it with the child's traceback
+        conn.send(("error", traceback.format_exc()))
+
+
+class Child:
+    """A spawned process holding warmed-up runs, so rounds can time it between seratio's own rows."""
+
+    def __init__(self, factory: Callable[..., dict[str, Callable[[], None]]], args: tuple[Any, ...],
+                 threads: int | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child_end, factory, args, threads), daemon=True)
+        self.process.start()
+        self.allocator = ""
+
+    def ready(self) -> None:
+        """Wait until the child has built its runs; start all children before waiting on any."""
+        self.allocator = self.receive()
+
+    def send(self, command: str, name: str) -> None:
+        self.conn.send((command, name))
+
+    def receive(self) -> Any:
+        try:
+            kind, value = self.conn.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(f"benchmark child process died (exit code {self.process.exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"benchmark child process failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(("stop", ""))
+        self.process.join(timeout=60)
+
+
+# ------------------------------------------------------------------ rows timed in rounds
+
+
+@dataclass
+class Timer:
+    """One row's measurement: `warm` once, then `once` per round gives the seconds of one repeat."""
+
+    kind: str
+    impl: str
+    batch: int
+    precision: str
+    images: int
+    setup: str
+    allocator: str
+    warm: Callable[[], None]
+    once: Callable[[], float]
+    seconds: list[float] = field(default_factory=list)
+
+    def row(self) -> Row:
+        runs = rates(self.images, self.seconds)
+        return Row(self.kind, self.impl, self.batch, self.precision, statistics.median(runs), runs,
+                   self.allocator, self.setup)
+
+
+def local_timer(kind: str, batch: int, precision: str, images: int, how: str, run: Callable[[], None]) -> Timer:
+    """A seratio row timed in this process."""
+
+    def once() -> float:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
+
+    return Timer(kind, "seratio", batch, precision, images, how, allocator(), run, once)
+
+
+def child_timers(children: list[Child], name: str) -> tuple[Callable[[], None], Callable[[], float]]:
+    """(warm, once) for run `name` in all `children` at once; a repeat spans the first start to the last end."""
+
+    def ask(command: str) -> list[tuple[float, float]]:
+        for child in children:
+            child.send(command, name)
+        return [child.receive() for child in children]
+
+    def warm() -> None:
+        ask("warm")
+
+    def once() -> float:
+        spans = ask("time")
+        return max(end for _, end in spans) - min(start for start, _ in spans)
+
+    return warm, once
 
 
 # ------------------------------------------------------------------ the run
@@ -356,24 +449,16 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
         "bf16": matmul_peak(torch.bfloat16, plan.matmul_n, plan.matmul_reps_bf16, repeats, device),
     }
     log(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    rows: list[Row] = []
-
-    # The plain reference runs first, in a child process on the system allocator: it is what a plain
-    # script gets, and seratio's own settings (tcmalloc, cudnn.benchmark) must not leak into it.
-    with _system_allocator():
-        (plain,) = run_in_processes(plain_rows, [(str(device), plan, repeats)], 1)
-    rows.extend(Row(**fields) for fields in plain)
-    for measured in rows:
-        log(f"plain {measured.kind} bs {measured.batch}: {measured.ips:.1f} img/s ({measured.allocator})")
-
-    for precision in ("fp32", "bf16"):
-        rows += seratio_rows(precision, device, plan, repeats, log)
-    for batch, precision in CONCURRENT[device.type]:
-        steps = plan.steps_bs32 if batch == 32 else plan.steps_bs128
-        ips = concurrent_rates(plan.concurrent, batch, precision, steps, repeats, device)
-        rows.append(measured_row("concurrent", "seratio", batch, precision, ips, f"{plan.concurrent} processes"))
-        log(f"seratio {plan.concurrent} concurrent trials bs {batch} {precision}: {rows[-1].ips:.1f} img/s in total")
-
+    with contextlib.ExitStack() as stack:
+        timers = build_timers(device, plan, stack)
+        for timer in timers:
+            timer.warm()
+        log(f"warmed up {len(timers)} rows; timing {repeats} interleaved rounds")
+        for number in range(1, repeats + 1):
+            for timer in timers:
+                timer.seconds.append(timer.once())
+            log(f"round {number}/{repeats} (img/s): " + ", ".join(_short(t) for t in timers))
+    rows = sorted((timer.row() for timer in timers), key=_table_order)
     _derive(rows, peak, gflop_per_image)
     env["load_average_end"] = os.getloadavg()[0]
     return {
@@ -388,27 +473,70 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
     }
 
 
-def seratio_rows(
-    precision: str, device: torch.device, plan: Plan, repeats: int, log: Callable[[str], None]
-) -> list[Row]:
-    """seratio's training at batch 32 and 128, then evaluation, in one precision."""
-    rows = []
-    for batch, count in ((32, plan.steps_bs32), (128, plan.steps_bs128)):
-        session = seratio_session(batch, precision, count, plan.eval_images, device)
-        seconds = seratio_train_seconds(session, repeats)
-        rows.append(measured_row("train", "seratio", batch, precision, rates(batch * count, seconds), setup(session)))
-        log(f"seratio train bs {batch} {precision}: {rows[-1].ips:.1f} img/s")
+def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack) -> list[Timer]:
+    """Every row, in the order a round times them: each batch size's plain and seratio rows together.
+
+    The plain reference runs in a child process on the system allocator: it is what a plain script
+    gets, and seratio's own settings (tcmalloc, cudnn.benchmark) must not leak into it.
+    """
+    steps = {32: plan.steps_bs32, 128: plan.steps_bs128}
+    with _system_allocator():
+        plain = Child(plain_runs, (str(device), plan))
+    stack.callback(plain.close)
+    concurrent = dict(_concurrent_children(device, plan, batch, precision, steps[batch], stack)
+                      for batch, precision in CONCURRENT[device.type])
+    plain.ready()
+    timers = []
+    for batch, count in steps.items():
+        timers.append(_child_timer([plain], f"train {batch}", "plain", batch, "fp32", batch * count, PLAIN_SETUP))
+        if batch == 128:
+            timers.append(_child_timer([plain], "eval", "plain", 32, "fp32", plan.eval_images, "NCHW, no_grad", "eval"))
+        for precision in ("fp32", "bf16"):
+            session = seratio_session(batch, precision, count, plan.eval_images, device)
+            timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
+            if batch == 128:
+                timers.append(_eval_timer(session))
+        for (trial_batch, precision), children in concurrent.items():
+            if trial_batch == batch:
+                images = len(children) * batch * count
+                how = f"{len(children)} processes"
+                timers.append(_child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
+    return timers
+
+
+def _concurrent_children(device: torch.device, plan: Plan, batch: int, precision: str, steps: int,
+                         stack: contextlib.ExitStack) -> tuple[tuple[int, str], list[Child]]:
+    k = plan.concurrent
+    children = [Child(concurrent_runs, (batch, precision, steps, str(device)), threads_per_trial(k)) for _ in range(k)]
+    for child in children:
+        stack.callback(child.close)
+    for child in children:
+        child.ready()
+    return (batch, precision), children
+
+
+def _child_timer(children: list[Child], name: str, impl: str, batch: int, precision: str, images: int, how: str,
+                 kind: str = "train") -> Timer:
+    warm, once = child_timers(children, name)
+    return Timer(kind, impl, batch, precision, images, how, children[0].allocator, warm, once)
+
+
+def _eval_timer(session: Any) -> Timer:
     test = session.data.test
-    seconds = timed(functools.partial(evaluate, session, test), repeats, device)
     how = f"{'NHWC' if session.channels_last else 'NCHW'}, inference_mode"
-    rows.append(measured_row("eval", "seratio", EVAL_BATCH[device.type], precision, rates(len(test), seconds), how))
-    log(f"seratio eval {precision}: {rows[-1].ips:.1f} img/s")
-    return rows
+    run = synced(functools.partial(evaluate, session, test), session.device)
+    precision = "bf16" if session.autocast_dtype is not None else "fp32"
+    return local_timer("eval", EVAL_BATCH[session.device.type], precision, len(test), how, run)
 
 
-def measured_row(kind: str, impl: str, batch: int, precision: str, runs: list[float], how: str) -> Row:
-    """A measured row: the median of `runs`, on this process's allocator."""
-    return Row(kind, impl, batch, precision, statistics.median(runs), runs, allocator(), how)
+def _short(timer: Timer) -> str:
+    return f"{timer.impl} {timer.kind} {timer.batch} {timer.precision} {timer.images / timer.seconds[-1]:.0f}"
+
+
+def _table_order(row: Row) -> tuple[int, int, int, int]:
+    """Plain rows first, then seratio's fp32 and bf16 rows (training before evaluation), then concurrent."""
+    group = 0 if row.impl == "plain" else 2 if row.kind == "concurrent" else 1
+    return group, row.precision != "fp32", row.kind == "eval", row.batch
 
 
 def _find(rows: list[Row], kind: str, impl: str, batch: int | None = None, precision: str = "fp32") -> Row:
@@ -419,10 +547,11 @@ def _find(rows: list[Row], kind: str, impl: str, batch: int | None = None, preci
 def _derive(rows: list[Row], peak: dict[str, float], gflop_per_image: float) -> None:
     """Ratios to the plain reference, GFLOP/s and fraction of peak, and seconds per paper epoch."""
     for row in rows:
+        plain = _find(rows, "eval", "plain") if row.kind == "eval" else _find(rows, "train", "plain", row.batch)
+        row.round_ratios = [mine / theirs for mine, theirs in zip(row.runs, plain.runs)]
+        row.ratio = statistics.median(row.round_ratios)
         if row.kind == "eval":
-            row.ratio = row.ips / _find(rows, "eval", "plain").ips
             continue
-        row.ratio = row.ips / _find(rows, "train", "plain", row.batch).ips
         row.gflops = row.ips * gflop_per_image
         row.peak_fraction = row.gflops / peak[row.precision]
         if row.kind == "concurrent":
@@ -459,27 +588,32 @@ def format_table(result: dict[str, Any]) -> str:
         f"device {env['device']} | torch {env['torch']} | threads {env['threads']} (interop {env['interop_threads']})"
         f" | allocator {env['allocator']} | AMX {'yes' if env['amx'] else 'no'} | load avg {load}",
         f"peak (matmul): fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s"
-        f" | median of {result['repeats']} repeats after warm-up",
+        f" | median of {result['repeats']} interleaved rounds after warm-up",
         "",
-        f"{'what':<34}{'batch':>6}{'prec':>6}{'img/s':>10}{'x plain':>9}{'GFLOP/s':>10}{'% peak':>8}{'epoch s':>9}"
-        f"  {'alloc':<9}{'runs (img/s)':<20}how",
     ]
+    runs_of = {id(r): ", ".join(f"{v:.0f}" for v in r["runs"]) for r in result["rows"]}
+    width = max(len("runs (img/s)"), *map(len, runs_of.values())) + 2
+    lines.append(
+        f"{'what':<34}{'batch':>6}{'prec':>6}{'img/s':>10}{'x plain':>9}{'x range':>12}{'GFLOP/s':>10}{'% peak':>8}"
+        f"{'epoch s':>9}  {'alloc':<9}{'runs (img/s)':<{width}}how"
+    )
     k = result["concurrent_trials"]
     for r in result["rows"]:
         what = {"train": "train", "eval": "eval", "concurrent": f"train, {k} trials at once"}[r["kind"]]
         name = f"{r['impl']} {what}"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
+        spread = f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}" if r["impl"] != "plain" else ""
         gflops = f"{r['gflops']:,.0f}" if r["gflops"] is not None else ""
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else ""
         epoch = f"{r['epoch_seconds']:.1f}" if r["epoch_seconds"] is not None else ""
-        runs = ", ".join(f"{v:.0f}" for v in r["runs"])
         lines.append(
-            f"{name:<34}{r['batch']:>6}{r['precision']:>6}{r['ips']:>10,.1f}{ratio:>9}{gflops:>10}{frac:>8}{epoch:>9}"
-            f"  {r['allocator']:<9}{runs:<20}{r['setup']}"
+            f"{name:<34}{r['batch']:>6}{r['precision']:>6}{r['ips']:>10,.1f}{ratio:>9}{spread:>12}{gflops:>10}{frac:>8}"
+            f"{epoch:>9}  {r['allocator']:<9}{runs_of[id(r)]:<{width}}{r['setup']}"
         )
     lines += [
         "",
-        "x plain: against the plain reference at the same batch size (eval: against plain eval at batch 32).",
+        "x plain: median over rounds of the ratio to the plain reference's repeat in the same round, at the same",
+        "batch size (eval: against plain eval at batch 32); x range: the lowest and highest of those ratios.",
         "GFLOP/s and % peak: images/s x GFLOP per training image, against the matmul peak of the same precision.",
         "epoch s: one paper epoch, 45k training images plus evaluating 15k (val + test) at the matching eval rate.",
         "projected paper study (14 models x 200 epochs, batch 32):",
