@@ -136,10 +136,13 @@ def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
 class _FakeCuda:
     """CPU stand-ins for the CUDA calls `GraphedStep` makes, faithful where it matters: capturing
     runs nothing (the step executed while recording is undone), and a replay re-runs the recorded
-    step on the same static input tensors and writes into the same output tensors."""
+    step on the same static input tensors and writes into the same output tensors. A capture
+    records on the current device's stream, so the fake insists that the step's device is current."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, device: torch.device) -> None:
         self.session = session
+        self.device = device
+        self.current: torch.device | None = None
         self.captures = 0
         self.recording: list[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
 
@@ -150,7 +153,16 @@ class _FakeCuda:
         return out
 
     @contextlib.contextmanager
+    def current_device(self, device: torch.device) -> Iterator[None]:
+        saved, self.current = self.current, device
+        try:
+            yield
+        finally:
+            self.current = saved
+
+    @contextlib.contextmanager
     def graph(self, graph: _FakeGraph) -> Iterator[None]:
+        assert self.current == self.device, f"captured with {self.current} current, the step runs on {self.device}"
         model, optimizer = self.session.model, self.session.optimizer
         weights = {k: v.clone() for k, v in model.state_dict().items()}
         state = copy.deepcopy(optimizer.state_dict())
@@ -173,6 +185,7 @@ class _FakeCuda:
         cuda = cuda_step.torch.cuda
         monkeypatch.setattr(cuda, "CUDAGraph", _FakeGraph)
         monkeypatch.setattr(cuda, "graph", self.graph)
+        monkeypatch.setattr(cuda, "device", self.current_device)
         monkeypatch.setattr(cuda, "Stream", lambda device=None: _FakeStream())
         monkeypatch.setattr(cuda, "stream", lambda stream: contextlib.nullcontext())
         monkeypatch.setattr(cuda, "current_stream", lambda device=None: _FakeStream())
@@ -206,9 +219,10 @@ def test_graphed_step_performs_exactly_the_eager_updates(monkeypatch: pytest.Mon
     eager = [_eager_step(eager_session, x, y)[0].item() for x, y in batches]
 
     session, batches = _session_and_batches()
-    fake = _FakeCuda(session)
+    second_gpu = torch.device("cuda", 1)  # not the default device: the capture must still record there
+    fake = _FakeCuda(session, second_gpu)
     fake.install(monkeypatch)
-    graphed_step = cuda_step.GraphedStep(fake.step, session.optimizer, BATCH, torch.device("cuda"))
+    graphed_step = cuda_step.GraphedStep(fake.step, session.optimizer, BATCH, second_gpu)
     graphed = [graphed_step(x, y)[0].item() for x, y in batches]
 
     assert fake.captures == 1 and graphed_step.eager_steps == cuda_step.WARMUP_STEPS

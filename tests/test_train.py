@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from seratio import rundir
 from seratio.cli import main
 
 TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
@@ -130,3 +132,27 @@ def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir
     err = capsys.readouterr().err
     assert "fails its SHA-256 check" in err and "resuming" in err and "after epoch 2" in err
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
+
+
+def test_a_checkpoint_from_another_device_type_resumes_with_a_notice(
+    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CUDA generator's 16-byte state cannot seed a CPU generator: resume on a fresh, seeded stream."""
+    after_two = tmp_path / "after-two"
+    after_two.mkdir()
+    shutil.copy(finished_run / "checkpoint.prev.pt", after_two / "checkpoint.pt")
+    state, _ = rundir.load_checkpoint(after_two)
+    assert state is not None and state["epoch"] == 2
+    out = tmp_path / "from-gpu"
+    out.mkdir()
+    shutil.copy(finished_run / "config.json", out / "config.json")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in read_rows(finished_run)[:2]))
+    rundir.save_checkpoint(out, {**state, "generator": torch.zeros(16, dtype=torch.uint8)})
+    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "belongs to another device type than cpu" in err and "epochs after 2 use a fresh stream" in err
+    rows = read_rows(out)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert deterministic(rows[:2]) == deterministic(read_rows(finished_run)[:2])
+    assert deterministic(rows[2:]) != deterministic(read_rows(finished_run)[2:])
+    assert json.loads((out / "result.json").read_text())["test_accuracy"] > 0.30

@@ -99,8 +99,13 @@ class RunConfig:
 
 
 @functools.lru_cache(maxsize=1)
+@functools.cache
 def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
+    """Package version plus the git commit when running from a checkout.
+
+    Cached: asked once per process, it names the code this process loaded, even if the checkout
+    moves on while a long worker runs, and reusing many finished runs costs one `git` call.
+    """
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(

@@ -11,10 +11,15 @@ Correctness rests on the captured step touching only tensors whose storage never
 parameters, BN buffers, the optimizer state (fused Adam keeps its step count on the device and
 reads the learning rate from a device tensor that `train._set_lr` fills in place), and the
 static input buffers this class copies each batch into.
+
+Every CUDA call here runs under `torch.cuda.device(self.device)`: a capture records on a stream of
+the *current* device, so on `cuda:1` without it the step's kernels would go to one device while
+the graph listens on another, and replays would do nothing.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -46,13 +51,27 @@ class GraphedStep:
         self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.shape[0] != self.batch_size:
+        with torch.cuda.device(self.device):
+            if images.shape[0] != self.batch_size:
+                return self._eager(images, labels)
+            if self.graph is None and self.eager_steps < WARMUP_STEPS:
+                self.eager_steps += 1
+                return self._side_stream_step(images, labels)
+            if self.graph is None:
+                self._capture(images, labels)
+            return self._replay(images, labels)
+
+    def _eager(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step outside a capture: the warm-up steps and partial batches, by design.
+
+        The capturable optimizer warns that running it uncaptured may be slow; here that is the
+        plan, not a mistake, so the warning would only be noise in every run's log.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*capturable=True.*", category=UserWarning)
             return self.step(images, labels)
-        if self.graph is None and self.eager_steps < WARMUP_STEPS:
-            self.eager_steps += 1
-            return self._side_stream_step(images, labels)
-        if self.graph is None:
-            self._capture(images, labels)
+
+    def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.graph is not None and self._static is not None
         static_images, static_labels, loss, logits = self._static
         static_images.copy_(images)
@@ -64,7 +83,7 @@ class GraphedStep:
         """An eager step on a side stream, ordered after and before the default stream's work."""
         self.side_stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.side_stream):
-            loss, logits = self.step(images, labels)
+            loss, logits = self._eager(images, labels)
         torch.cuda.current_stream(self.device).wait_stream(self.side_stream)
         return loss, logits
 

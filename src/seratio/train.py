@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ def _train(
 ) -> dict[str, Any]:
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
     session = _start_session(config)
-    state = _restore(session, checkpoint) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
+    state = _restore(session, checkpoint, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
     rundir.write_json(out / rundir.CONFIG, _config_record(session))
     with EpochProgress(enabled=show_progress) as progress:
         while state["epoch"] < session.recipe.epochs:
@@ -196,6 +197,7 @@ def build_session(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
+        torch.cuda.set_device(device)  # libraries that take "the current device" must take this one
         torch.backends.cudnn.benchmark = True
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -315,7 +317,9 @@ def _graphed_step(session: _Session) -> GraphedStep | None:
     capturable = all(group.get("capturable", False) for group in session.optimizer.param_groups)
     if session.device.type != "cuda" or not capturable:
         return None
-    eager = functools.partial(_eager_step, session)
+    # A weak reference: the session owns the graphed step, and a strong one back would keep a
+    # finished run's GPU memory (data, optimizer state, graph pool) alive until a garbage collection.
+    eager = functools.partial(_eager_step, weakref.proxy(session))
     return GraphedStep(eager, session.optimizer, session.recipe.batch_size, session.device)
 
 
@@ -420,13 +424,30 @@ def _snapshot(session: _Session, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _restore(session: _Session, checkpoint: dict[str, Any]) -> dict[str, Any]:
+def _restore(session: _Session, checkpoint: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     session.model.load_state_dict(checkpoint["model"])
     session.optimizer.load_state_dict(_portable_optimizer_state(session.optimizer, checkpoint["optimizer"]))
-    session.generator.set_state(checkpoint["generator"])
+    _restore_generator(session, checkpoint["generator"], checkpoint["epoch"], log)
     torch.set_rng_state(checkpoint["torch_rng"])
     keys = ("epoch", "history", "seconds", "test_predictions")
     return {key: checkpoint[key] for key in keys}
+
+
+def _restore_generator(session: _Session, state: torch.Tensor, epoch: int, log: Callable[[str], None]) -> None:
+    """Continue the shuffling and augmentation stream, or a seeded new one across device types.
+
+    A CPU generator's state and a CUDA generator's state differ in size and cannot be converted,
+    yet a run may resume on another device type (the device is not part of a run's identity).
+    """
+    if state.numel() == session.generator.get_state().numel():
+        session.generator.set_state(state)
+        return
+    session.generator.manual_seed(session.config.seed * 1_000_003 + epoch)
+    log(
+        f"notice: the checkpoint's shuffling/augmentation random state belongs to another device type than "
+        f"{session.device}; epochs after {epoch} use a fresh stream seeded from the run's seed and the epoch, "
+        "so they differ from an uninterrupted run's"
+    )
 
 
 def _config_record(session: _Session) -> dict[str, Any]:
