@@ -4,8 +4,9 @@
 
 Prints one table: training images/s at batch 32 and 128 in fp32 and bf16 autocast through
 `seratio.train`'s own step, evaluation images/s, the same for an intentionally plain reference
-measured in the same process, the ratios, the fraction of the device's peak (large matmuls timed in
-the same run), K concurrent trials on the device, and the projected wall time of the paper's study.
+measured in the same run, the ratios, the fraction of the device's peak (large matmuls timed in
+the same run), K concurrent trials on the device, the projected wall time of the paper's study,
+and the `fast` recipe's step (bf16 at its batch of 256) with the wall time of one full `fast` run.
 
 Every number is the median of --repeats (default 3) timed repeats after one untimed warm-up. The
 repeats run in interleaved rounds: each round times every row once, plain and seratio side by side,
@@ -70,15 +71,16 @@ class Plan:
     matmul_reps_fp32: int
     matmul_reps_bf16: int
     concurrent: int
+    steps_fast: int
 
 
 PLANS = {
     "cpu": Plan(steps_bs32=30, steps_bs128=8, eval_images=2000, matmul_n=2048,
-                matmul_reps_fp32=3, matmul_reps_bf16=10, concurrent=2),
+                matmul_reps_fp32=3, matmul_reps_bf16=10, concurrent=2, steps_fast=4),
     "cuda": Plan(steps_bs32=200, steps_bs128=100, eval_images=10_000, matmul_n=8192,
-                 matmul_reps_fp32=10, matmul_reps_bf16=50, concurrent=4),
+                 matmul_reps_fp32=10, matmul_reps_bf16=50, concurrent=4, steps_fast=50),
 }
-QUICK = {"cpu": Plan(4, 2, 256, 1024, 2, 4, 2), "cuda": Plan(20, 10, 2000, 4096, 4, 10, 2)}
+QUICK = {"cpu": Plan(4, 2, 256, 1024, 2, 4, 2, 1), "cuda": Plan(20, 10, 2000, 4096, 4, 10, 2, 10)}
 CONCURRENT = {"cpu": ((32, "fp32"), (128, "bf16")), "cuda": ((32, "fp32"), (32, "bf16"))}
 """(batch, precision) of the concurrent-trials rows: the paper's batch on both devices, and on CPU
 bf16 at the batch where it pays most."""
@@ -274,16 +276,14 @@ def synthetic_data(train_images: int, eval_images: int, device: torch.device) ->
     )
 
 
-def paper_run_compiles(batch: int) -> bool:
-    """Whether a full-length paper run at this batch size compiles its forward (CPU only)."""
-    return compiles_on_cpu(get_recipe("paper", batch_size=batch), PAPER["train_images"])
-
-
-def seratio_session(batch: int, precision: str, steps: int, eval_images: int, device: torch.device) -> Any:
-    """A session set up exactly as a paper-length run's, on `steps` batches of synthetic data."""
-    config = RunConfig(rr=RR, depth=DEPTH, recipe="paper", batch_size=batch, precision=precision, device=str(device))
+def seratio_session(
+    batch: int, precision: str, steps: int, eval_images: int, device: torch.device, recipe: str = "paper"
+) -> Any:
+    """A session set up exactly as a full-length run of `recipe` sets itself up, on `steps` synthetic batches."""
+    config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, batch_size=batch, precision=precision, device=str(device))
     data = synthetic_data(batch * steps, eval_images, device)
-    return build_session(config, data, device, compile_cpu=paper_run_compiles(batch))
+    compile_cpu = compiles_on_cpu(get_recipe(recipe, batch_size=batch), PAPER["train_images"])
+    return build_session(config, data, device, compile_cpu=compile_cpu)
 
 
 def setup(session: Any) -> str:
@@ -489,6 +489,7 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
         "rows": [asdict(row) for row in rows],
         "concurrent_trials": plan.concurrent,
         "projection_hours": _projection(rows),
+        "fast_recipe_minutes": _fast_minutes(rows),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
@@ -516,12 +517,22 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack) 
             timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
             if batch == 128:
                 timers.append(_eval_timer(session))
+        if batch == 128:
+            timers.append(_fast_timer(device, plan))
         for (trial_batch, precision), children in concurrent.items():
             if trial_batch == batch:
                 images = len(children) * batch * count
                 how = f"{len(children)} processes"
                 timers.append(_child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
     return timers
+
+
+def _fast_timer(device: torch.device, plan: Plan) -> Timer:
+    """The `fast` recipe's training step (bf16, its own batch size), for its projected wall time."""
+    fast = get_recipe("fast")
+    session = seratio_session(fast.batch_size, "bf16", plan.steps_fast, 0, device, recipe="fast")
+    images = fast.batch_size * plan.steps_fast
+    return local_timer("fast", fast.batch_size, "bf16", images, setup(session), train_epoch_run(session))
 
 
 def _concurrent_children(device: torch.device, plan: Plan, batch: int, precision: str, steps: int,
@@ -554,8 +565,8 @@ def _short(timer: Timer) -> str:
 
 
 def _table_order(row: Row) -> tuple[int, int, int, int]:
-    """Plain rows first, then seratio's fp32 and bf16 rows (training before evaluation), then concurrent."""
-    group = 0 if row.impl == "plain" else 2 if row.kind == "concurrent" else 1
+    """Plain rows first, seratio's fp32 and bf16 rows (training before evaluation), concurrent, `fast`."""
+    group = 0 if row.impl == "plain" else {"concurrent": 2, "fast": 3}.get(row.kind, 1)
     return group, row.precision != "fp32", row.kind == "eval", row.batch
 
 
@@ -565,11 +576,15 @@ def _find(rows: list[Row], kind: str, impl: str, batch: int | None = None, preci
 
 
 def _derive(rows: list[Row], peak: dict[str, float], gflop_per_image: float) -> None:
-    """Ratios to the plain reference, GFLOP/s and fraction of peak, and seconds per paper epoch."""
+    """Ratios to the plain reference, GFLOP/s and fraction of peak, and seconds per paper epoch.
+
+    The `fast` row has no plain counterpart at its batch size, so no ratio.
+    """
     for row in rows:
-        plain = _find(rows, "eval", "plain") if row.kind == "eval" else _find(rows, "train", "plain", row.batch)
-        row.round_ratios = [mine / theirs for mine, theirs in zip(row.runs, plain.runs)]
-        row.ratio = statistics.median(row.round_ratios)
+        if row.kind != "fast":
+            plain = _find(rows, "eval", "plain") if row.kind == "eval" else _find(rows, "train", "plain", row.batch)
+            row.round_ratios = [mine / theirs for mine, theirs in zip(row.runs, plain.runs)]
+            row.ratio = statistics.median(row.round_ratios)
         if row.kind == "eval":
             continue
         row.gflops = row.ips * gflop_per_image
@@ -580,6 +595,11 @@ def _derive(rows: list[Row], peak: dict[str, float], gflop_per_image: float) -> 
         row.epoch_seconds = PAPER["train_images"] / row.ips + PAPER["eval_images"] / eval_row.ips
 
 
+def _fast_minutes(rows: list[Row]) -> float:
+    """Minutes for one full `fast` run (its epochs of 45k training and 15k evaluation images)."""
+    return get_recipe("fast").epochs * _find(rows, "fast", "seratio", precision="bf16").epoch_seconds / 60
+
+
 def _projection(rows: list[Row]) -> dict[str, float]:
     """Hours for the paper's study (14 models x 200 epochs at batch 32) at the measured rates.
 
@@ -588,7 +608,7 @@ def _projection(rows: list[Row]) -> dict[str, float]:
     runs = PAPER["models"] * PAPER["epochs"]
     out = {}
     for row in rows:
-        if row.batch != 32 or row.kind == "eval":
+        if row.batch != 32 or row.kind in ("eval", "fast"):
             continue
         eval_ips = _find(rows, "eval", row.impl, precision=row.precision).ips
         seconds = runs * (PAPER["train_images"] / row.ips + PAPER["eval_images"] / eval_ips)
@@ -619,10 +639,11 @@ def format_table(result: dict[str, Any]) -> str:
     )
     k = result["concurrent_trials"]
     for r in result["rows"]:
-        what = {"train": "train", "eval": "eval", "concurrent": f"train, {k} trials at once"}[r["kind"]]
+        what = {"train": "train", "eval": "eval", "concurrent": f"train, {k} trials at once",
+                "fast": "train, fast recipe"}[r["kind"]]
         name = f"{r['impl']} {what}"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
-        spread = f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}" if r["impl"] != "plain" else ""
+        spread = f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}" if r["impl"] != "plain" and r["round_ratios"] else ""
         gflops = f"{r['gflops']:,.0f}" if r["gflops"] is not None else ""
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else ""
         epoch = f"{r['epoch_seconds']:.1f}" if r["epoch_seconds"] is not None else ""
@@ -639,6 +660,9 @@ def format_table(result: dict[str, Any]) -> str:
         "projected paper study (14 models x 200 epochs, batch 32):",
     ]
     lines += [f"  {name:<34}{hours:>8.1f} h" for name, hours in result["projection_hours"].items()]
+    fast = get_recipe("fast")
+    lines.append(f"one `fast` run ({fast.epochs} epochs, batch {fast.batch_size}, bf16): "
+                 f"{result['fast_recipe_minutes']:.1f} min")
     return "\n".join(lines)
 
 
