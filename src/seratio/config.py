@@ -99,7 +99,6 @@ class RunConfig:
 
 
 @functools.lru_cache(maxsize=1)
-@functools.cache
 def code_version() -> str:
     """Package version plus the git commit when running from a checkout.
 

@@ -197,7 +197,8 @@ def build_session(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # libraries that take "the current device" must take this one
+        if device.index is not None:  # libraries that use "the current device" must use this one
+            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
