@@ -13,7 +13,8 @@ repeats run in interleaved rounds: each round times every row once, plain and se
 so a slow spell on a shared host hits the reference and the tool alike instead of moving their
 ratio. The plain reference and the concurrent trials live in child processes that stay up between
 rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
-takes a few minutes on a 2-core CPU and well under 8 minutes on a GPU. Images are synthetic uint8 tensors of CIFAR's
+takes about 5 minutes on a 2-core CPU; on a GPU it is sized to stay under 8 minutes (not yet
+verified: no GPU has run it; try `--quick` first). Images are synthetic uint8 tensors of CIFAR's
 shape: throughput does not depend on pixel values, and the script needs no data set.
 
 The plain reference is what a straightforward port of the paper's Keras script looks like: a
@@ -150,7 +151,7 @@ def matmul_peak(dtype: torch.dtype, n: int, reps: int, repeats: int, device: tor
         for _ in range(reps):
             torch.mm(a, b)
 
-    with _matmul_precision(FP32_PEAK_MATH[device.type]):
+    with _tf32_matmuls(device.type == "cuda" and dtype == torch.float32):
         seconds = timed(run, repeats, device)
     return statistics.median(2 * n**3 * reps / s / 1e9 for s in seconds)
 
@@ -159,14 +160,17 @@ FP32_PEAK_MATH = {"cpu": "ieee", "cuda": "tf32"}
 
 
 @contextlib.contextmanager
-def _matmul_precision(math: str) -> Iterator[None]:
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.fp32_precision
-    matmul.fp32_precision = math
+def _tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """TF32 for fp32 matmuls while inside (CUDA only), through the API that keeps torch's settings consistent."""
+    if not enabled:
+        yield
+        return
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
     try:
         yield
     finally:
-        matmul.fp32_precision = saved
+        torch.set_float32_matmul_precision(saved)
 
 
 # ------------------------------------------------------------------ plain reference

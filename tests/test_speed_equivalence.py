@@ -161,8 +161,9 @@ class _FakeCuda:
             self.current = saved
 
     @contextlib.contextmanager
-    def graph(self, graph: _FakeGraph) -> Iterator[None]:
+    def graph(self, graph: _FakeGraph, stream: _FakeStream | None = None) -> Iterator[None]:
         assert self.current == self.device, f"captured with {self.current} current, the step runs on {self.device}"
+        assert stream is not None, "captured on the process-wide default capture stream, not the step's own"
         model, optimizer = self.session.model, self.session.optimizer
         weights = {k: v.clone() for k, v in model.state_dict().items()}
         state = copy.deepcopy(optimizer.state_dict())

@@ -12,9 +12,10 @@ parameters, BN buffers, the optimizer state (fused Adam keeps its step count on 
 reads the learning rate from a device tensor that `train._set_lr` fills in place), and the
 static input buffers this class copies each batch into.
 
-Every CUDA call here runs under `torch.cuda.device(self.device)`: a capture records on a stream of
-the *current* device, so on `cuda:1` without it the step's kernels would go to one device while
-the graph listens on another, and replays would do nothing.
+Every CUDA call here runs under `torch.cuda.device(self.device)`, and the capture records on this
+step's own side stream: by default a capture records on one stream per process, made on whichever
+device was current at the first capture, so on `cuda:1` the step's kernels could go to one device
+while the graph listens on another, and replays would do nothing.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self.side_stream):
             loss, logits = self.step(static_images, static_labels)
         self.graph = graph
         self._static = (static_images, static_labels, loss, logits)

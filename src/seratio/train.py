@@ -173,6 +173,10 @@ def _checkpoint_to_resume(
 
 def _start_session(config: RunConfig) -> _Session:
     device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is not None:
+        # Before any CUDA work: whatever uses "the current device" (a context, cuDNN, cuBLAS) must
+        # use this one, not create a second context on GPU 0.
+        torch.cuda.set_device(device)
     data = load_cifar(
         config.dataset, config.data_dir, val_size=config.val_size,
         train_subset=config.train_subset, split_seed=config.split_seed, device=device,
@@ -197,8 +201,6 @@ def build_session(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        if device.index is not None:  # libraries that use "the current device" must use this one
-            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
