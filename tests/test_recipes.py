@@ -39,6 +39,17 @@ def test_fast_recipe_warms_up_then_decays_to_zero() -> None:
     assert recipe.lr_at(9, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_metrics_lr_is_the_mean_over_the_epochs_updates() -> None:
+    """`fast` on 45k images: 176 updates of batch 256 per epoch, update s at position (s + 1) / 176."""
+    fast = get_recipe("fast")
+    assert fast.mean_lr(0, 176) == pytest.approx(0.1 * 177 / 352, rel=1e-12)  # warm-up from 0, not 0.0
+    assert fast.mean_lr(1, 176) == pytest.approx(0.1 * (1 + 177 / 352), rel=1e-12)
+    assert fast.mean_lr(39, 176) == pytest.approx(0.2 / 38 * 175 / 352, rel=1e-12)
+    paper = get_recipe("paper")
+    assert paper.mean_lr(0, 1407) == paper.lr_at(0) == 1e-3
+    assert paper.mean_lr(81, 1407) == pytest.approx(1e-4, rel=1e-12)
+
+
 def test_keras_l2_equals_coupled_weight_decay_on_kernels() -> None:
     """loss + 1e-4 * sum(w^2) over kernels with plain Adam == Adam(weight_decay=2e-4) on kernels only."""
     recipe = get_recipe("paper")

@@ -62,6 +62,16 @@ class Recipe:
             return self.bn_momentum
         return 1 - (1 - self.bn_momentum) ** (self.bn_reference_steps / steps_per_epoch)
 
+    def mean_lr(self, epoch: int, steps: int) -> float:
+        """The learning rate averaged over the `steps` updates of 0-based `epoch`, for the metrics.
+
+        Why not the value at the epoch's start: `fast` warms up from 0 every step, so its first
+        epoch would read as lr 0.0, as if nothing had trained. Step s uses `lr_at(epoch, (s+1)/steps)`.
+        """
+        if not self.steps_lr_within_epoch():
+            return self.lr_at(epoch)
+        return math.fsum(self.lr_at(epoch, (step + 1) / steps) for step in range(steps)) / steps
+
     def steps_lr_within_epoch(self) -> bool:
         return self.schedule != "paper"
 

@@ -390,7 +390,7 @@ def _run_epoch(session: _Session, state: dict[str, Any], progress: EpochProgress
     seconds = time.perf_counter() - started
     row = {
         "epoch": epoch + 1,
-        "lr": session.recipe.lr_at(epoch),
+        "lr": session.recipe.mean_lr(epoch, math.ceil(len(session.data.train) / session.recipe.batch_size)),
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
         "val_loss": _nullable(val_loss),
