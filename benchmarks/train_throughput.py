@@ -95,7 +95,7 @@ class Row:
     `ratio` is their median, so drift between rounds cancels out of it.
     """
 
-    kind: str  # train | eval | concurrent
+    kind: str  # train | eval | concurrent | fast
     impl: str  # plain | seratio
     batch: int
     precision: str
