@@ -151,7 +151,7 @@ def matmul_peak(dtype: torch.dtype, n: int, reps: int, repeats: int, device: tor
         for _ in range(reps):
             torch.mm(a, b)
 
-    with _tf32_matmuls(device.type == "cuda" and dtype == torch.float32):
+    with _tf32_matmuls(dtype == torch.float32 and FP32_PEAK_MATH[device.type] == "tf32"):
         seconds = timed(run, repeats, device)
     return statistics.median(2 * n**3 * reps / s / 1e9 for s in seconds)
 
@@ -408,8 +408,9 @@ def local_timer(kind: str, batch: int, precision: str, images: int, how: str, ru
     return Timer(kind, "seratio", batch, precision, images, how, allocator(), run, once)
 
 
-def child_timers(children: list[Child], name: str) -> tuple[Callable[[], None], Callable[[], float]]:
-    """(warm, once) for run `name` in all `children` at once; a repeat spans the first start to the last end."""
+def child_timer(children: list[Child], name: str, impl: str, batch: int, precision: str, images: int, how: str,
+                kind: str = "train") -> Timer:
+    """Run `name` in all `children` at once; a repeat spans the first start to the last end."""
 
     def ask(command: str) -> list[tuple[float, float]]:
         for child in children:
@@ -423,7 +424,7 @@ def child_timers(children: list[Child], name: str) -> tuple[Callable[[], None], 
         spans = ask("time")
         return max(end for _, end in spans) - min(start for start, _ in spans)
 
-    return warm, once
+    return Timer(kind, impl, batch, precision, images, how, children[0].allocator, warm, once)
 
 
 # ------------------------------------------------------------------ the run
@@ -513,9 +514,9 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack) 
     plain.ready()
     timers = []
     for batch, count in steps.items():
-        timers.append(_child_timer([plain], f"train {batch}", "plain", batch, "fp32", batch * count, PLAIN_SETUP))
+        timers.append(child_timer([plain], f"train {batch}", "plain", batch, "fp32", batch * count, PLAIN_SETUP))
         if batch == 128:
-            timers.append(_child_timer([plain], "eval", "plain", 32, "fp32", plan.eval_images, "NCHW, no_grad", "eval"))
+            timers.append(child_timer([plain], "eval", "plain", 32, "fp32", plan.eval_images, "NCHW, no_grad", "eval"))
         for precision in ("fp32", "bf16"):
             session = seratio_session(batch, precision, count, plan.eval_images, device)
             timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
@@ -527,7 +528,7 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack) 
             if trial_batch == batch:
                 images = len(children) * batch * count
                 how = f"{len(children)} processes"
-                timers.append(_child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
+                timers.append(child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
     return timers
 
 
@@ -548,12 +549,6 @@ def _concurrent_children(device: torch.device, plan: Plan, batch: int, precision
     for child in children:
         child.ready()
     return (batch, precision), children
-
-
-def _child_timer(children: list[Child], name: str, impl: str, batch: int, precision: str, images: int, how: str,
-                 kind: str = "train") -> Timer:
-    warm, once = child_timers(children, name)
-    return Timer(kind, impl, batch, precision, images, how, children[0].allocator, warm, once)
 
 
 def _eval_timer(session: Any) -> Timer:

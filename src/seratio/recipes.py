@@ -62,6 +62,10 @@ class Recipe:
             return self.bn_momentum
         return 1 - (1 - self.bn_momentum) ** (self.bn_reference_steps / steps_per_epoch)
 
+    def steps_per_epoch(self, train_images: int) -> int:
+        """Updates per epoch: the last, partial batch is still a step."""
+        return math.ceil(train_images / self.batch_size)
+
     def mean_lr(self, epoch: int, steps: int) -> float:
         """The learning rate averaged over the `steps` updates of 0-based `epoch`, for the metrics.
 

@@ -197,7 +197,7 @@ def build_session(
     autocast_dtype = _autocast_dtype(config, recipe, device)
     channels_last = _channels_last(recipe, device, autocast_dtype)
     model = build_model(model_config).to(device)
-    set_bn_momentum(model, recipe.bn_momentum_for(math.ceil(len(data.train) / recipe.batch_size)))
+    set_bn_momentum(model, recipe.bn_momentum_for(recipe.steps_per_epoch(len(data.train))))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -224,7 +224,7 @@ def compiles_on_cpu(recipe: Recipe, train_images: int) -> bool:
     Decided from the whole run, never from the epochs left, so a resumed run computes exactly what
     the uninterrupted one did.
     """
-    return recipe.epochs * math.ceil(train_images / recipe.batch_size) >= CPU_COMPILE_MIN_STEPS
+    return recipe.epochs * recipe.steps_per_epoch(train_images) >= CPU_COMPILE_MIN_STEPS
 
 
 def _channels_last(recipe: Recipe, device: torch.device, autocast_dtype: torch.dtype | None) -> bool:
@@ -332,7 +332,7 @@ def _train_epoch(session: _Session, epoch: int, progress: EpochProgress) -> tupl
     session.model.train()
     count = len(split)
     order = torch.randperm(count, generator=session.generator, device=session.device)
-    steps = math.ceil(count / recipe.batch_size)
+    steps = recipe.steps_per_epoch(count)
     loss_sum = torch.zeros((), device=session.device)
     correct = torch.zeros((), device=session.device, dtype=torch.long)
     progress.start_epoch(epoch + 1, steps)
@@ -390,7 +390,7 @@ def _run_epoch(session: _Session, state: dict[str, Any], progress: EpochProgress
     seconds = time.perf_counter() - started
     row = {
         "epoch": epoch + 1,
-        "lr": session.recipe.mean_lr(epoch, math.ceil(len(session.data.train) / session.recipe.batch_size)),
+        "lr": session.recipe.mean_lr(epoch, session.recipe.steps_per_epoch(len(session.data.train))),
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
         "val_loss": _nullable(val_loss),
