@@ -39,10 +39,13 @@ from seratio.recipes import Recipe
 EVAL_BATCH = {"cpu": 100, "cuda": 5000}
 # channels_last on CPU: oneDNN's NHWC convolutions for 16-64 channels are faster than NCHW here.
 CPU_CHANNELS_LAST = True
-# torch.compile on CPU (training and evaluation forward) for runs of at least this many steps. A
-# cold compile takes about a minute and +22% repays it within ~2,500 batch-32 steps; 20k keeps
-# tests, demos and short runs eager, while a paper run (281k steps) compiles.
-CPU_COMPILE_MIN_STEPS = 20_000
+# torch.compile on CPU (training and evaluation forward) for runs that train on at least this many
+# images in all (epochs x training images). Counted in images, not steps, because a step's cost
+# grows with its batch: the `fast` recipe's 7k batch-256 steps are as much work as 56k batch-32
+# ones. A cold compile takes 60-80 s; the slowest case (fp32, batch 32, +22%) repays it after
+# about 100k images, so 250k compiles only where it clearly pays. Tests and the demo (7.5k
+# images) stay eager; `fast` (1.8M) and a paper run (9M) compile.
+CPU_COMPILE_MIN_IMAGES = 250_000
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -224,7 +227,7 @@ def compiles_on_cpu(recipe: Recipe, train_images: int) -> bool:
     Decided from the whole run, never from the epochs left, so a resumed run computes exactly what
     the uninterrupted one did.
     """
-    return recipe.epochs * recipe.steps_per_epoch(train_images) >= CPU_COMPILE_MIN_STEPS
+    return recipe.epochs * train_images >= CPU_COMPILE_MIN_IMAGES
 
 
 def _channels_last(recipe: Recipe, device: torch.device, autocast_dtype: torch.dtype | None) -> bool:
