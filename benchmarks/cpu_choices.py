@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/cpu_choices.py [--rounds 3] [--quick] [--json out.json]
 
 Why a second script: `train_throughput.py` measures the tool as it runs; this one justifies each
-setting by switching one knob at a time (layout, optimizer implementation, torch.compile, threads,
-autocast, evaluation batch size and mode, allocator). The variants of one group run interleaved,
-round by round, so a burst of load from another process hits all of them alike; each number is
-the median over --rounds rounds. Allocators and inter-op threads can only be chosen at process
-start (and inductor bakes the thread count into the kernels it compiles), so those variants run
-in child processes of this script.
+setting by switching one knob at a time (layout, optimizer implementation, torch.compile and its
+inductor options, threads, autocast, evaluation batch size and mode, allocator). The variants of
+one group run interleaved, round by round, so a burst of load from another process hits all of
+them alike; each number is the median over --rounds rounds. Allocators and inter-op threads can
+only be chosen at process start (and inductor bakes the thread count into the kernels it
+compiles), so those variants run in child processes of this script.
 """
 
 from __future__ import annotations
@@ -38,14 +38,17 @@ Run = Callable[[], int]
 
 def train_variant(
     batch: int, steps: int, *, channels_last: bool = True, optimizer: str = "fused",
-    compiled: bool = False, bf16: bool = False,
+    compiled: bool = False, bf16: bool = False, options: dict[str, Any] | None = None,
 ) -> Run:
-    """`steps` paper training steps (batched augmentation, coupled L2) with the given knobs."""
+    """`steps` paper training steps (batched augmentation, coupled L2) with the given knobs.
+
+    `options` are inductor options for the compiled variant; none means torch.compile's defaults.
+    """
     torch.manual_seed(0)
     model = build_model(MODEL)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, dynamic=False) if compiled else model
+    forward = torch.compile(model, dynamic=False, options=options) if compiled else model
     kernels = kernel_parameters(model)
     ids = {id(p) for p in kernels}
     groups = [
@@ -97,7 +100,8 @@ def eval_variant(
 
 def groups(quick: bool) -> dict[str, dict[str, Callable[[], Run]]]:
     """Variant factories per group; the first of each group is its reference."""
-    s32, s128, n_eval = (3, 1, 400) if quick else (12, 4, 2000)
+    s32, s128, s256, n_eval = (3, 1, 1, 400) if quick else (12, 4, 2, 2000)
+    aggressive = {"aggressive_fusion": True}
     return {
         "train fp32 bs 32": {
             "NCHW, fused Adam": lambda: train_variant(32, s32, channels_last=False),
@@ -105,12 +109,21 @@ def groups(quick: bool) -> dict[str, dict[str, Callable[[], Run]]]:
             "channels_last, foreach Adam": lambda: train_variant(32, s32, optimizer="foreach"),
             "channels_last, for-loop Adam": lambda: train_variant(32, s32, optimizer="loop"),
             "channels_last, fused, compiled": lambda: train_variant(32, s32, compiled=True),
+            "channels_last, fused, compiled, aggressive fusion": lambda: train_variant(
+                32, s32, compiled=True, options=aggressive),
         },
         "train bf16 autocast bs 128": {
             "fp32, channels_last": lambda: train_variant(128, s128),
             "bf16, NCHW": lambda: train_variant(128, s128, channels_last=False, bf16=True),
             "bf16, channels_last": lambda: train_variant(128, s128, bf16=True),
             "bf16, channels_last, compiled": lambda: train_variant(128, s128, bf16=True, compiled=True),
+            "bf16, channels_last, compiled, aggressive fusion": lambda: train_variant(
+                128, s128, bf16=True, compiled=True, options=aggressive),
+        },
+        "train bf16 autocast bs 256 (the fast recipe's batch)": {
+            "channels_last, eager": lambda: train_variant(256, s256, bf16=True),
+            "channels_last, compiled, aggressive fusion": lambda: train_variant(
+                256, s256, bf16=True, compiled=True, options=aggressive),
         },
         "eval fp32": {
             "bs 1000, channels_last": lambda: eval_variant(1000, n_eval),
@@ -212,13 +225,13 @@ def format_table(result: dict[str, Any]) -> str:
         "x: against the group's first row ('variant | option' rows: the variant's first row)",
     ]
     for group, rates in result["groups"].items():
-        lines += ["", f"{group:<44}{'img/s':>9}{'x':>7}   rounds"]
+        lines += ["", f"{group:<54}{'img/s':>9}{'x':>7}   rounds"]
         references: dict[str, float] = {}
         for name, values in rates.items():
             median = statistics.median(values)
             reference = references.setdefault(_reference_key(name), median)
             runs = ", ".join(f"{v:.0f}" for v in values)
-            lines.append(f"  {name:<42}{median:>9.1f}{median / reference:>7.2f}   {runs}")
+            lines.append(f"  {name:<52}{median:>9.1f}{median / reference:>7.2f}   {runs}")
     return "\n".join(lines)
 
 
