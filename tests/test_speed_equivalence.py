@@ -132,7 +132,7 @@ def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
     assert compiles_on_cpu(get_recipe("paper"), 45_000)
     assert not compiles_on_cpu(get_recipe("paper", epochs=3), 2_000)
     # Work, not step count, decides: `fast` takes 7k large steps and compiles; the same number
-    # of images in batch-32 steps compiles too, and a quarter of them does not.
+    # of images in batch-32 steps compiles too, and an eighth of them does not.
     assert compiles_on_cpu(get_recipe("fast"), 45_000)
     assert compiles_on_cpu(get_recipe("paper", epochs=40), 45_000)
     assert not compiles_on_cpu(get_recipe("fast", epochs=5), 45_000)
