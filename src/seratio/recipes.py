@@ -66,15 +66,20 @@ class Recipe:
         """Updates per epoch: the last, partial batch is still a step."""
         return math.ceil(train_images / self.batch_size)
 
+    def step_lr(self, epoch: int, step: int, steps: int) -> float:
+        """The learning rate of 0-based update `step` of `steps` in `epoch`, for schedules that move
+        within an epoch: the position is where the update ends, so the last one reaches the epoch's end."""
+        return self.lr_at(epoch, (step + 1) / steps)
+
     def mean_lr(self, epoch: int, steps: int) -> float:
         """The learning rate averaged over the `steps` updates of 0-based `epoch`, for the metrics.
 
         Why not the value at the epoch's start: `fast` warms up from 0 every step, so its first
-        epoch would read as lr 0.0, as if nothing had trained. Step s uses `lr_at(epoch, (s+1)/steps)`.
+        epoch would read as lr 0.0, as if nothing had trained.
         """
         if not self.steps_lr_within_epoch():
             return self.lr_at(epoch)
-        return math.fsum(self.lr_at(epoch, (step + 1) / steps) for step in range(steps)) / steps
+        return math.fsum(self.step_lr(epoch, step, steps) for step in range(steps)) / steps
 
     def steps_lr_within_epoch(self) -> bool:
         return self.schedule != "paper"

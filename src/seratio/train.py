@@ -348,7 +348,7 @@ def _train_epoch(session: _Session, epoch: int, progress: EpochProgress) -> tupl
         )
         labels = split.labels[index]
         if recipe.steps_lr_within_epoch():
-            _set_lr(session.optimizer, recipe.lr_at(epoch, (step + 1) / steps))
+            _set_lr(session.optimizer, recipe.step_lr(epoch, step, steps))
         loss, logits = train_step(_prepare(session, images), labels)
         loss_sum += loss * len(index)
         correct += (logits.argmax(1) == labels).sum()
