@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seratio.augment import augment_batch, to_float
+from seratio.augment import augment_batch, to_float, view_batch
 from seratio.errors import SeratioError
+from seratio.recipes import TTA_VIEWS
 
 H = W = 32
 
@@ -55,6 +56,14 @@ def test_shape_dtype_and_device_are_kept() -> None:
     out = augment_batch(images, seeded())
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
     assert out.data_ptr() != images.data_ptr()
+
+
+@pytest.mark.parametrize("view", sorted({v for views in TTA_VIEWS.values() for v in views}))
+def test_every_test_time_view_matches_the_per_pixel_definition(view: tuple[bool, int, int]) -> None:
+    images = coordinate_batch(3)
+    flip, dy, dx = view
+    expected = reference(images, np.full(3, flip), np.full(3, dy), np.full(3, dx))
+    assert torch.equal(view_batch(images, flip, dy, dx), expected)
 
 
 def test_matches_the_per_pixel_definition() -> None:

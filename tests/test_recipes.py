@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -76,6 +78,18 @@ def test_keras_l2_equals_coupled_weight_decay_on_kernels() -> None:
 def test_fingerprint_changes_with_any_field() -> None:
     assert get_recipe("paper").fingerprint() != get_recipe("paper", epochs=10).fingerprint()
     assert get_recipe("paper").fingerprint() == get_recipe("paper").fingerprint()
+    assert replace(get_recipe("paper"), tta="flip").fingerprint() != get_recipe("paper").fingerprint()
+
+
+def test_a_field_added_later_leaves_the_hash_of_recipes_that_do_not_set_it() -> None:
+    # The value recorded by every paper run before `tta` existed; studies compare it to group runs.
+    assert get_recipe("paper").fingerprint() == "c9c9066fd79e"
+    assert get_recipe("paper").tta == "none" and get_recipe("fast").tta == "flip-shift"
+
+
+def test_unknown_test_time_augmentation_names_the_allowed_ones() -> None:
+    with pytest.raises(SeratioError, match="test-time augmentation 'crops' is unknown; allowed: none, flip, flip-shift"):
+        replace(get_recipe("fast"), tta="crops")
 
 
 @pytest.mark.parametrize(

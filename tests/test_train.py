@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from seratio import rundir
+from seratio.augment import to_float
 from seratio.cli import main
+from seratio.config import RunConfig
+from seratio.data import Split, load_cifar
+from seratio.models import parse_rr
+from seratio.train import build_session, evaluate
 
 TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
 RESULT_KEYS = {
@@ -54,6 +61,7 @@ def test_short_run_learns_far_above_chance(finished_run: Path) -> None:
     assert result["val_accuracy"] > 0.30, result["val_accuracy"]
     assert result["params"] == 80_870 and result["epochs"] == 3
     assert 1 <= result["best_epoch"] <= 3
+    assert not [key for key in result if key.startswith("tta")]  # the paper evaluates one view
 
 
 def test_run_directory_files(finished_run: Path) -> None:
@@ -156,3 +164,34 @@ def test_a_checkpoint_from_another_device_type_resumes_with_a_notice(
     assert deterministic(rows[:2]) == deterministic(read_rows(finished_run)[:2])
     assert deterministic(rows[2:]) != deterministic(read_rows(finished_run)[2:])
     assert json.loads((out / "result.json").read_text())["test_accuracy"] > 0.30
+
+
+def test_a_recipe_with_test_time_augmentation_reports_it_once_at_the_end(
+    cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fast"
+    args = ["train", "--recipe", "fast", *TINY, "--batch-size", "64", "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "result.json").read_text())
+    assert result["tta"] == summary["tta"] == "flip-shift"
+    assert summary["tta_test_accuracy"] == result["tta_test_accuracy"] > 0.30
+    assert result["tta_val_accuracy"] > 0.30 and 0.5 < result["tta_test_loss"] < 2.3
+    assert not [key for row in read_rows(out) for key in row if key.startswith("tta")]  # epochs: one view
+
+
+def test_test_time_augmentation_averages_the_views_softmax(finished_run: Path, cifar_dir: Path) -> None:
+    config = RunConfig(rr=parse_rr("4,4,4"), depth=8, train_subset=2000, val_size=500)
+    data = load_cifar(data_dir=cifar_dir, val_size=500, train_subset=2000)
+    session = build_session(config, data, torch.device("cpu"), compile_cpu=False)
+    state, _ = rundir.load_checkpoint(finished_run)
+    session.model.load_state_dict(state["model"])
+    split = Split(images=data.test.images[:250], labels=data.test.labels[:250])
+    loss, accuracy, predictions = evaluate(session, split, "flip")
+    with torch.inference_mode():
+        images = to_float(split.images)
+        mean = (F.softmax(session.model(images), 1) + F.softmax(session.model(images.flip(3)), 1)) / 2
+    assert loss == pytest.approx(F.nll_loss(mean.log(), split.labels).item(), rel=1e-5)
+    assert (predictions == mean.argmax(1)).float().mean() >= 0.99
+    assert accuracy == pytest.approx((mean.argmax(1) == split.labels).float().mean().item(), abs=0.01)
+    assert evaluate(session, split)[0] != pytest.approx(loss, rel=1e-3)  # two views, not one

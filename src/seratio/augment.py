@@ -25,16 +25,35 @@ def augment_batch(
     generator reproduces a batch exactly. It must live on the same device as `images`.
     Returns a new uint8 tensor of the same shape on the same device.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    _check_images(images)
     if not 0.0 <= flip_p <= 1.0:
         raise SeratioError(f"flip_p {flip_p} is out of range; allowed: 0 <= flip_p <= 1")
     if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
         raise SeratioError(f"max_shift {max_shift!r} is out of range; allowed: an integer >= 0")
-    b, c, h, w = images.shape
-    dev = images.device
+    b, dev = images.shape[0], images.device
     flip = torch.rand(b, generator=generator, device=dev) < flip_p
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2, b, 1), generator=generator, device=dev)
+    return _flip_and_shift(images, flip, dy, dx)
+
+
+def view_batch(images: torch.Tensor, flip: bool, dy: int, dx: int) -> torch.Tensor:
+    """One fixed test-time view of every image, with the training augmentation's convention and fill,
+    so that the views a model is evaluated on are ones it saw in training."""
+    _check_images(images)
+    b, dev = images.shape[0], images.device
+    return _flip_and_shift(
+        images, torch.full((b,), flip, device=dev), torch.full((b, 1), dy, device=dev), torch.full((b, 1), dx, device=dev)
+    )
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+
+
+def _flip_and_shift(images: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = images.shape
+    dev = images.device
     rows = (torch.arange(h, device=dev) - dy).clamp_(0, h - 1)  # (B, H)
     cols = (torch.arange(w, device=dev) - dx).clamp_(0, w - 1)  # (B, W)
     cols = torch.where(flip[:, None], w - 1 - cols, cols)

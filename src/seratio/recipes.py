@@ -19,6 +19,17 @@ PAPER_BOUNDARIES = (80, 120, 160, 180)
 PAPER_FACTORS = (1e-1, 1e-2, 1e-3, 5e-4)
 # The paper trained on all 50,000 images at batch 32: 1,563 steps per epoch.
 
+# Test-time augmentation: the views (flipped?, dy, dx) whose softmax a final evaluation averages,
+# shifted with the same edge fill as training (`augment.view_batch`). "flip-shift" was chosen on the
+# validation set of two 40-epoch `fast` runs (benchmarks/RESULTS.md).
+TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
+    "none": ((False, 0, 0),),
+    "flip": ((False, 0, 0), (True, 0, 0)),
+    "flip-shift": tuple((flip, d, d) for flip in (False, True) for d in (0, 1, -1)),
+}
+# Fields added after runs were already recorded; hashed only when set, so those runs keep their hash.
+_HASHED_WHEN_SET = {"tta": "none"}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -43,6 +54,11 @@ class Recipe:
     # `bn_reference_steps` steps; 0 steps means the momentum is fixed.
     bn_momentum: float = 0.1
     bn_reference_steps: int = 0
+    tta: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.tta not in TTA_VIEWS:
+            raise SeratioError(f"test-time augmentation {self.tta!r} is unknown; allowed: {', '.join(TTA_VIEWS)}")
 
     def lr_at(self, epoch: int, progress: float = 0.0) -> float:
         """Learning rate during 0-based `epoch`, `progress` in (0, 1] through it."""
@@ -86,7 +102,11 @@ class Recipe:
 
     def fingerprint(self) -> str:
         """Short hash of every field, so runs of different recipes are never averaged silently."""
-        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        for key, default in _HASHED_WHEN_SET.items():
+            if fields[key] == default:
+                del fields[key]
+        payload = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:12]
 
 
@@ -130,6 +150,7 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.1,
         cuda_bf16=True,
         cuda_channels_last=True,
+        tta="flip-shift",
     ),
 }
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seratio import rundir, runlock
-from seratio.augment import augment_batch, to_float
+from seratio.augment import augment_batch, to_float, view_batch
 from seratio.config import RunConfig, code_version, environment, resolve_device
 from seratio.cpu_compile import CompiledForward
 from seratio.cuda_step import GraphedStep
@@ -32,7 +32,7 @@ from seratio.data import CifarData, Split, load_cifar
 from seratio.errors import SeratioError
 from seratio.models import build_model, count_macs, count_params, kernel_parameters, se_hidden, set_bn_momentum
 from seratio.progress import EpochProgress
-from seratio.recipes import Recipe
+from seratio.recipes import TTA_VIEWS, Recipe
 
 # Evaluation batch per device type. CPU: the fastest measured here with either allocator (larger
 # batches slow glibc malloc down; benchmarks/RESULTS.md). CUDA: large, so a split is a few launches.
@@ -357,25 +357,37 @@ def _train_epoch(session: _Session, epoch: int, progress: EpochProgress) -> tupl
 
 
 @torch.inference_mode()
-def evaluate(session: _Session, split: Split) -> tuple[float, float, torch.Tensor]:
-    """Loss, accuracy and predictions in large batches, with one host sync at the end."""
+def evaluate(session: _Session, split: Split, tta: str = "none") -> tuple[float, float, torch.Tensor]:
+    """Loss, accuracy and predictions in large batches, with one host sync at the end.
+
+    With test-time augmentation the prediction is the mean of the views' softmax, and the loss is
+    that mean's negative log-likelihood; with one view both are exactly the plain model's.
+    """
     session.model.eval()
     if len(split) == 0:
         return math.nan, math.nan, torch.empty(0, dtype=torch.long)
     loss_sum = torch.zeros((), device=session.device)
     predictions = []
     batch = EVAL_BATCH[session.device.type]
-    forward = session.compiled_eval or session.model
     for start in range(0, len(split), batch):
-        images = split.images[start : start + batch]
-        labels = split.labels[start : start + batch]
-        with _autocast(session):
-            logits = forward(_prepare(session, images)).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        predictions.append(logits.argmax(1))
+        log_probs = _view_log_probs(session, split.images[start : start + batch], TTA_VIEWS[tta])
+        loss_sum += F.nll_loss(log_probs, split.labels[start : start + batch], reduction="sum")
+        predictions.append(log_probs.argmax(1))
     predicted = torch.cat(predictions)
     accuracy = (predicted == split.labels).sum().item() / len(split)
     return loss_sum.item() / len(split), accuracy, predicted.cpu()
+
+
+def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[tuple[bool, int, int], ...]) -> torch.Tensor:
+    forward = session.compiled_eval or session.model
+    per_view = []
+    for flip, dy, dx in views:
+        shown = images if (flip, dy, dx) == (False, 0, 0) else view_batch(images, flip, dy, dx)
+        with _autocast(session):
+            per_view.append(F.log_softmax(forward(_prepare(session, shown)).float(), dim=1))
+    if len(per_view) == 1:
+        return per_view[0]
+    return torch.logsumexp(torch.stack(per_view), dim=0) - math.log(len(per_view))
 
 
 def _nullable(value: float) -> float | None:
@@ -483,6 +495,20 @@ def _config_record(session: _Session) -> dict[str, Any]:
     }
 
 
+def _tta_result(session: _Session) -> dict[str, Any]:
+    """The recipe's test-time augmentation, once, on the final weights. Per-epoch rows stay one view
+    (curves, pruning, best epoch), so the extra forward passes are paid once, not every epoch."""
+    val_loss, val_accuracy, _ = evaluate(session, session.data.val, session.recipe.tta)
+    test_loss, test_accuracy, _ = evaluate(session, session.data.test, session.recipe.tta)
+    return {
+        "tta": session.recipe.tta,
+        "tta_test_accuracy": test_accuracy,
+        "tta_test_loss": test_loss,
+        "tta_val_accuracy": _nullable(val_accuracy),
+        "tta_val_loss": _nullable(val_loss),
+    }
+
+
 def _finish(session: _Session, state: dict[str, Any], out: Path) -> dict[str, Any]:
     """The result files from the last epoch's evaluation; result.json is written last and marks the run done."""
     predictions = state["test_predictions"]
@@ -516,6 +542,8 @@ def _finish(session: _Session, state: dict[str, Any], out: Path) -> dict[str, An
         "recipe_hash": session.recipe.fingerprint(),
         "code_version": environment()["code_version"],
     }
+    if session.recipe.tta != "none":
+        result |= _tta_result(session)
     rundir.remove_temp_files(out)  # what kills during earlier writes left behind; result.json comes last
     rundir.write_array(out / rundir.PREDICTIONS, predictions.numpy().astype(np.int16))
     rundir.write_array(out / rundir.LABELS, labels.numpy().astype(np.int16))
