@@ -109,11 +109,17 @@ def test_optimized_cpu_step_follows_the_plain_loss_trajectory(compiled: bool) ->
 def _assert_compiled_evaluation_matches_eager(session: Any) -> None:
     split = _data(2 * EVAL_BATCH["cpu"] + 7).train  # two compiled batches and an eager remainder
     compiled_loss, compiled_accuracy, compiled_predictions = evaluate(session, split)
-    session.compiled_eval = None
+    compiled_eval, session.compiled_eval = session.compiled_eval, None
     loss, accuracy, predictions = evaluate(session, split)
     assert compiled_loss == pytest.approx(loss, rel=1e-5)
     assert (compiled_predictions == predictions).float().mean() >= 0.99
     assert compiled_accuracy == pytest.approx(accuracy, abs=0.01)
+    session.compiled_eval = compiled_eval
+    compiled_tta = evaluate(session, split, "flip-shift")
+    session.compiled_eval = None
+    eager_tta = evaluate(session, split, "flip-shift")
+    assert compiled_tta[0] == pytest.approx(eager_tta[0], rel=1e-5) and compiled_tta[0] != pytest.approx(loss, rel=1e-3)
+    assert (compiled_tta[2] == eager_tta[2]).float().mean() >= 0.99
 
 
 def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,8 +137,8 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: 
 def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
     assert compiles_on_cpu(get_recipe("paper"), 45_000)
     assert not compiles_on_cpu(get_recipe("paper", epochs=3), 2_000)
-    # Work, not step count, decides: `fast` takes 7k large steps and compiles; the same number
-    # of images in batch-32 steps compiles too, and an eighth of them does not.
+    # Work, not step count, decides: `fast` takes 9k large steps and compiles; 40 epochs of
+    # batch-32 steps (1.8M images) compile too, and 5 epochs of `fast` (225k) do not.
     assert compiles_on_cpu(get_recipe("fast"), 45_000)
     assert compiles_on_cpu(get_recipe("paper", epochs=40), 45_000)
     assert not compiles_on_cpu(get_recipe("fast", epochs=5), 45_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -12,7 +13,7 @@ import sqlalchemy.exc
 from seratio.cli import main
 from seratio.errors import SeratioError
 from seratio.store import Patience, _rdb_url, open_storage, retrying, sqlite_worker_lock
-from study_fakes import FakeTrainer, create, table3_accuracy, work
+from study_fakes import TINY, FakeTrainer, create, table3_accuracy, work
 
 QUICK = Patience(seconds=2.0, first_wait=0.01, max_wait=0.05)
 
@@ -110,6 +111,17 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     assert len(rows) == 14 and {r["state"] for r in rows} == {"COMPLETE"}
     assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.csv")]) == 0
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 15
+
+
+def test_export_carries_the_test_time_augmentation_accuracies_of_a_fast_study(tmp_path: Path) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    create(url, "f", "constant", tmp_path / "runs", run=replace(TINY, recipe="fast"), candidates=(2, 4))
+    work(url, "f", FakeTrainer())
+    assert main(["study", "export", "--name", "f", "--storage", url, "--out", str(tmp_path / "t.json")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows)  # 2, 4 and the no-SE baseline
+    assert all(r["tta_test_accuracy"] == pytest.approx(r["test_accuracy"] + 0.01) for r in rows)
+    assert all(r["tta_val_accuracy"] == pytest.approx(r["val_accuracy"] + 0.02) for r in rows)
 
 
 def test_status_of_an_unknown_study_names_the_ones_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

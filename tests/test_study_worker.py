@@ -116,7 +116,8 @@ def test_every_complete_trial_carries_the_contract_attributes(tmp_path: Path) ->
         attrs = trial.user_attrs
         assert {"rr", "seed", "phase", "run_dir", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
                 "best_test_accuracy", "best_epoch", "params", "macs", "seconds", "epochs", "code_version",
-                "recipe_hash"} <= set(attrs)
+                "recipe_hash", "tta_test_accuracy", "tta_val_accuracy"} <= set(attrs)
+        assert attrs["tta_test_accuracy"] is None  # the paper recipe evaluates one view
         assert Path(attrs["run_dir"]).is_absolute() and trial.value == attrs["val_accuracy"]
 
 

@@ -22,13 +22,15 @@ PAPER_FACTORS = (1e-1, 1e-2, 1e-3, 5e-4)
 # Test-time augmentation: the views (flipped?, dy, dx) whose softmax a final evaluation averages,
 # shifted with the same edge fill as training (`augment.view_batch`). "flip-shift" was chosen on the
 # validation set of two 40-epoch `fast` runs (benchmarks/RESULTS.md).
-TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
+View = tuple[bool, int, int]
+TTA_VIEWS: dict[str, tuple[View, ...]] = {
     "none": ((False, 0, 0),),
     "flip": ((False, 0, 0), (True, 0, 0)),
     "flip-shift": tuple((flip, d, d) for flip in (False, True) for d in (0, 1, -1)),
 }
-# Fields added after runs were already recorded; hashed only when set, so those runs keep their hash.
-_HASHED_WHEN_SET = {"tta": "none"}
+# Fields that change no per-epoch number and none that studies average (test-time augmentation
+# only adds `tta_*` fields to result.json), so runs made before they existed keep their hash.
+_NOT_HASHED = ("tta",)
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,9 @@ class Recipe:
         return self.schedule != "paper"
 
     def fingerprint(self) -> str:
-        """Short hash of every field, so runs of different recipes are never averaged silently."""
-        fields = asdict(self)
-        for key, default in _HASHED_WHEN_SET.items():
-            if fields[key] == default:
-                del fields[key]
+        """Short hash of every field that decides training and the recorded metrics, so runs of
+        different recipes are never averaged silently."""
+        fields = {key: value for key, value in asdict(self).items() if key not in _NOT_HASHED}
         payload = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:12]
 
@@ -142,7 +142,7 @@ RECIPES: dict[str, Recipe] = {
         optimizer="sgd",
         lr=0.2,
         batch_size=256,
-        epochs=40,
+        epochs=50,
         weight_decay=5e-4,
         schedule="warmup-linear",
         momentum=0.9,

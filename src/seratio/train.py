@@ -32,7 +32,7 @@ from seratio.data import CifarData, Split, load_cifar
 from seratio.errors import SeratioError
 from seratio.models import build_model, count_macs, count_params, kernel_parameters, se_hidden, set_bn_momentum
 from seratio.progress import EpochProgress
-from seratio.recipes import TTA_VIEWS, Recipe
+from seratio.recipes import TTA_VIEWS, Recipe, View
 
 # Evaluation batch per device type. CPU: the fastest measured here with either allocator (larger
 # batches slow glibc malloc down; benchmarks/RESULTS.md). CUDA: large, so a split is a few launches.
@@ -41,10 +41,10 @@ EVAL_BATCH = {"cpu": 100, "cuda": 5000}
 CPU_CHANNELS_LAST = True
 # torch.compile on CPU (training and evaluation forward) for runs that train on at least this many
 # images in all (epochs x training images). Counted in images, not steps, because a step's cost
-# grows with its batch: the `fast` recipe's 7k batch-256 steps are as much work as 56k batch-32
+# grows with its batch: the `fast` recipe's 9k batch-256 steps are as much work as 70k batch-32
 # ones. A cold compile takes 60-80 s; the slowest case (fp32, batch 32, +22%) repays it after
 # about 100k images, so 250k compiles only where it clearly pays. Tests and the demo (7.5k
-# images) stay eager; `fast` (1.8M) and a paper run (9M) compile.
+# images) stay eager; `fast` (2.25M) and a paper run (9M) compile.
 CPU_COMPILE_MIN_IMAGES = 250_000
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -361,7 +361,7 @@ def evaluate(session: _Session, split: Split, tta: str = "none") -> tuple[float,
     """Loss, accuracy and predictions in large batches, with one host sync at the end.
 
     With test-time augmentation the prediction is the mean of the views' softmax, and the loss is
-    that mean's negative log-likelihood; with one view both are exactly the plain model's.
+    that mean's negative log-likelihood; with one view the loss is exactly the plain cross-entropy.
     """
     session.model.eval()
     if len(split) == 0:
@@ -378,13 +378,15 @@ def evaluate(session: _Session, split: Split, tta: str = "none") -> tuple[float,
     return loss_sum.item() / len(split), accuracy, predicted.cpu()
 
 
-def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[tuple[bool, int, int], ...]) -> torch.Tensor:
+def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[View, ...]) -> torch.Tensor:
+    """Log of the views' mean softmax, via log-sum-exp so that confident views do not underflow."""
     forward = session.compiled_eval or session.model
     per_view = []
     for flip, dy, dx in views:
         shown = images if (flip, dy, dx) == (False, 0, 0) else view_batch(images, flip, dy, dx)
         with _autocast(session):
-            per_view.append(F.log_softmax(forward(_prepare(session, shown)).float(), dim=1))
+            logits = forward(_prepare(session, shown))
+        per_view.append(F.log_softmax(logits.float(), dim=1))
     if len(per_view) == 1:
         return per_view[0]
     return torch.logsumexp(torch.stack(per_view), dim=0) - math.log(len(per_view))
@@ -497,11 +499,14 @@ def _config_record(session: _Session) -> dict[str, Any]:
 
 def _tta_result(session: _Session) -> dict[str, Any]:
     """The recipe's test-time augmentation, once, on the final weights. Per-epoch rows stay one view
-    (curves, pruning, best epoch), so the extra forward passes are paid once, not every epoch."""
+    (curves, pruning, best epoch), so the extra forward passes are paid once, not every epoch.
+    Their time is `tta_seconds`, outside `seconds`, which stays the epochs' sum."""
+    started = time.perf_counter()
     val_loss, val_accuracy, _ = evaluate(session, session.data.val, session.recipe.tta)
     test_loss, test_accuracy, _ = evaluate(session, session.data.test, session.recipe.tta)
     return {
         "tta": session.recipe.tta,
+        "tta_seconds": time.perf_counter() - started,
         "tta_test_accuracy": test_accuracy,
         "tta_test_loss": test_loss,
         "tta_val_accuracy": _nullable(val_accuracy),

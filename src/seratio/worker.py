@@ -41,7 +41,7 @@ Trainer = Callable[..., dict[str, Any]]
 
 RESULT_ATTRS = (
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy", "best_epoch",
-    "params", "macs", "seconds", "epochs", "code_version", "recipe_hash",
+    "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "tta_test_accuracy", "tta_val_accuracy",
 )
 
 

@@ -10,10 +10,9 @@ from rich.console import Console
 from seratio.commands.options import add_run_options, run_config_from_args
 from seratio.train import train_run
 
-SUMMARY_KEYS = (
-    "test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy",
-    "tta", "tta_test_accuracy", "tta_val_accuracy", "params", "macs", "epochs", "seconds",
-)
+SUMMARY_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs", "epochs", "seconds")
+# Only runs of a recipe with test-time augmentation have these.
+TTA_KEYS = ("tta", "tta_test_accuracy", "tta_test_loss", "tta_val_accuracy", "tta_seconds")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     console = Console(stderr=True)
     result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
-    print(json.dumps({key: result[key] for key in SUMMARY_KEYS if key in result}, indent=2))
+    summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
+    print(json.dumps(summary, indent=2))
     return 0
