@@ -14,6 +14,7 @@ from seratio import strategies
 from seratio.errors import SeratioError
 from seratio.heartbeat import StaleWatch
 from seratio.ledger import Ledger, TrialView
+from seratio.store import StudyStore
 from seratio.study import DEFINITION_ATTR, create_or_join, run_name
 from study_fakes import TINY, FakeTrainer, create, work
 
@@ -197,3 +198,23 @@ def test_a_resumed_halving_trial_reports_its_earlier_epochs_to_the_pruner(tmp_pa
     assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5, 6]
     assert [trial.intermediate_values[e] for e in (1, 2)] == pytest.approx([0.11, 0.12])  # replayed
     assert {e: trial.intermediate_values[e] for e in trained} == trained  # trained again: the new value
+
+
+def test_a_worker_whose_first_read_predates_the_others_work_does_not_call_the_study_blocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first snapshot is empty, but by its enqueue checks the others have enqueued (here: finished)
+    every run. Judging 'blocked' on that snapshot made the third of three PostgreSQL workers quit in CI."""
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,))
+    work(_url(tmp_path), "s", FakeTrainer())
+    real_trials, reads = StudyStore.trials, []
+
+    def first_read_empty(self: StudyStore) -> list:  # type: ignore[type-arg]
+        reads.append(None)
+        return [] if len(reads) == 1 else real_trials(self)
+
+    monkeypatch.setattr(StudyStore, "trials", first_read_empty)
+    late = FakeTrainer()
+    work(_url(tmp_path), "s", late)
+    assert late.calls == [] and len(reads) > 2
+    assert sum(t.state == TrialState.COMPLETE for t in store.trials()) == 2

@@ -92,21 +92,28 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> WorkSummary:
-        """Work until the strategy is done; raise if failed runs block it (they resume on a rerun)."""
+        """Work until the strategy is done; raise if failed runs block it (they resume on a rerun).
+
+        A block must show in two reads a poll apart: one read can predate what other workers
+        enqueued meanwhile, so a worker starting on an empty study would see nothing to take.
+        """
+        blocked_before = False
         while True:
             ledger = self._ledger()
             plan = strategies.plan(self.definition, ledger)
             if self._enqueue_missing(plan, ledger):
                 ledger = self._ledger()
             view = self._claim(ledger)
+            blocked = view is None and not plan.done and self._blocked(ledger)
             if view is not None:
                 self._process(view)
             elif plan.done:
                 return self.summary
-            elif self._blocked(ledger):
+            elif blocked and blocked_before:
                 raise SeratioError(self._blocked_message())
             else:
                 time.sleep(self.options.poll * random.uniform(0.5, 1.5))
+            blocked_before = blocked
 
     def _ledger(self) -> Ledger:
         """Fresh trials, after failing those whose workers stopped sending heartbeats."""
