@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from seratio.augment import augment_batch, to_float
+from seratio.cpu_compile import COMPILE_OPTIONS
 from seratio.models import ModelConfig, build_model, kernel_parameters
 from seratio.runtime import allocator, find_tcmalloc, reexec_with_tcmalloc
 
@@ -101,7 +102,7 @@ def eval_variant(
 def groups(quick: bool) -> dict[str, dict[str, Callable[[], Run]]]:
     """Variant factories per group; the first of each group is its reference."""
     s32, s128, s256, n_eval = (3, 1, 1, 400) if quick else (12, 4, 2, 2000)
-    aggressive = {"aggressive_fusion": True}
+    aggressive = COMPILE_OPTIONS  # what the tool compiles with: inductor's aggressive fusion
     return {
         "train fp32 bs 32": {
             "NCHW, fused Adam": lambda: train_variant(32, s32, channels_last=False),
