@@ -34,9 +34,12 @@ from seratio.models import build_model, count_macs, count_params, kernel_paramet
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, Recipe, View
 
-# Evaluation batch per device type. CPU: the fastest measured here with either allocator (larger
-# batches slow glibc malloc down; benchmarks/RESULTS.md). CUDA: large, so a split is a few launches.
-EVAL_BATCH = {"cpu": 100, "cuda": 5000}
+# Evaluation batch per device type. CPU: 250, which beats 100 by 10-18% under tcmalloc (fp32 and
+# bf16, eager and compiled) and by 4-5% in bf16 under glibc; only fp32 under glibc is 10-15% slower
+# (benchmarks/RESULTS.md). One batch for every allocator, because the batch sets the summation order
+# of the evaluation: a run resumed in a process with another allocator still ends bit-identical.
+# CUDA: large, so a split is a few launches.
+EVAL_BATCH = {"cpu": 250, "cuda": 5000}
 # channels_last on CPU: oneDNN's NHWC convolutions for 16-64 channels are faster than NCHW here.
 CPU_CHANNELS_LAST = True
 # torch.compile on CPU (training and evaluation forward) for runs that train on at least this many
