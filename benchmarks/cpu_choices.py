@@ -84,7 +84,7 @@ def eval_variant(
     model = build_model(MODEL).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, dynamic=False) if compiled else model
+    forward = torch.compile(model, dynamic=False, options=COMPILE_OPTIONS) if compiled else model
     images = torch.randint(0, 256, (images_count, 3, 32, 32), dtype=torch.uint8)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
@@ -101,7 +101,7 @@ def eval_variant(
 
 def groups(quick: bool) -> dict[str, dict[str, Callable[[], Run]]]:
     """Variant factories per group; the first of each group is its reference."""
-    s32, s128, s256, n_eval = (3, 1, 1, 400) if quick else (12, 4, 2, 2000)
+    s32, s128, s256, n_eval = (3, 1, 1, 500) if quick else (12, 4, 2, 2000)
     aggressive = COMPILE_OPTIONS  # what the tool compiles with: inductor's aggressive fusion
     return {
         "train fp32 bs 32": {
@@ -134,8 +134,11 @@ def groups(quick: bool) -> dict[str, dict[str, Callable[[], Run]]]:
             "bs 100, NCHW": lambda: eval_variant(100, n_eval, channels_last=False),
             "bs 100, no_grad": lambda: eval_variant(100, n_eval, mode="no_grad"),
             "bs 100, compiled": lambda: eval_variant(100, n_eval, compiled=True),
+            "bs 250, compiled": lambda: eval_variant(250, n_eval, compiled=True),
             "bs 100, bf16": lambda: eval_variant(100, n_eval, bf16=True),
+            "bs 250, bf16": lambda: eval_variant(250, n_eval, bf16=True),
             "bs 100, bf16, compiled": lambda: eval_variant(100, n_eval, bf16=True, compiled=True),
+            "bs 250, bf16, compiled": lambda: eval_variant(250, n_eval, bf16=True, compiled=True),
         },
     }
 
@@ -195,7 +198,7 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    s32, n_eval = (3, 400) if args.quick else (12, 2000)
+    s32, n_eval = (3, 500) if args.quick else (12, 2000)
     if args.what == "threads":
         # Before anything compiles: inductor bakes the thread count into its kernels.
         torch.set_num_threads(args.threads[0])
@@ -206,6 +209,7 @@ def child_main(argv: list[str]) -> None:
             "train bs 32 eager": lambda: train_variant(32, s32),
             "train bs 32 compiled": lambda: train_variant(32, s32, compiled=True),
             "eval bs 100": lambda: eval_variant(100, n_eval),
+            "eval bs 250": lambda: eval_variant(250, n_eval),
             "eval bs 1000": lambda: eval_variant(1000, n_eval),
         }
     print(json.dumps(measure_group(variants, args.rounds)))

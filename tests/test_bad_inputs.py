@@ -165,6 +165,12 @@ CASES = [
     Case("compare missing dir", ["compare", "{tmp}/nowhere", "{tmp}/foreign"], 2, "run directory '{tmp}/nowhere' does not exist"),
     Case("compare a file", ["compare", "{tmp}/afile", "{tmp}/foreign"], 2,
          "run directory '{tmp}/afile' is a file"),
+    Case("evaluate missing dir", ["evaluate", "{tmp}/nowhere"], 2, "run directory '{tmp}/nowhere' does not exist"),
+    Case("evaluate a file", ["evaluate", "{tmp}/afile"], 2, "run directory '{tmp}/afile' is a file"),
+    Case("evaluate a dir that is not a run", ["evaluate", "{tmp}/foreign"], 2,
+         "{tmp}/foreign holds no config.json, so it is not a seratio run"),
+    Case("evaluate tta unknown", ["evaluate", "{tmp}/foreign", "--tta", "flip-crop"], 2,
+         "invalid choice: 'flip-crop' (choose from 'none', 'flip', 'flip-shift')"),
 ]
 
 

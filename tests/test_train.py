@@ -180,6 +180,12 @@ def test_a_recipe_with_test_time_augmentation_reports_it_once_at_the_end(
     assert result["tta_val_accuracy"] is None and result["tta_val_loss"] is None  # no validation split
     assert result["tta_seconds"] > 0
     assert not [key for row in read_rows(out) for key in row if key.startswith("tta")]  # epochs: one view
+    assert main(["evaluate", str(out), "--json"]) == 0  # scored again: with the recipe's views by default
+    scores = json.loads(capsys.readouterr().out)
+    assert (scores["tta"], scores["views"], scores["test_accuracy"]) == ("flip-shift", 6, result["tta_test_accuracy"])
+    assert scores["test_loss"] == pytest.approx(result["tta_test_loss"], rel=1e-6) and scores["val_loss"] is None
+    assert main(["evaluate", str(out), "--json", "--tta", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == result["test_accuracy"]
 
 
 def test_test_time_augmentation_averages_the_views_softmax(finished_run: Path, cifar_dir: Path) -> None:

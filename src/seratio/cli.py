@@ -16,7 +16,7 @@ from seratio import __version__
 from seratio.errors import SeratioError
 from seratio.runtime import reexec_with_tcmalloc
 
-COMMANDS = ("info", "train", "report", "compare", "study")
+COMMANDS = ("info", "train", "evaluate", "report", "compare", "study")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -111,7 +111,7 @@ def _train(
     on_epoch: EpochCallback | None,
 ) -> dict[str, Any]:
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
-    session = _start_session(config)
+    session = start_session(config)
     state = _restore(session, checkpoint, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
     rundir.write_json(out / rundir.CONFIG, _config_record(session))
     with EpochProgress(enabled=show_progress) as progress:
@@ -177,7 +177,8 @@ def _checkpoint_to_resume(
     return checkpoint
 
 
-def _start_session(config: RunConfig) -> _Session:
+def start_session(config: RunConfig, *, compile_cpu: bool | None = None) -> _Session:
+    """Data on the run's device and a fresh session; `compile_cpu` as in `build_session`."""
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is not None:
         # Before any CUDA work: whatever uses "the current device" (a context, cuDNN, cuBLAS) must
@@ -187,7 +188,7 @@ def _start_session(config: RunConfig) -> _Session:
         config.dataset, config.data_dir, val_size=config.val_size,
         train_subset=config.train_subset, split_seed=config.split_seed, device=device,
     )
-    return build_session(config, data, device)
+    return build_session(config, data, device, compile_cpu=compile_cpu)
 
 
 def build_session(
@@ -395,7 +396,8 @@ def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[View, 
     return torch.logsumexp(torch.stack(per_view), dim=0) - math.log(len(per_view))
 
 
-def _nullable(value: float) -> float | None:
+def nullable(value: float) -> float | None:
+    """JSON has no NaN: an empty split's loss and accuracy are recorded as null."""
     return None if math.isnan(value) else value
 
 
@@ -413,8 +415,8 @@ def _run_epoch(session: _Session, state: dict[str, Any], progress: EpochProgress
         "lr": session.recipe.mean_lr(epoch, session.recipe.steps_per_epoch(len(session.data.train))),
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
-        "val_loss": _nullable(val_loss),
-        "val_accuracy": _nullable(val_accuracy),
+        "val_loss": nullable(val_loss),
+        "val_accuracy": nullable(val_accuracy),
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
         "seconds": seconds,
@@ -512,8 +514,8 @@ def _tta_result(session: _Session) -> dict[str, Any]:
         "tta_seconds": time.perf_counter() - started,
         "tta_test_accuracy": test_accuracy,
         "tta_test_loss": test_loss,
-        "tta_val_accuracy": _nullable(val_accuracy),
-        "tta_val_loss": _nullable(val_loss),
+        "tta_val_accuracy": nullable(val_accuracy),
+        "tta_val_loss": nullable(val_loss),
     }
 
 

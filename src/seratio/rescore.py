@@ -1,0 +1,78 @@
+"""Score a run's saved weights again, with test-time augmentation it did not use when it trained.
+
+Why: the views change no training, so a run trained before they existed, or with a recipe that
+has none (`paper`), need not be retrained to learn what they add. The run directory is only read:
+its result.json stays what the run measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from seratio import rundir
+from seratio.config import RunConfig
+from seratio.errors import SeratioError
+from seratio.recipes import TTA_VIEWS
+from seratio.train import evaluate, nullable, start_session
+
+RUN_HINT = "give a run directory made by 'seratio train' or a study"
+
+
+def rescore_run(
+    run_dir: Path, tta: str | None = None, *, data_dir: str | None = None, device: str | None = None,
+) -> dict[str, Any]:
+    """Validation and test loss and accuracy of the newest checkpoint in `run_dir` under `tta`.
+
+    `tta` None means the run's own recipe's views. `data_dir` and `device` replace the recorded
+    ones, since a run is often scored on another machine than the one that trained it.
+    """
+    config = _recorded_config(run_dir)
+    config = dataclasses.replace(config, **{k: v for k, v in {"data_dir": data_dir, "device": device}.items() if v})
+    views = config.resolved_recipe().tta if tta is None else tta
+    if views not in TTA_VIEWS:
+        raise SeratioError(f"test-time augmentation {views!r} is not one of {', '.join(TTA_VIEWS)}")
+    checkpoint, notes = rundir.load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise SeratioError(f"{run_dir} holds no usable checkpoint to score{_because(notes)}")
+    session = start_session(config, compile_cpu=False)
+    session.model.load_state_dict(checkpoint["model"])
+    started = time.perf_counter()
+    val_loss, val_accuracy, _ = evaluate(session, session.data.val, views)
+    test_loss, test_accuracy, _ = evaluate(session, session.data.test, views)
+    return {
+        "run": str(run_dir),
+        "rr": list(config.rr),
+        "seed": config.seed,
+        "epoch": checkpoint["epoch"],
+        "epochs": session.recipe.epochs,
+        "tta": views,
+        "views": len(TTA_VIEWS[views]),
+        "val_images": len(session.data.val),
+        "val_loss": nullable(val_loss),
+        "val_accuracy": nullable(val_accuracy),
+        "test_images": len(session.data.test),
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "seconds": time.perf_counter() - started,
+        "warnings": notes,
+    }
+
+
+def _recorded_config(run_dir: Path) -> RunConfig:
+    if not run_dir.is_dir():
+        state = "is a file" if run_dir.exists() else "does not exist"
+        raise SeratioError(f"run directory {str(run_dir)!r} {state}; {RUN_HINT}")
+    path = run_dir / rundir.CONFIG
+    if not path.exists():
+        raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {RUN_HINT}")
+    record = rundir.read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("run"), dict):
+        raise SeratioError(f"{path} has no 'run' section; it was not written by seratio")
+    return RunConfig.from_dict(record["run"])
+
+
+def _because(notes: list[str]) -> str:
+    return f" ({'; '.join(notes)})" if notes else " (it has not finished an epoch yet)"

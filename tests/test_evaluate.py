@@ -1,0 +1,80 @@
+"""`seratio evaluate`: a run's saved weights scored again (with the views of a `fast` run: tests/test_train.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from seratio.cli import main
+
+TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
+
+
+def _train(cifar_dir: Path, out: Path, *extra: str) -> dict:
+    assert main(["train", *TINY, *extra, "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]) == 0
+    return json.loads((out / "result.json").read_text())
+
+
+def _evaluate(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> dict:
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _listing(run: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in run.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def paper_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "paper"
+    _train(cifar_dir, out)
+    return out
+
+
+def test_a_run_scored_again_gives_its_recorded_scores_and_stays_untouched(
+    paper_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = json.loads((paper_run / "result.json").read_text())
+    before = _listing(paper_run)
+    scores = _evaluate(capsys, paper_run)
+    assert (scores["tta"], scores["views"], scores["epoch"], scores["epochs"]) == ("none", 1, 3, 3)  # paper: one view
+    assert (scores["val_images"], scores["test_images"]) == (500, 10_000)
+    assert scores["test_accuracy"] == result["test_accuracy"] > 0.30
+    assert scores["val_accuracy"] == result["val_accuracy"]
+    assert scores["test_loss"] == pytest.approx(result["test_loss"], rel=1e-6)
+    assert scores["warnings"] == []
+    assert _listing(paper_run) == before
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_and_says_so(
+    paper_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(paper_run, run)
+    blob = bytearray((run / "checkpoint.pt").read_bytes())
+    blob[-100] ^= 0xFF
+    (run / "checkpoint.pt").write_bytes(bytes(blob))
+    monkeypatch.setenv("COLUMNS", "1000")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint.pt fails its SHA-256 check" in out and "scored the previous checkpoint instead" in out
+    assert "weights after epoch 2 of 3" in out
+    second_epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
+    assert f"{100 * second_epoch['test_accuracy']:.2f}" in out
+
+
+def test_a_run_without_a_checkpoint_or_with_a_bad_device_is_refused(
+    paper_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "started"
+    run.mkdir()
+    shutil.copy(paper_run / "config.json", run / "config.json")
+    assert main(["evaluate", str(run)]) == 2
+    assert f"{run} holds no usable checkpoint to score (it has not finished an epoch yet)" in capsys.readouterr().err
+    assert main(["evaluate", str(paper_run), "--device", "gpu"]) == 2
+    assert "device 'gpu' is not valid; use auto, cpu, cuda or cuda:K" in capsys.readouterr().err
