@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "split. Nothing in the run directory is written: its result.json stays what the run measured."
         ),
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory made by 'seratio train' or a study")
     parser.add_argument("--tta", choices=tuple(TTA_VIEWS), help=TTA_HELP)
     parser.add_argument("--data-dir", help="CIFAR directory on this machine (default: the run's, then $SERATIO_DATA)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:K (default: the run's)")
