@@ -13,11 +13,6 @@ from seratio.cli import main
 TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
 
 
-def _train(cifar_dir: Path, out: Path, *extra: str) -> dict:
-    assert main(["train", *TINY, *extra, "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]) == 0
-    return json.loads((out / "result.json").read_text())
-
-
 def _evaluate(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> dict:
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json", *extra]) == 0
@@ -31,7 +26,7 @@ def _listing(run: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def paper_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "paper"
-    _train(cifar_dir, out)
+    assert main(["train", *TINY, "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]) == 0
     return out
 
 
