@@ -8,7 +8,6 @@ its result.json stays what the run measured.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from seratio import rundir
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
-from seratio.train import evaluate, nullable, start_session
+from seratio.train import score, start_session
 
 RUN_HINT = "give a run directory made by 'seratio train' or a study"
 
@@ -39,9 +38,7 @@ def rescore_run(
         raise SeratioError(f"{run_dir} holds no usable checkpoint to score{_because(notes)}")
     session = start_session(config, compile_cpu=False)
     session.model.load_state_dict(checkpoint["model"])
-    started = time.perf_counter()
-    val_loss, val_accuracy, _ = evaluate(session, session.data.val, views)
-    test_loss, test_accuracy, _ = evaluate(session, session.data.test, views)
+    scores = score(session, views)
     return {
         "run": str(run_dir),
         "rr": list(config.rr),
@@ -51,12 +48,12 @@ def rescore_run(
         "tta": views,
         "views": len(TTA_VIEWS[views]),
         "val_images": len(session.data.val),
-        "val_loss": nullable(val_loss),
-        "val_accuracy": nullable(val_accuracy),
+        "val_loss": scores["val_loss"],
+        "val_accuracy": scores["val_accuracy"],
         "test_images": len(session.data.test),
-        "test_loss": test_loss,
-        "test_accuracy": test_accuracy,
-        "seconds": time.perf_counter() - started,
+        "test_loss": scores["test_loss"],
+        "test_accuracy": scores["test_accuracy"],
+        "seconds": scores["seconds"],
         "warnings": notes,
     }
 

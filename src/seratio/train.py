@@ -396,7 +396,7 @@ def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[View, 
     return torch.logsumexp(torch.stack(per_view), dim=0) - math.log(len(per_view))
 
 
-def nullable(value: float) -> float | None:
+def _nullable(value: float) -> float | None:
     """JSON has no NaN: an empty split's loss and accuracy are recorded as null."""
     return None if math.isnan(value) else value
 
@@ -415,8 +415,8 @@ def _run_epoch(session: _Session, state: dict[str, Any], progress: EpochProgress
         "lr": session.recipe.mean_lr(epoch, session.recipe.steps_per_epoch(len(session.data.train))),
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
-        "val_loss": nullable(val_loss),
-        "val_accuracy": nullable(val_accuracy),
+        "val_loss": _nullable(val_loss),
+        "val_accuracy": _nullable(val_accuracy),
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
         "seconds": seconds,
@@ -502,21 +502,27 @@ def _config_record(session: _Session) -> dict[str, Any]:
     }
 
 
+def score(session: _Session, tta: str) -> dict[str, Any]:
+    """Validation and test loss and accuracy under the views `tta`, and the seconds they took: the
+    end-of-run test-time augmentation and `seratio evaluate` score the same way."""
+    started = time.perf_counter()
+    val_loss, val_accuracy, _ = evaluate(session, session.data.val, tta)
+    test_loss, test_accuracy, _ = evaluate(session, session.data.test, tta)
+    return {
+        "seconds": time.perf_counter() - started,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "val_accuracy": _nullable(val_accuracy),
+        "val_loss": _nullable(val_loss),
+    }
+
+
 def _tta_result(session: _Session) -> dict[str, Any]:
     """The recipe's test-time augmentation, once, on the final weights. Per-epoch rows stay one view
     (curves, pruning, best epoch), so the extra forward passes are paid once, not every epoch.
     Their time is `tta_seconds`, outside `seconds`, which stays the epochs' sum."""
-    started = time.perf_counter()
-    val_loss, val_accuracy, _ = evaluate(session, session.data.val, session.recipe.tta)
-    test_loss, test_accuracy, _ = evaluate(session, session.data.test, session.recipe.tta)
-    return {
-        "tta": session.recipe.tta,
-        "tta_seconds": time.perf_counter() - started,
-        "tta_test_accuracy": test_accuracy,
-        "tta_test_loss": test_loss,
-        "tta_val_accuracy": nullable(val_accuracy),
-        "tta_val_loss": nullable(val_loss),
-    }
+    scores = score(session, session.recipe.tta)
+    return {"tta": session.recipe.tta} | {f"tta_{key}": value for key, value in scores.items()}
 
 
 def _finish(session: _Session, state: dict[str, Any], out: Path) -> dict[str, Any]:
