@@ -22,6 +22,7 @@ from seratio.cli import main
 from seratio.config import RunConfig
 from seratio.data import Split, load_cifar
 from seratio.models import parse_rr
+from seratio.runtime import allocator
 from seratio.train import build_session, evaluate
 
 TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
@@ -69,6 +70,7 @@ def test_run_directory_files(finished_run: Path) -> None:
     assert all(METRIC_KEYS <= row.keys() for row in rows)
     config = json.loads((finished_run / "config.json").read_text())
     assert config["run"]["rr"] == [4, 4, 4] and config["versions"]["torch"].startswith("2.")
+    assert config["runtime"] == {"allocator": allocator(), "threads": torch.get_num_threads()}
     assert config["data"] == {**config["data"], "train": 2000, "val": 500, "test": 10000}
     predictions = np.load(finished_run / "test_predictions.npy")
     labels = np.load(finished_run / "test_labels.npy")
@@ -139,6 +141,25 @@ def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir
     err = capsys.readouterr().err
     assert "fails its SHA-256 check" in err and "resuming" in err and "after epoch 2" in err
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
+
+
+def test_threads_option_sets_the_run_threads_and_leaves_the_callers(finished_run: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    """Resumed for its last epoch on one thread: config.json records the thread count the run used."""
+    out = tmp_path / "one-thread"
+    out.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(finished_run / name, out / name)
+    shutil.copy(finished_run / "checkpoint.prev.pt", out / "checkpoint.pt")
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)  # anything but one, also on a one-core machine
+    try:
+        assert main(train_args(cifar_dir, out, "--resume", "--threads", "1")) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(callers)
+    assert json.loads((out / "config.json").read_text())["runtime"]["threads"] == 1
+    assert [row["epoch"] for row in read_rows(out)] == [1, 2, 3]
+    assert json.loads((out / "result.json").read_text())["test_accuracy"] > 0.30
 
 
 def test_a_checkpoint_from_another_device_type_resumes_with_a_notice(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 OPT_OUT_ENV = "SERATIO_NO_TCMALLOC"
@@ -95,3 +97,24 @@ def set_threads(threads: int | None) -> None:
 
     if threads is not None:
         torch.set_num_threads(max(1, threads))
+
+
+@contextmanager
+def threads_for(threads: int | None) -> Iterator[None]:
+    """`set_threads` for one block, then torch's previous count again: a command called in-process
+    (a test, a notebook) leaves the caller's threads as it found them."""
+    import torch
+
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def describe() -> dict[str, str | int]:
+    """What a run's epoch seconds depend on beyond the code: recorded beside the versions in config.json."""
+    import torch
+
+    return {"allocator": allocator(), "threads": torch.get_num_threads()}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seratio import rundir, runlock
+from seratio import rundir, runlock, runtime
 from seratio.augment import augment_batch, to_float, view_batch
 from seratio.config import RunConfig, code_version, environment, resolve_device
 from seratio.cpu_compile import CompiledForward
@@ -499,6 +499,7 @@ def _config_record(session: _Session) -> dict[str, Any]:
         "device": str(session.device),
         "autocast": None if session.autocast_dtype is None else str(session.autocast_dtype),
         "versions": environment(),
+        "runtime": runtime.describe(),
     }
 
 

@@ -1,11 +1,14 @@
 """Options shared across commands: the run options of every command that trains (`train`, `study run`,
-`study worker`), and the storage patience of every command that only reads a study."""
+`study worker`), the CPU threads of every command that runs a model, and the storage patience of
+every command that only reads a study."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from seratio.config import PRECISIONS, RunConfig
+from seratio.errors import SeratioError
 from seratio.models import parse_rr
 from seratio.recipes import RECIPES
 
@@ -64,3 +67,19 @@ def add_read_patience_option(parser: argparse.ArgumentParser) -> None:
         "--db-patience", type=float, default=READ_PATIENCE_SECONDS,
         help=f"seconds to keep retrying an unreachable storage before giving up (default: {READ_PATIENCE_SECONDS:g})",
     )
+
+
+THREADS_HELP = (
+    "CPU threads for torch (default: torch's, one per physical core); give a run that shares the CPU "
+    "with other work its share, because two processes with a thread per core each slow both down"
+)
+
+
+def add_threads_option(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:
+    parser.add_argument("--threads", type=int, help=help)
+
+
+def checked_threads(args: argparse.Namespace) -> int | None:
+    if args.threads is not None and args.threads < 1:
+        raise SeratioError(f"--threads {args.threads} must be >= 1 (this machine has {os.cpu_count()} logical CPUs)")
+    return args.threads

@@ -17,12 +17,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from seratio.commands.options import add_read_patience_option, add_run_options, run_config_from_args
+from seratio.commands.options import (
+    add_read_patience_option, add_run_options, add_threads_option, checked_threads, run_config_from_args,
+)
 from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
 from seratio.errors import SeratioError
 from seratio.models import format_rr, parse_rr
 from seratio.overview import Progress, progress, trial_row
+from seratio.runtime import threads_for
 from seratio.store import (
     DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, is_sqlite, open_storage, read_patience,
     sqlite_parallel_message, sqlite_worker_lock,
@@ -43,6 +46,7 @@ TRIALS_PER_DEVICE_HELP = (
     "trials trained at once on each device, each in its own worker process; K > 1 needs journal or PostgreSQL "
     "storage. A batch-32 trial leaves a GPU mostly idle; on a CPU, K single-threaded trials beat one K-threaded trial"
 )
+TRIAL_THREADS_HELP = "CPU threads for torch in each trial (default: torch's; with K trials at once, the cores / K)"
 TEST_LABEL = "selected on TEST set (paper practice)"
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
@@ -89,6 +93,7 @@ def _register_run(actions: argparse._SubParsersAction) -> None:
     local = parser.add_mutually_exclusive_group()
     local.add_argument("--workers", type=int, help="local worker processes in all; more than 1 needs journal or PostgreSQL storage (default: 1)")
     local.add_argument("--trials-per-device", type=int, help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU")
+    add_threads_option(parser, TRIAL_THREADS_HELP)
     add_run_options(parser, with_rr=False, with_seed=False)
     _add_worker_options(parser)
     parser.set_defaults(func=run)
@@ -103,7 +108,7 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--artifacts", type=Path, help="root of the run directories as mounted here (default: the study's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (pin one GPU) (default: auto)")
     parser.add_argument("--data-dir", help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch in each trial (default: torch's; with --trials-per-device K, the cores / K)")
+    add_threads_option(parser, TRIAL_THREADS_HELP)
     parser.add_argument("--trials-per-device", type=int, default=1, help=TRIALS_PER_DEVICE_HELP + " (default: 1)")
     _add_worker_options(parser)
     parser.set_defaults(func=worker)
@@ -172,6 +177,11 @@ def _interrupt(signum: int, frame: Any) -> NoReturn:
 
 
 def run(args: argparse.Namespace) -> int:
+    with threads_for(checked_threads(args)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     _check_worker_args(args)
@@ -192,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         if workers == 1:
             _work(store, definition, _options(args, artifacts, args.device))
         else:
-            _spawn_workers(args, artifacts, [_device(args.device, i) for i in range(workers)], threads_per_trial(workers))
+            threads = args.threads or threads_per_trial(workers)
+            _spawn_workers(args, artifacts, [_device(args.device, i) for i in range(workers)], threads)
     _print_progress(store.name, definition, progress(definition, store.trials()))
     return 0
 
@@ -226,9 +237,11 @@ def _device_count(device: str) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        _check_positive("--threads", args.threads)
-        torch.set_num_threads(args.threads)
+    with threads_for(checked_threads(args)):
+        return _worker(args)
+
+
+def _worker(args: argparse.Namespace) -> int:
     trials = _check_positive("--trials-per-device", args.trials_per_device)
     _check_worker_args(args)
     _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {trials}")

@@ -7,7 +7,8 @@ import json
 
 from rich.console import Console
 
-from seratio.commands.options import add_run_options, run_config_from_args
+from seratio.commands.options import add_run_options, add_threads_option, checked_threads, run_config_from_args
+from seratio.runtime import threads_for
 from seratio.train import train_run
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs", "epochs", "seconds")
@@ -22,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train one (SE-)ResNet on CIFAR and write config, metrics, checkpoints and the result to --out.",
     )
     add_run_options(parser)
+    add_threads_option(parser)
     parser.add_argument("--out", required=True, help="run directory (created; a finished one is never overwritten)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (notices still print)")
@@ -31,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     console = Console(stderr=True)
-    result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
+    with threads_for(checked_threads(args)):
+        result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
     summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
     print(json.dumps(summary, indent=2))
     return 0
