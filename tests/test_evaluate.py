@@ -38,7 +38,7 @@ def test_a_run_scored_again_gives_its_recorded_scores_and_stays_untouched(
     scores = _evaluate(capsys, paper_run)
     assert (scores["tta"], scores["views"], scores["epoch"], scores["epochs"]) == ("none", 1, 3, 3)  # paper: one view
     assert (scores["val_images"], scores["test_images"]) == (500, 10_000)
-    assert scores["test_accuracy"] == result["test_accuracy"] > 0.30
+    assert scores["test_accuracy"] == result["test_accuracy"] == scores["recorded_test_accuracy"] > 0.30
     assert scores["val_accuracy"] == result["val_accuracy"]
     assert scores["test_loss"] == pytest.approx(result["test_loss"], rel=1e-6)
     assert scores["warnings"] == []
@@ -73,3 +73,31 @@ def test_a_run_without_a_checkpoint_or_with_a_bad_device_is_refused(
     assert f"{run} holds no usable checkpoint to score (it has not finished an epoch yet)" in capsys.readouterr().err
     assert main(["evaluate", str(paper_run), "--device", "gpu"]) == 2
     assert "device 'gpu' is not valid; use auto, cpu, cuda or cuda:K" in capsys.readouterr().err
+
+
+def test_a_folder_of_runs_is_scored_run_by_run_and_a_run_that_cannot_be_is_skipped(
+    paper_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a study's artifacts: run directories side by side, one of them never finished an epoch."""
+    folder = tmp_path / "artifacts"
+    shutil.copytree(paper_run, folder / "a-finished")
+    (folder / "b-started").mkdir()
+    shutil.copy(paper_run / "config.json", folder / "b-started" / "config.json")
+    (folder / "notes").mkdir()  # not a run: ignored
+    result = json.loads((paper_run / "result.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(folder), "--json", "--tta", "flip"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1
+    scores = json.loads(lines[0])
+    assert (scores["run"], scores["views"]) == (str(folder / "a-finished"), 2)
+    assert scores["recorded_test_accuracy"] == result["test_accuracy"] != scores["test_accuracy"]
+    err = " ".join(captured.err.split())
+    assert f"[1/2] {folder / 'a-finished'}" in err and f"[2/2] {folder / 'b-started'}" in err
+    assert "holds no usable checkpoint to score" in err and "1 of 2 runs skipped" in err
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main(["evaluate", str(folder / "a-finished"), str(paper_run)]) == 0
+    table = capsys.readouterr().out
+    assert table.count(f"{100 * result['test_accuracy']:.2f}") == 4  # logged and scored, for both runs
+    assert "a-finished" in table and "paper" in table and "+0.00" in table

@@ -15,9 +15,23 @@ from seratio import rundir
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
+from seratio.records import need_run_dir
 from seratio.train import score, start_session
 
-RUN_HINT = "give a run directory made by 'seratio train' or a study"
+RUN_HINT = "give a run directory made by 'seratio train' or a study, or a folder that holds such directories"
+
+
+def find_runs(path: Path) -> list[Path]:
+    """`path` if it is a run directory, else the run directories directly inside it (a study's
+    artifacts folder holds one per trial), by name. Found before anything is scored, so a typo in
+    the tenth path fails at once, not after nine evaluations."""
+    need_run_dir(path, RUN_HINT)
+    if (path / rundir.CONFIG).exists():
+        return [path]
+    runs = sorted(child for child in path.iterdir() if (child / rundir.CONFIG).is_file())
+    if not runs:
+        raise SeratioError(f"{path} holds no {rundir.CONFIG}, so it is not a seratio run, and no run directories; {RUN_HINT}")
+    return runs
 
 
 def rescore_run(
@@ -53,15 +67,14 @@ def rescore_run(
         "test_images": len(session.data.test),
         "test_loss": scores["test_loss"],
         "test_accuracy": scores["test_accuracy"],
+        "recorded_test_accuracy": _recorded_test_accuracy(run_dir, checkpoint["epoch"]),
         "seconds": scores["seconds"],
         "warnings": notes,
     }
 
 
 def _recorded_config(run_dir: Path) -> RunConfig:
-    if not run_dir.is_dir():
-        state = "is a file" if run_dir.exists() else "does not exist"
-        raise SeratioError(f"run directory {str(run_dir)!r} {state}; {RUN_HINT}")
+    need_run_dir(run_dir, RUN_HINT)
     path = run_dir / rundir.CONFIG
     if not path.exists():
         raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {RUN_HINT}")
@@ -69,6 +82,16 @@ def _recorded_config(run_dir: Path) -> RunConfig:
     if not isinstance(record, dict) or not isinstance(record.get("run"), dict):
         raise SeratioError(f"{path} has no 'run' section; it was not written by seratio")
     return RunConfig.from_dict(record["run"])
+
+
+def _recorded_test_accuracy(run_dir: Path, epoch: int) -> float | None:
+    """The one-view test accuracy the run logged after the scored epoch, so the views' gain shows
+    beside it (None where the log lacks that epoch)."""
+    try:
+        rows = rundir.read_metrics(run_dir / rundir.METRICS)
+    except (OSError, ValueError):
+        return None
+    return next((row["test_accuracy"] for row in rows if row.get("epoch") == epoch), None)
 
 
 def _because(notes: list[str]) -> str:

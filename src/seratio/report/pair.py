@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from seratio.errors import SeratioError
-from seratio.records import read_correctness, read_result
+from seratio.records import need_run_dir, read_correctness, read_result
 from seratio.stats import McNemarResult, mcnemar_exact
 
 
@@ -60,9 +60,7 @@ def _summary(path: Path, correct: np.ndarray) -> tuple[RunSummary, list[str] | N
 def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
     """Compare two finished runs image by image."""
     for path in (run_a, run_b):
-        if not Path(path).is_dir():
-            state = "is a file" if Path(path).exists() else "does not exist"
-            raise SeratioError(f"run directory {str(path)!r} {state}; give two run directories made by 'seratio train' or a study")
+        need_run_dir(path, "give two run directories made by 'seratio train' or a study")
     pred_a, labels = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
     if not np.array_equal(labels, labels_b):
