@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
+from seratio.cpu_compile import allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.models import ModelConfig, build_model, count_macs, kernel_parameters
 from seratio.progress import EpochProgress
@@ -676,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     reexec_with_tcmalloc()  # measure seratio as its command runs: on tcmalloc where installed
+    allow_compiled_models(16)  # every compiled row stays compiled, however many the plan holds
     device = resolve_device(args.device)
     plan = (QUICK if args.quick else PLANS)[device.type]
     result = measure(device, plan, args.repeats, lambda message: print(message, file=sys.stderr, flush=True))

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seratio import cpu_compile, cuda_step
+from seratio import cpu_compile, cuda_step, train
 from seratio.augment import augment_batch, to_float
 from seratio.concurrent import train_concurrently
 from seratio.config import RunConfig
@@ -142,6 +142,26 @@ def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
     assert compiles_on_cpu(get_recipe("fast"), 45_000)
     assert compiles_on_cpu(get_recipe("paper", epochs=40), 45_000)
     assert not compiles_on_cpu(get_recipe("fast", epochs=5), 45_000)
+
+
+def test_every_run_in_a_process_compiles_however_many_came_before(
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study worker trains trial after trial in one process. Dynamo caches at most
+    `recompile_limit` graphs of `ResNet.forward` and then runs it eagerly without an error, so
+    here the limit is one run's two graphs (training, evaluation) and the second run must still
+    compile both of its own."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(train, "CPU_COMPILE_MIN_IMAGES", 0)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    base = dict(depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64, data_dir=str(cifar_dir), device="cpu")
+    for index, rr in enumerate([(4, 4, 4), (2, 8, 16)]):
+        before = counters["stats"]["unique_graphs"]
+        result = train_run(RunConfig(rr=rr, **base), tmp_path / f"run{index}")
+        assert counters["stats"]["unique_graphs"] - before == 2, f"run {index + 1} did not compile"
+        assert result["test_accuracy"] > 0.15
 
 
 class _FakeCuda:

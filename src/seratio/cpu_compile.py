@@ -18,11 +18,38 @@ for its own batch size (dynamo compiles the eval-mode, inference-mode graph sepa
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
 
 COMPILE_OPTIONS = {"aggressive_fusion": True}
+
+
+def forget_compiled_graphs() -> None:
+    """Drop every graph dynamo has compiled in this process, before a run compiles its own.
+
+    Why: dynamo keeps the graphs of one code object in one cache, and every model's forward is the
+    same `ResNet.forward`. Once that cache holds `recompile_limit` graphs (8), dynamo runs the
+    frame eagerly for good, with only a log warning. A study worker trains trial after trial in
+    one process, two graphs each (training and evaluation), so from its fifth trial on every trial
+    silently lost the compile's speed. A run never uses another run's graphs; inductor's on-disk
+    cache still makes compiling the same graph again take seconds.
+    """
+    dynamo = sys.modules.get("torch._dynamo")  # not imported: nothing compiled, and importing costs a second
+    if dynamo is not None:
+        dynamo.reset()
+
+
+def allow_compiled_models(count: int) -> None:
+    """Let `count` compiled models live side by side in this process, for the benchmarks, which
+    time many compiled variants in interleaved rounds and so cannot forget any of them."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 2 * count)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * count)
 
 
 class CompiledForward:

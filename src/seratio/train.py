@@ -26,7 +26,7 @@ from torch import nn
 from seratio import rundir, runlock, runtime
 from seratio.augment import augment_batch, to_float, view_batch
 from seratio.config import RunConfig, code_version, environment, resolve_device
-from seratio.cpu_compile import CompiledForward
+from seratio.cpu_compile import CompiledForward, forget_compiled_graphs
 from seratio.cuda_step import GraphedStep
 from seratio.data import CifarData, Split, load_cifar
 from seratio.errors import SeratioError
@@ -111,6 +111,7 @@ def _train(
     on_epoch: EpochCallback | None,
 ) -> dict[str, Any]:
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
+    forget_compiled_graphs()
     session = start_session(config)
     state = _restore(session, checkpoint, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
     rundir.write_json(out / rundir.CONFIG, _config_record(session))
