@@ -53,6 +53,9 @@ def test_a_corrupt_newest_checkpoint_falls_back_and_says_so(
     blob = bytearray((run / "checkpoint.pt").read_bytes())
     blob[-100] ^= 0xFF
     (run / "checkpoint.pt").write_bytes(bytes(blob))
+    config = json.loads((run / "config.json").read_text())
+    config["run"]["epochs"] = None  # as if the recipe's own length had changed since: 200 now, 3 then
+    (run / "config.json").write_text(json.dumps(config))
     monkeypatch.setenv("COLUMNS", "1000")
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0

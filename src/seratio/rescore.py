@@ -42,7 +42,7 @@ def rescore_run(
     `tta` None means the run's own recipe's views. `data_dir` and `device` replace the recorded
     ones, since a run is often scored on another machine than the one that trained it.
     """
-    config = _recorded_config(run_dir)
+    config, recorded_epochs = _recorded_config(run_dir)
     config = dataclasses.replace(config, **{k: v for k, v in {"data_dir": data_dir, "device": device}.items() if v})
     views = config.resolved_recipe().tta if tta is None else tta
     if views not in TTA_VIEWS:
@@ -58,7 +58,7 @@ def rescore_run(
         "rr": list(config.rr),
         "seed": config.seed,
         "epoch": checkpoint["epoch"],
-        "epochs": session.recipe.epochs,
+        "epochs": recorded_epochs or session.recipe.epochs,
         "tta": views,
         "views": len(TTA_VIEWS[views]),
         "val_images": len(session.data.val),
@@ -73,7 +73,9 @@ def rescore_run(
     }
 
 
-def _recorded_config(run_dir: Path) -> RunConfig:
+def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
+    """The run's configuration and the epochs its recipe had when it trained: a recipe can change
+    later (`fast` went from 40 to 50 epochs), and the run's own length is what it was."""
     need_run_dir(run_dir, RUN_HINT)
     path = run_dir / rundir.CONFIG
     if not path.exists():
@@ -81,7 +83,8 @@ def _recorded_config(run_dir: Path) -> RunConfig:
     record = rundir.read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("run"), dict):
         raise SeratioError(f"{path} has no 'run' section; it was not written by seratio")
-    return RunConfig.from_dict(record["run"])
+    recipe = record.get("recipe")
+    return RunConfig.from_dict(record["run"]), recipe.get("epochs") if isinstance(recipe, dict) else None
 
 
 def _recorded_test_accuracy(run_dir: Path, epoch: int) -> float | None:

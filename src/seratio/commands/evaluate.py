@@ -46,10 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = [run_dir for path in args.run_dirs for run_dir in find_runs(path)]
+    threads = checked_threads(args)
     if args.device:
         resolve_device(args.device)  # once, not once per run
-    with threads_for(checked_threads(args)):
+    runs = [run_dir for path in args.run_dirs for run_dir in find_runs(path)]
+    with threads_for(threads):
         if len(runs) == 1:
             _show_one(_rescore(runs[0], args), args.json)
             return 0
@@ -99,7 +100,10 @@ def _score_many(runs: list[Path], args: argparse.Namespace) -> int:
             print(json.dumps(scores), flush=True)
         scored.append(scores)
     if not args.json:
-        Console(highlight=False).print(_table(scored))
+        console = Console(highlight=False)
+        if not console.is_terminal:  # a file has no width to fit: keep run names whole
+            console.width = max(console.width, 160)
+        console.print(_table(scored))
     if skipped:
         notes.print(f"{skipped} of {len(runs)} runs skipped")
     return 1 if skipped else 0
