@@ -280,14 +280,6 @@ def _config(rr: RR, runs: list[TrialRecord]) -> ConfigResult:
 # -- run directories ---------------------------------------------------------------------------
 
 
-def need_run_dir(path: Path, hint: str) -> Path:
-    """`path`, or a one-line error that says whether it is missing or a file, and what to give instead."""
-    if not Path(path).is_dir():
-        state = "is a file" if Path(path).exists() else "does not exist"
-        raise SeratioError(f"run directory {str(path)!r} {state}; {hint}")
-    return Path(path)
-
-
 def _need(run_dir: Path, name: str) -> Path:
     path = Path(run_dir) / name
     if not path.is_file():

@@ -15,7 +15,6 @@ from seratio import rundir
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
-from seratio.records import need_run_dir
 from seratio.train import score, start_session
 
 RUN_HINT = "give a run directory made by 'seratio train' or a study, or a folder that holds such directories"
@@ -25,7 +24,7 @@ def find_runs(path: Path) -> list[Path]:
     """`path` if it is a run directory, else the run directories directly inside it (a study's
     artifacts folder holds one per trial), by name. Found before anything is scored, so a typo in
     the tenth path fails at once, not after nine evaluations."""
-    need_run_dir(path, RUN_HINT)
+    rundir.need_run_dir(path, RUN_HINT)
     if (path / rundir.CONFIG).exists():
         return [path]
     runs = sorted(child for child in path.iterdir() if (child / rundir.CONFIG).is_file())
@@ -76,7 +75,7 @@ def rescore_run(
 def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
     """The run's configuration and the epochs its recipe had when it trained: a recipe can change
     later (`fast` went from 40 to 50 epochs), and the run's own length is what it was."""
-    need_run_dir(run_dir, RUN_HINT)
+    rundir.need_run_dir(run_dir, RUN_HINT)
     path = run_dir / rundir.CONFIG
     if not path.exists():
         raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {RUN_HINT}")

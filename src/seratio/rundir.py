@@ -83,6 +83,14 @@ def make_dir(path: Path, label: str, hint: str = "") -> None:
         raise SeratioError(f"cannot create {label}: {error.strerror or error}") from None
 
 
+def need_run_dir(path: Path, hint: str) -> Path:
+    """`path`, or a one-line error that says whether it is missing or a file, and what to give instead."""
+    if not Path(path).is_dir():
+        state = "is a file" if Path(path).exists() else "does not exist"
+        raise SeratioError(f"run directory {str(path)!r} {state}; {hint}")
+    return Path(path)
+
+
 def write_json(path: Path, payload: Any) -> None:
     write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 

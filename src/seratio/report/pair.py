@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from seratio.errors import SeratioError
-from seratio.records import need_run_dir, read_correctness, read_result
+from seratio.records import read_correctness, read_result
+from seratio.rundir import need_run_dir
 from seratio.stats import McNemarResult, mcnemar_exact
 
 
