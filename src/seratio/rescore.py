@@ -66,7 +66,7 @@ def rescore_run(
         "test_images": len(session.data.test),
         "test_loss": scores["test_loss"],
         "test_accuracy": scores["test_accuracy"],
-        "recorded_test_accuracy": _recorded_test_accuracy(run_dir, checkpoint["epoch"]),
+        "recorded_test_accuracy": _logged_test_accuracy(checkpoint),
         "seconds": scores["seconds"],
         "warnings": notes,
     }
@@ -86,14 +86,12 @@ def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
     return RunConfig.from_dict(record["run"]), recipe.get("epochs") if isinstance(recipe, dict) else None
 
 
-def _recorded_test_accuracy(run_dir: Path, epoch: int) -> float | None:
+def _logged_test_accuracy(checkpoint: dict[str, Any]) -> float | None:
     """The one-view test accuracy the run logged after the scored epoch, so the views' gain shows
-    beside it (None where the log lacks that epoch)."""
-    try:
-        rows = rundir.read_metrics(run_dir / rundir.METRICS)
-    except (OSError, ValueError):
-        return None
-    return next((row["test_accuracy"] for row in rows if row.get("epoch") == epoch), None)
+    beside it. The checkpoint carries the metric history that metrics.jsonl is written from, so
+    its rows end exactly at the epoch of these weights."""
+    rows = checkpoint["history"]
+    return rows[-1]["test_accuracy"] if rows and rows[-1]["epoch"] == checkpoint["epoch"] else None
 
 
 def _because(notes: list[str]) -> str:
