@@ -79,7 +79,14 @@ def add_threads_option(parser: argparse.ArgumentParser, help: str = THREADS_HELP
     parser.add_argument("--threads", type=int, help=help)
 
 
+def need_positive(flag: str, value: int, hint: str = "") -> int:
+    """Counts (threads, workers, trials) are checked here, not by argparse, so the message can say why."""
+    if value < 1:
+        raise SeratioError(f"{flag} {value} must be >= 1{f' ({hint})' if hint else ''}")
+    return value
+
+
 def checked_threads(args: argparse.Namespace) -> int | None:
-    if args.threads is not None and args.threads < 1:
-        raise SeratioError(f"--threads {args.threads} must be >= 1 (this machine has {os.cpu_count()} logical CPUs)")
-    return args.threads
+    if args.threads is None:
+        return None
+    return need_positive("--threads", args.threads, f"this machine has {os.cpu_count()} logical CPUs")

@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.commands.options import (
-    add_read_patience_option, add_run_options, add_threads_option, checked_threads, run_config_from_args,
+    add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_positive,
+    run_config_from_args,
 )
 from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
@@ -211,10 +212,10 @@ def _run(args: argparse.Namespace) -> int:
 def _local_workers(args: argparse.Namespace) -> int:
     """`--workers W` as given, or K trials on each device that `--device` names (every GPU for `auto`)."""
     if args.trials_per_device is not None:
-        _check_positive("--trials-per-device", args.trials_per_device)
+        need_positive("--trials-per-device", args.trials_per_device)
         workers = args.trials_per_device * _device_count(args.device)
     else:
-        workers = 1 if args.workers is None else _check_positive("--workers", args.workers)
+        workers = 1 if args.workers is None else need_positive("--workers", args.workers)
     asked = f"--workers {args.workers}" if args.workers is not None else f"--trials-per-device {args.trials_per_device}"
     _refuse_parallel_sqlite(args.storage, workers, asked)
     return workers
@@ -223,12 +224,6 @@ def _local_workers(args: argparse.Namespace) -> int:
 def _refuse_parallel_sqlite(storage: str, workers: int, asked: str) -> None:
     if workers > 1 and is_sqlite(storage):
         raise SeratioError(sqlite_parallel_message(storage, f"{asked} asks for {workers} parallel workers"))
-
-
-def _check_positive(flag: str, value: int) -> int:
-    if value < 1:
-        raise SeratioError(f"{flag} {value} must be >= 1")
-    return value
 
 
 def _device_count(device: str) -> int:
@@ -242,7 +237,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    trials = _check_positive("--trials-per-device", args.trials_per_device)
+    trials = need_positive("--trials-per-device", args.trials_per_device)
     _check_worker_args(args)
     _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {trials}")
     _quiet_optuna()
