@@ -1,6 +1,6 @@
 """Each CPU speed choice of `seratio.train`, measured one at a time on SE-ResNet-52 (rr 8,2,16).
 
-    .venv/bin/python benchmarks/cpu_choices.py [--rounds 3] [--quick] [--json out.json]
+    .venv/bin/python benchmarks/cpu_choices.py [--rounds 3] [--quick] [--only PART] [--json out.json]
 
 Why a second script: `train_throughput.py` measures the tool as it runs; this one justifies each
 setting by switching one knob at a time (layout, optimizer implementation, torch.compile and its
@@ -8,7 +8,8 @@ inductor options, threads, autocast, evaluation batch size and mode, allocator).
 one group run interleaved, round by round, so a burst of load from another process hits all of
 them alike; each number is the median over --rounds rounds. Allocators and inter-op threads can
 only be chosen at process start (and inductor bakes the thread count into the kernels it
-compiles), so those variants run in child processes of this script.
+compiles), so those variants run in child processes of this script. The children of a group stay
+alive side by side and take turns, one round each, so they are interleaved too.
 """
 
 from __future__ import annotations
@@ -143,6 +144,16 @@ def groups(quick: bool) -> dict[str, dict[str, Callable[[], Run]]]:
     }
 
 
+def measure_round(runs: dict[str, Run]) -> dict[str, float]:
+    """Images/s of one call of each run, one after another."""
+    rates = {}
+    for name, run in runs.items():
+        started = time.perf_counter()
+        images = run()
+        rates[name] = images / (time.perf_counter() - started)
+    return rates
+
+
 def measure_group(variants: dict[str, Callable[[], Run]], rounds: int) -> dict[str, list[float]]:
     """Images/s per variant: one warm-up call each (compiles), then `rounds` interleaved rounds."""
     runs = {name: make() for name, make in variants.items()}
@@ -150,19 +161,62 @@ def measure_group(variants: dict[str, Callable[[], Run]], rounds: int) -> dict[s
         run()
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            images = run()
-            rates[name].append(images / (time.perf_counter() - started))
+        for name, rate in measure_round(runs).items():
+            rates[name].append(rate)
     return rates
 
 
-def child(args: list[str], env: dict[str, str]) -> dict[str, list[float]]:
-    """This script's `--child` mode in a fresh process with `env` (allocator, inter-op threads)."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *args], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+class Child:
+    """This script's `--child` mode in a process of its own (allocator, threads), measuring on request.
+
+    It warms up (compiles) at start, then runs one round per line it reads, so the children of a
+    group can take turns round by round instead of one running all its rounds after the other.
+    """
+
+    def __init__(self, label: str, args: list[str], env: dict[str, str]) -> None:
+        self.label = label
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--child", *args], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
+        )
+
+    def _reply(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"child process '{self.label}' exited with {self.process.wait()} (its stderr is above)")
+        return line
+
+    def wait_ready(self) -> None:
+        self._reply()
+
+    def measure(self) -> dict[str, float]:
+        assert self.process.stdin is not None
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        return json.loads(self._reply())
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def interleaved_children(children: list[Child], rounds: int) -> dict[str, list[float]]:
+    """Rows 'variant | child label': the children measure in turn, in reversed order every other round."""
+    try:
+        for child in children:
+            child.wait_ready()
+        rates: dict[str, list[float]] = {}
+        for index in range(rounds):
+            for child in children if index % 2 == 0 else children[::-1]:
+                for variant, rate in child.measure().items():
+                    rates.setdefault(f"{variant} | {child.label}", []).append(rate)
+    finally:
+        for child in children:
+            child.close()
+    variants = list(dict.fromkeys(name.split(" | ")[0] for name in rates))
+    return {f"{v} | {c.label}": rates[f"{v} | {c.label}"] for v in variants for c in children}
 
 
 def process_groups(rounds: int, quick: bool) -> dict[str, dict[str, list[float]]]:
@@ -171,23 +225,20 @@ def process_groups(rounds: int, quick: bool) -> dict[str, dict[str, list[float]]
     base["SERATIO_NO_TCMALLOC"] = "1"
     jemalloc = JEMALLOC if os.path.exists(JEMALLOC) else None
     allocators = {"glibc": None, "tcmalloc": find_tcmalloc(), "jemalloc": jemalloc}
-    extra = ["--rounds", str(rounds)] + (["--quick"] if quick else [])
-    by_allocator: dict[str, list[float]] = {}
-    for name, library in allocators.items():
-        if name != "glibc" and library is None:
-            continue
-        env = dict(base, **({"LD_PRELOAD": library} if library else {}))
-        for variant, rates in child(["allocator", *extra], env).items():
-            by_allocator[f"{variant} | {name}"] = rates
-    threads: dict[str, list[float]] = {}
+    extra = ["--quick"] if quick else []
+    by_allocator = interleaved_children([
+        Child(name, ["allocator", *extra], dict(base, **({"LD_PRELOAD": library} if library else {})))
+        for name, library in allocators.items() if name == "glibc" or library is not None
+    ], rounds)
     cores, interop = torch.get_num_threads(), torch.get_num_interop_threads()
     env = dict(base, **({"LD_PRELOAD": allocators["tcmalloc"]} if allocators["tcmalloc"] else {}))
-    for intra, inter in ((cores, interop), (1, interop), (cores, 1)):
-        for variant, rates in child(["threads", str(intra), str(inter), *extra], env).items():
-            threads[f"{variant} | {intra} intra-op, {inter} inter-op"] = rates
+    threads = interleaved_children([
+        Child(f"{intra} intra-op, {inter} inter-op", ["threads", str(intra), str(inter), *extra], env)
+        for intra, inter in ((cores, interop), (1, interop), (cores, 1))
+    ], rounds)
     return {
-        "allocator (LD_PRELOAD; in child processes)": by_allocator,
-        "threads (in child processes, tcmalloc)": threads,
+        "allocator (LD_PRELOAD; child processes, interleaved)": by_allocator,
+        "threads (child processes, interleaved, tcmalloc)": threads,
     }
 
 
@@ -195,24 +246,32 @@ def child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["allocator", "threads"])
     parser.add_argument("threads", nargs="*", type=int, help="intra-op and inter-op threads")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    s32, n_eval = (3, 500) if args.quick else (12, 2000)
+    allow_compiled_models(16)
+    s32, s128, n_eval = (3, 1, 500) if args.quick else (12, 4, 2000)
     if args.what == "threads":
         # Before anything compiles: inductor bakes the thread count into its kernels.
         torch.set_num_threads(args.threads[0])
         torch.set_num_interop_threads(args.threads[1])
-        variants = {"train bs 32 compiled": lambda: train_variant(32, s32, compiled=True)}
+        variants = {"train bs 32 compiled": lambda: train_variant(32, s32, compiled=True, options=COMPILE_OPTIONS)}
     else:
         variants = {
             "train bs 32 eager": lambda: train_variant(32, s32),
-            "train bs 32 compiled": lambda: train_variant(32, s32, compiled=True),
+            "train bs 32 compiled": lambda: train_variant(32, s32, compiled=True, options=COMPILE_OPTIONS),
+            "train bs 128 bf16 compiled": lambda: train_variant(
+                128, s128, bf16=True, compiled=True, options=COMPILE_OPTIONS),
             "eval bs 100": lambda: eval_variant(100, n_eval),
             "eval bs 250": lambda: eval_variant(250, n_eval),
+            "eval bs 250 compiled": lambda: eval_variant(250, n_eval, compiled=True),
             "eval bs 1000": lambda: eval_variant(1000, n_eval),
         }
-    print(json.dumps(measure_group(variants, args.rounds)))
+    runs = {name: make() for name, make in variants.items()}
+    for run in runs.values():
+        run()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(measure_round(runs)), flush=True)
 
 
 def _reference_key(name: str) -> str:
@@ -226,17 +285,19 @@ def format_table(result: dict[str, Any]) -> str:
         f"seratio CPU choices, SE-ResNet-52 rr 8,2,16 | torch {env['torch']} | {env['threads']} threads"
         f" | allocator {env['allocator']} (children: as named)"
         f" | load avg {env['load_start']:.2f} -> {env['load_end']:.2f}",
-        f"median images/s of {result['rounds']} interleaved rounds after a warm-up (compiling) call; "
-        "x: against the group's first row ('variant | option' rows: the variant's first row)",
+        f"median images/s of {result['rounds']} interleaved rounds after a warm-up (compiling) call; x: against the "
+        "group's first row ('variant | option' rows: the variant's first row); paired: the median of the "
+        "per-round ratios to that row",
     ]
     for group, rates in result["groups"].items():
-        lines += ["", f"{group:<54}{'img/s':>9}{'x':>7}   rounds"]
-        references: dict[str, float] = {}
+        lines += ["", f"{group:<54}{'img/s':>9}{'x':>7}{'paired':>8}   rounds"]
+        references: dict[str, list[float]] = {}
         for name, values in rates.items():
+            reference = references.setdefault(_reference_key(name), values)
+            paired = statistics.median(value / ref for value, ref in zip(values, reference))
             median = statistics.median(values)
-            reference = references.setdefault(_reference_key(name), median)
             runs = ", ".join(f"{v:.0f}" for v in values)
-            lines.append(f"  {name:<52}{median:>9.1f}{median / reference:>7.2f}   {runs}")
+            lines.append(f"  {name:<52}{median:>9.1f}{median / statistics.median(reference):>7.2f}{paired:>8.2f}   {runs}")
     return "\n".join(lines)
 
 
@@ -248,6 +309,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per group (median reported)")
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny measurements")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument(
+        "--only", choices=["in-process", "child-processes"],
+        help="measure only the groups in this process (layout, optimizer, compile, autocast, evaluation) "
+        "or only those in child processes (allocator, threads); default: both",
+    )
     args = parser.parse_args(argv)
     reexec_with_tcmalloc()  # the in-process groups run on the allocator the `seratio` command uses
     allow_compiled_models(16)  # else the ninth compiled variant would silently time the eager forward
@@ -255,8 +321,11 @@ def main(argv: list[str]) -> int:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "allocator": allocator(),
         "load_start": os.getloadavg()[0],
     }
-    results = {name: measure_group(variants, args.rounds) for name, variants in groups(args.quick).items()}
-    results.update(process_groups(args.rounds, args.quick))
+    results = {}
+    if args.only != "child-processes":
+        results = {name: measure_group(variants, args.rounds) for name, variants in groups(args.quick).items()}
+    if args.only != "in-process":
+        results.update(process_groups(args.rounds, args.quick))
     env["load_end"] = os.getloadavg()[0]
     command = " ".join([Path(sys.executable).name, *sys.argv])
     result = {"environment": env, "rounds": args.rounds, "groups": results, "command": command}
