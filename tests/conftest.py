@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from seratio.cli import main
+from tiny_run import train_args
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,3 +23,12 @@ def cifar_dir() -> Path:
             "cifar-10-batches-py/ (in this repo's setup: ../shared/data/cifar10)."
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finished `tiny_run.TINY` run, trained once per session for every module that reads it.
+    Read-only: a test that changes a run works on a copy."""
+    out = tmp_path_factory.mktemp("runs") / "se-4-4-4"
+    assert main(train_args(cifar_dir, out)) == 0
+    return out

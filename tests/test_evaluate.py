@@ -10,7 +10,6 @@ import pytest
 
 from seratio.cli import main
 
-TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
 
 
 def _evaluate(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> dict:
@@ -23,11 +22,10 @@ def _listing(run: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in run.iterdir()}
 
 
-@pytest.fixture(scope="module")
-def paper_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "paper"
-    assert main(["train", *TINY, "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]) == 0
-    return out
+@pytest.fixture
+def paper_run(tiny_run: Path) -> Path:
+    """A finished run of the paper recipe (the default)."""
+    return tiny_run
 
 
 def test_a_run_scored_again_gives_its_recorded_scores_and_stays_untouched(
@@ -103,4 +101,4 @@ def test_a_folder_of_runs_is_scored_run_by_run_and_a_run_that_cannot_be_is_skipp
     assert main(["evaluate", str(folder / "a-finished"), str(paper_run)]) == 0
     table = capsys.readouterr().out
     assert table.count(f"{100 * result['test_accuracy']:.2f}") == 4  # logged and scored, for both runs
-    assert "a-finished" in table and "paper" in table and "+0.00" in table
+    assert "a-finished" in table and paper_run.name in table and "+0.00" in table

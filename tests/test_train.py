@@ -24,8 +24,8 @@ from seratio.data import Split, load_cifar
 from seratio.models import parse_rr
 from seratio.runtime import allocator
 from seratio.train import build_session, evaluate
+from tiny_run import TINY, train_args
 
-TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "2000", "--val-size", "500", "--epochs", "3"]
 RESULT_KEYS = {
     "test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs",
     "per_class_accuracy", "confusion_matrix", "epochs", "seconds",
@@ -33,10 +33,6 @@ RESULT_KEYS = {
 METRIC_KEYS = {
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "seconds",
 }
-
-
-def train_args(cifar_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", *TINY, "--data-dir", str(cifar_dir), "--out", str(out), *extra, "--quiet"]
 
 
 def deterministic(rows: list[dict]) -> list[dict]:
@@ -47,11 +43,9 @@ def read_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def finished_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "se-4-4-4"
-    assert main(train_args(cifar_dir, out)) == 0
-    return out
+@pytest.fixture
+def finished_run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def test_short_run_learns_far_above_chance(finished_run: Path) -> None:
