@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_args import at_least
 
 from seratio.runtime import reexec_with_tcmalloc
 
@@ -69,7 +70,7 @@ def measure(shape: tuple[int, ...], batch: int, dtype: torch.dtype, rounds: int)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per number (median reported)")
+    parser.add_argument("--rounds", type=at_least(1), default=3, help="timed rounds per number (median reported)")
     args = parser.parse_args(argv)
     reexec_with_tcmalloc()
     print(f"torch {torch.__version__} | {torch.get_num_threads()} threads | NHWC | median of {args.rounds} rounds")

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_args import at_least
 
 from seratio.augment import augment_batch, to_float
 from seratio.cpu_compile import COMPILE_OPTIONS, allow_compiled_models
@@ -306,7 +307,7 @@ def main(argv: list[str]) -> int:
         child_main(argv[1:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per group (median reported)")
+    parser.add_argument("--rounds", type=at_least(1), default=3, help="interleaved rounds per group (median reported)")
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny measurements")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument(

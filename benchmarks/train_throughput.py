@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_args import at_least
 
 from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
@@ -51,8 +52,8 @@ from seratio.cpu_compile import allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.models import ModelConfig, build_model, count_macs, kernel_parameters
 from seratio.progress import EpochProgress
-from seratio.runtime import allocator, find_tcmalloc, reexec_with_tcmalloc, set_threads
 from seratio.recipes import TTA_VIEWS, get_recipe
+from seratio.runtime import allocator, find_tcmalloc, reexec_with_tcmalloc, set_threads
 from seratio.train import EVAL_BATCH, _train_epoch, build_session, compiles_on_cpu, evaluate
 
 RR = (8, 2, 16)
@@ -673,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per number (median reported)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed repeats per number (median reported)")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     reexec_with_tcmalloc()  # measure seratio as its command runs: on tcmalloc where installed

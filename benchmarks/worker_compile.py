@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench_args import at_least
+
 from seratio.runtime import allocator, reexec_with_tcmalloc
 
 CANDIDATES = "1,2,4,8,16"
@@ -104,15 +106,14 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial; the last one is timed (default: 2)")
-    parser.add_argument("--train-subset", type=int, default=1600, help="training images per epoch (default: 1600)")
+    parser.add_argument("--epochs", type=at_least(2), default=2,
+                        help="epochs per trial, >= 2: the first holds the compile, the last is timed (default: 2)")
+    parser.add_argument("--train-subset", type=at_least(1), default=1600, help="training images per epoch (default: 1600)")
     parser.add_argument("--data-dir", default=os.environ.get("SERATIO_DATA", "../shared/data/cifar10"),
                         help="CIFAR-10 (default: $SERATIO_DATA)")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--child", choices=sorted(set(MODES.values())), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error(f"--epochs {args.epochs} must be >= 2: the first epoch of a trial includes its compile")
     if args.child:
         print(json.dumps(child_main(args.child, args.epochs, args.train_subset, args.data_dir)))
         return 0
