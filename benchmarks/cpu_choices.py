@@ -202,6 +202,11 @@ class Child:
         self.process.stdin.close()
         self.process.wait()
 
+    def kill(self) -> None:
+        """After another child failed: no reason to wait for this one's warm-up (minutes of compiling)."""
+        self.process.kill()
+        self.process.wait()
+
 
 def interleaved_children(children: list[Child], rounds: int) -> dict[str, list[float]]:
     """Rows 'variant | child label': the children measure in turn, in reversed order every other round."""
@@ -213,9 +218,12 @@ def interleaved_children(children: list[Child], rounds: int) -> dict[str, list[f
             for child in children if index % 2 == 0 else children[::-1]:
                 for variant, rate in child.measure().items():
                     rates.setdefault(f"{variant} | {child.label}", []).append(rate)
-    finally:
+    except BaseException:
         for child in children:
-            child.close()
+            child.kill()
+        raise
+    for child in children:
+        child.close()
     variants = list(dict.fromkeys(name.split(" | ")[0] for name in rates))
     return {f"{v} | {c.label}": rates[f"{v} | {c.label}"] for v in variants for c in children}
 
