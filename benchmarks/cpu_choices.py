@@ -189,7 +189,9 @@ class Child:
         return line
 
     def wait_ready(self) -> None:
-        self._reply()
+        """Anything a library prints while the child compiles comes before 'ready' and is skipped."""
+        while self._reply() != "ready\n":
+            pass
 
     def measure(self) -> dict[str, float]:
         assert self.process.stdin is not None

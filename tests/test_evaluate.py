@@ -11,7 +11,6 @@ import pytest
 from seratio.cli import main
 
 
-
 def _evaluate(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> dict:
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json", *extra]) == 0
