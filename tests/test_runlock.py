@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from seratio import runlock
+from seratio.cli import main
 from seratio.config import RunConfig
 from seratio.train import train_run
 
@@ -59,3 +65,27 @@ def test_a_retry_that_waits_for_the_lock_resumes_after_the_writer_stops(tmp_path
         assert any(f"to stop writing {out}" in line for line in logs), logs
     waiter.join(timeout=120)
     assert not waiter.is_alive() and results[0]["epochs"] == 1 and results[0]["test_accuracy"] > 0.1
+
+
+def test_a_filesystem_that_cannot_lock_warns_and_the_study_still_trains_every_run(
+    tmp_path: Path, cifar_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS without its lock manager answers flock with ENOLCK (some FUSE mounts with EOPNOTSUPP)."""
+
+    def no_locks(fd: object, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    db, runs = tmp_path / "s.db", tmp_path / "runs"
+    code = main(["study", "run", "constant", "--candidates", "4", "--name", "s", "--storage", f"sqlite:///{db}",
+                 "--artifacts", str(runs), "--depth", "8", "--train-subset", "200", "--val-size", "100",
+                 "--batch-size", "64", "--epochs", "1", "--data-dir", str(cifar_dir)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    joined = "".join(err.split())  # rich folds long paths across lines
+    assert f"cannotlock{db}.lock(Nolocksavailable)" in joined and "wouldnotberefused" in joined
+    for name in ("rr-none-none-none_seed-0", "rr-4-4-4_seed-0"):
+        assert f"cannotlock{runs / name / runlock.LOCK_FILE}(Nolocksavailable)" in joined
+        result = json.loads((runs / name / "result.json").read_text())
+        assert result["epochs"] == 1 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert joined.count("withouttheone-writerguard") == 2

@@ -83,9 +83,9 @@ def test_sqlite_with_parallel_workers_is_refused_up_front(tmp_path: Path, capsys
 
 def test_a_second_worker_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    with sqlite_worker_lock(url, create=True):
+    with sqlite_worker_lock(url, create=True, log=print):
         with pytest.raises(SeratioError, match="another seratio worker"):
-            with sqlite_worker_lock(url, create=True):
+            with sqlite_worker_lock(url, create=True, log=print):
                 pass
 
 
@@ -93,7 +93,7 @@ def test_a_study_run_on_a_sqlite_file_in_use_is_refused_before_it_writes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "s.db"
-    with sqlite_worker_lock(f"sqlite:///{db}", create=True):
+    with sqlite_worker_lock(f"sqlite:///{db}", create=True, log=print):
         code = main(["study", "run", "constant", "--name", "s", "--storage", f"sqlite:///{db}", "--epochs", "1"])
     assert code == 2 and "another seratio worker is already using it" in capsys.readouterr().err
     assert not db.exists()

@@ -4,7 +4,9 @@ Why: a study worker whose trial was wrongly declared stale (its database link dr
 kept training) goes on until its next epoch ends, while the retry resumes the same run directory
 elsewhere. Atomic writes keep every file whole, but two writers would interleave epochs. The lock
 is an exclusive `flock` on a file inside the run directory: the kernel (or the NFS lock manager)
-drops it when its holder dies, so a SIGKILLed run never leaves a stale lock behind.
+drops it when its holder dies, so a SIGKILLed run never leaves a stale lock behind. A filesystem
+that cannot lock at all (NFS without its lock manager, some FUSE mounts) gets a warning and the
+run goes on unguarded, rather than no run at all.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
     except OSError as error:
         raise SeratioError(f"cannot create the lock file {path}: {error.strerror or error}") from None
     with handle:
-        if not _try_lock(handle):
+        try:
+            locked = _try_lock(handle)
+        except OSError as error:
+            log(f"warning: cannot lock {path} ({error.strerror or error}): this filesystem does not support "
+                f"file locks, so going on without the one-writer guard; make sure no other seratio process "
+                f"writes {run_dir}")
+            yield
+            return
+        if not locked:
             if not wait:
                 raise SeratioError(
                     f"{run_dir} is being written by another seratio process ({_holder(handle)}); "

@@ -165,10 +165,12 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
 
 
 @contextlib.contextmanager
-def sqlite_worker_lock(url: str, *, create: bool) -> Iterator[None]:
+def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[None]:
     """Hold an exclusive lock beside a SQLite store so a second worker is refused, never 'database is locked'.
 
     Taken before the store is opened, so a refused second `study run` has not written to it either.
+    On a filesystem that cannot lock, one worker still runs, with a warning that a second would not
+    be refused.
     """
     if not url.startswith("sqlite:///"):
         yield
@@ -180,6 +182,10 @@ def sqlite_worker_lock(url: str, *, create: bool) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SeratioError(sqlite_parallel_message(url, "another seratio worker is already using it")) from None
+        except OSError as error:
+            log(f"warning: cannot lock {lock_path} ({error.strerror or error}): this filesystem does not support "
+                f"file locks, so a second worker on {url} would not be refused; run one worker only, or use "
+                "journal: or postgresql:// storage")
         yield
 
 

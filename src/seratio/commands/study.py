@@ -194,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     definition = build_definition(request)
     patience = Patience(seconds=args.db_patience)
-    with sqlite_worker_lock(args.storage, create=True):
+    with sqlite_worker_lock(args.storage, create=True, log=_log):
         storage = open_storage(args.storage, create=True, patience=patience, log=_log)
         store = StudyStore.create_or_join(storage, args.name, patience, _log)
         artifacts, warnings = create_or_join(store, definition, args.artifacts)
@@ -243,7 +243,7 @@ def _worker(args: argparse.Namespace) -> int:
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     patience = Patience(seconds=args.db_patience)
-    with sqlite_worker_lock(args.storage, create=False):
+    with sqlite_worker_lock(args.storage, create=False, log=_log):
         store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
         definition, artifacts = load_definition(store)
         for warning in code_warnings(definition):
