@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from bench_args import at_least
+from bench_cli import at_least
 
 from seratio.runtime import reexec_with_tcmalloc
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_args import at_least
+from bench_cli import at_least, emit
 
 from seratio.augment import augment_batch, to_float
 from seratio.cpu_compile import COMPILE_OPTIONS, allow_compiled_models
@@ -340,10 +340,7 @@ def main(argv: list[str]) -> int:
     env["load_end"] = os.getloadavg()[0]
     command = " ".join([Path(sys.executable).name, *sys.argv])
     result = {"environment": env, "rounds": args.rounds, "groups": results, "command": command}
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(format_table(result), result, args.json)
 
 
 if __name__ == "__main__":

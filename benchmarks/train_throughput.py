@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import multiprocessing
 import os
 import platform
@@ -44,7 +43,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_args import at_least
+from bench_cli import at_least, emit
 
 from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
@@ -682,10 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     plan = (QUICK if args.quick else PLANS)[device.type]
     result = measure(device, plan, args.repeats, lambda message: print(message, file=sys.stderr, flush=True))
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(format_table(result), result, args.json)
 
 
 if __name__ == "__main__":

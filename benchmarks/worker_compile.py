@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_args import at_least
+from bench_cli import at_least, emit
 
 from seratio.runtime import allocator, reexec_with_tcmalloc
 
@@ -124,10 +124,7 @@ def main(argv: list[str]) -> int:
         "epochs": args.epochs, "train_subset": args.train_subset, "allocator": allocator(),
         "threads": torch.get_num_threads(), "modes": {mode: run_mode(mode, args) for mode in MODES.values()},
     }
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(format_table(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Command-line checks shared by the benchmark scripts."""
+"""Command-line plumbing shared by the benchmark scripts: count checks and the output."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -20,3 +23,11 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def emit(table: str, result: dict[str, Any], json_path: Path | None) -> int:
+    """Print the table for people; also write every number as JSON when asked (`--json`), for RESULTS.md."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+    return 0
