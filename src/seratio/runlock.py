@@ -45,7 +45,7 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
             locked = _try_lock(handle)
         except OSError as error:
             log(f"warning: cannot lock {path} ({error.strerror or error}): this filesystem does not support "
-                f"file locks, so going on without the one-writer guard; make sure no other seratio process "
+                "file locks, so going on without the one-writer guard; make sure no other seratio process "
                 f"writes {run_dir}")
             yield
             return
