@@ -41,15 +41,8 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
     except OSError as error:
         raise SeratioError(f"cannot create the lock file {path}: {error.strerror or error}") from None
     with handle:
-        try:
-            locked = _try_lock(handle)
-        except OSError as error:
-            log(f"warning: cannot lock {path} ({error.strerror or error}): this filesystem does not support "
-                "file locks, so going on without the one-writer guard; make sure no other seratio process "
-                f"writes {run_dir}")
-            yield
-            return
-        if not locked:
+        unguarded = f"going on without the one-writer guard; make sure no other seratio process writes {run_dir}"
+        if not lock_or_warn(handle, path, log, unguarded):
             if not wait:
                 raise SeratioError(
                     f"{run_dir} is being written by another seratio process ({_holder(handle)}); "
@@ -61,6 +54,18 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         yield
+
+
+def lock_or_warn(handle: IO[str], path: Path, log: Callable[[str], None], unguarded: str) -> bool:
+    """Try the exclusive lock once: False when another process holds it. A filesystem that cannot
+    lock at all counts as locked, after a warning that says what is `unguarded` now: refusing
+    there would mean no run at all."""
+    try:
+        return _try_lock(handle)
+    except OSError as error:
+        log(f"warning: cannot lock {path} ({error.strerror or error}): this filesystem does not support "
+            f"file locks, so {unguarded}")
+        return True
 
 
 def _try_lock(handle: IO[str]) -> bool:

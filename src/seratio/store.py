@@ -15,7 +15,6 @@ restarted PostgreSQL pauses the workers instead of killing days of training.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import random
 import time
@@ -29,6 +28,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from seratio.errors import SeratioError
+from seratio.runlock import lock_or_warn
 
 DEFAULT_STORAGE = "sqlite:///seratio.db"
 JOURNAL_PREFIX = "journal:"
@@ -177,15 +177,12 @@ def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[None]:
         return
     _check_url(url, create=create)
     lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+    unguarded = (
+        f"a second worker on {url} would not be refused; run one worker only, or use journal: or postgresql:// storage"
+    )
     with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SeratioError(sqlite_parallel_message(url, "another seratio worker is already using it")) from None
-        except OSError as error:
-            log(f"warning: cannot lock {lock_path} ({error.strerror or error}): this filesystem does not support "
-                f"file locks, so a second worker on {url} would not be refused; run one worker only, or use "
-                "journal: or postgresql:// storage")
+        if not lock_or_warn(handle, lock_path, log, unguarded):
+            raise SeratioError(sqlite_parallel_message(url, "another seratio worker is already using it"))
         yield
 
 
