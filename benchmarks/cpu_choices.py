@@ -155,11 +155,17 @@ def measure_round(runs: dict[str, Run]) -> dict[str, float]:
     return rates
 
 
-def measure_group(variants: dict[str, Callable[[], Run]], rounds: int) -> dict[str, list[float]]:
-    """Images/s per variant: one warm-up call each (compiles), then `rounds` interleaved rounds."""
+def warmed_up(variants: dict[str, Callable[[], Run]]) -> dict[str, Run]:
+    """Each variant built and called once, so compiling never lands in a timed round."""
     runs = {name: make() for name, make in variants.items()}
     for run in runs.values():
         run()
+    return runs
+
+
+def measure_group(variants: dict[str, Callable[[], Run]], rounds: int) -> dict[str, list[float]]:
+    """Images/s per variant: one warm-up call each (compiles), then `rounds` interleaved rounds."""
+    runs = warmed_up(variants)
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, rate in measure_round(runs).items():
@@ -277,9 +283,7 @@ def child_main(argv: list[str]) -> None:
             "eval bs 250 compiled": lambda: eval_variant(250, n_eval, compiled=True),
             "eval bs 1000": lambda: eval_variant(1000, n_eval),
         }
-    runs = {name: make() for name, make in variants.items()}
-    for run in runs.values():
-        run()
+    runs = warmed_up(variants)
     print("ready", flush=True)
     for _ in sys.stdin:
         print(json.dumps(measure_round(runs)), flush=True)
