@@ -161,12 +161,13 @@ def test_train_subset_is_stratified_and_keeps_val_fixed(cifar_dir: Path, default
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"val_size": -1}, r"val_size -1 .*0 <= val_size <= 49999"),
-        ({"val_size": 50_000}, r"val_size 50000 .*0 <= val_size <= 49999"),
+        ({"val_size": -1}, r"val_size -1 .*0 <= val_size <= 49990"),
+        ({"val_size": 50_000}, r"val_size 50000 .*0 <= val_size <= 49990"),
         ({"val_size": 5000.0}, r"val_size must be an integer"),
         ({"train_subset": 9}, r"train_subset 9 .*10 <= train_subset <= 45000"),
         ({"train_subset": 45_001}, r"train_subset 45001 .*10 <= train_subset <= 45000"),
-        ({"val_size": 49_995, "train_subset": 10}, r"10 <= train_subset <= 5\b"),
+        ({"val_size": 49_995, "train_subset": 10}, r"val_size 49995 .*0 <= val_size <= 49990"),
+        ({"val_size": 49_000, "train_subset": 1_001}, r"10 <= train_subset <= 1000\b"),
     ],
 )
 def test_bad_split_sizes_name_value_and_range(cifar_dir: Path, kwargs: dict, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,6 +112,56 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     assert len(rows) == 14 and {r["state"] for r in rows} == {"COMPLETE"}
     assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.csv")]) == 0
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 15
+
+
+def test_export_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    create(url, "p", "paper", tmp_path / "runs")
+    work(url, "p", FakeTrainer(table3_accuracy))
+    out = tmp_path / "result.json"
+    out.write_text('{"test_accuracy": 0.9}\n')
+    export = ["study", "export", "--name", "p", "--storage", url, "--out", str(out)]
+    assert main(export) == 2
+    assert "already exists and is a file; pass --force to replace it" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == {"test_accuracy": 0.9}
+    assert main([*export, "--force"]) == 0
+    assert len(json.loads(out.read_text())) == 14
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_a_journal_cut_off_mid_record_is_repaired_before_anything_appends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash mid-write leaves a record without its newline; appending after it made the journal unreadable."""
+    journal = tmp_path / "study.log"
+    url = f"journal:{journal}"
+    create(url, "p", "paper", tmp_path / "runs")
+    work(url, "p", FakeTrainer(table3_accuracy))
+    whole = journal.read_bytes()
+    cut = b'{"op_code":5,"worker_id":"x","trial_id":3,"us'
+    journal.write_bytes(whole + cut)
+    assert main(["study", "status", "--name", "p", "--storage", url]) == 0
+    assert f"ended in a partial record ({len(cut)} bytes" in " ".join(capsys.readouterr().err.split())
+    assert journal.read_bytes() == whole
+    [aside] = tmp_path.glob("study.log.partial-*")
+    assert aside.read_bytes() == cut
+    create(url, "q", "constant", tmp_path / "runs-q", candidates=(2,))  # appends to the repaired journal
+    assert main(["study", "status", "--name", "p", "--storage", url]) == 0
+    assert "0.9153" in capsys.readouterr().out
+    storage = open_storage(url, create=False, patience=Patience(), log=print)
+    assert [summary.study_name for summary in optuna.get_all_study_summaries(storage)] == ["p", "q"]
+
+
+def test_a_damaged_sqlite_file_fails_at_once_instead_of_being_retried_as_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    create(f"sqlite:///{db}", "p", "paper", tmp_path / "runs")
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    started = time.monotonic()
+    assert main(["study", "status", "--name", "p", "--storage", f"sqlite:///{db}", "--db-patience", "60"]) == 2
+    assert time.monotonic() - started < 20
+    assert "SQLite study storage failed: database disk image is malformed" in capsys.readouterr().err
 
 
 def test_export_carries_the_test_time_augmentation_accuracies_of_a_fast_study(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from seratio import __version__
 from seratio.errors import SeratioError
@@ -19,10 +20,22 @@ from seratio.runtime import reexec_with_tcmalloc
 COMMANDS = ("info", "train", "evaluate", "report", "compare", "study")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser without abbreviations; `add_subparsers` makes every subparser of this class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or with `only` just that command's, so `seratio train` never pays for
-    importing the report stack (matplotlib, scipy) or the study stack (optuna, SQLAlchemy)."""
-    parser = argparse.ArgumentParser(
+    importing the report stack (matplotlib, scipy) or the study stack (optuna, SQLAlchemy).
+
+    No option may be abbreviated: `study run --seed 5` would otherwise mean `--seeds 5`, five
+    times the training that a user of `train --seed 5` asked for.
+    """
+    parser = Parser(
         prog="seratio",
         description="Study the reduction ratio (RR) of Squeeze-and-Excitation blocks in CIFAR ResNets.",
     )
@@ -44,9 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SeratioError as error:
         print(f"seratio: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"seratio: error: {os_error_message(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("seratio: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_message(error: OSError) -> str:
+    """What the operating system refused, and on which file: an unreadable run directory, a
+    read-only storage or a name too long is the user's to fix, so it gets one line, not a traceback."""
+    reason = error.strerror or str(error)
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
 
 
 if __name__ == "__main__":

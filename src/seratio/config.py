@@ -24,6 +24,8 @@ from seratio.models import ModelConfig, Ratios, parse_rr
 from seratio.recipes import Recipe, get_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_SEED = 2**32 - 1
+"""Seeds are mixed with epoch numbers into 64-bit generator seeds (`seed * 1_000_003 + epoch`)."""
 _NOT_IDENTITY = {"device", "data_dir"}
 
 
@@ -48,8 +50,8 @@ class RunConfig:
         object.__setattr__(self, "rr", parse_rr(list(self.rr)))
         for name in ("seed", "split_seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise SeratioError(f"{name.replace('_', ' ')} {value!r} must be an integer >= 0")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+                raise SeratioError(f"{name.replace('_', ' ')} {value!r} must be an integer from 0 to {MAX_SEED}")
         if self.precision not in PRECISIONS:
             raise SeratioError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         self._check_split()
@@ -62,9 +64,12 @@ class RunConfig:
         The data loader checks them again against the files it reads.
         """
         info = dataset_info(self.dataset)
-        val = self.val_size
-        if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val < info.train_count:
-            raise SeratioError(f"val_size {val!r} is out of range; allowed: 0 <= val_size <= {info.train_count - 1}")
+        val, most_val = self.val_size, info.train_count - info.num_classes
+        if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val <= most_val:
+            raise SeratioError(
+                f"val_size {val!r} is out of range; allowed: 0 <= val_size <= {most_val} "
+                f"(at least one training image per class of the {info.train_count})"
+            )
         subset, most = self.train_subset, info.train_count - val
         if subset is not None and (
             not isinstance(subset, int) or isinstance(subset, bool) or not info.num_classes <= subset <= most

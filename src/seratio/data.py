@@ -92,6 +92,8 @@ def _load_pickle(path: Path, info: DatasetInfo) -> dict[str, Any]:
             obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise _corrupt(path, info, "file is missing") from None
+    except PermissionError:
+        raise  # not damage, so no advice to re-download: the command names the file and the OS's reason
     except _ForbiddenGlobal as err:
         raise _corrupt(path, info, f"refusing to unpickle, it references {err}") from None
     except Exception as err:  # a damaged pickle stream can fail with almost any exception type
@@ -207,8 +209,11 @@ def _split_indices(
     """Val is drawn first, so it stays the same whatever `train_subset` is."""
     n = len(labels)
     val_size = _as_int("val_size", val_size)
-    if not 0 <= val_size < n:
-        raise SeratioError(f"val_size {val_size} is out of range; allowed: 0 <= val_size <= {n - 1}")
+    if not 0 <= val_size <= n - num_classes:
+        raise SeratioError(
+            f"val_size {val_size} is out of range; allowed: 0 <= val_size <= {n - num_classes} "
+            f"(at least one training image per class of the {n})"
+        )
     rng = np.random.default_rng(split_seed)
     val = _stratified_pick(labels, val_size, num_classes, rng)
     train = np.setdiff1d(np.arange(n), val, assume_unique=True)

@@ -121,7 +121,12 @@ def _find_in(directory: Path, info: DatasetInfo, *, source: str) -> Path:
     found = _existing_layout(directory, info)
     if found is not None:
         return found
-    state = "does not exist" if not directory.exists() else f"has neither {info.dir_name}/ nor {info.tar_name}"
+    if not directory.exists():
+        state = "does not exist"
+    elif not directory.is_dir():
+        state = "is a file, not a directory"
+    else:
+        state = f"has neither {info.dir_name}/ nor {info.tar_name}"
     raise SeratioError(
         f"{info.title} not found: {directory} (from {source}) {state}. {_where_to_put(info, directory)}"
     )

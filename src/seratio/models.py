@@ -62,6 +62,10 @@ def format_rr(rr: Ratios) -> str:
     return ",".join("none" if r is None else str(r) for r in rr)
 
 
+MAX_DEPTH = 3002
+"""2.5x the deepest CIFAR ResNet published (1202 layers); deeper ones would take minutes just to build."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     depth: int = 50
@@ -69,9 +73,10 @@ class ModelConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
+        if not isinstance(self.depth, int) or not 8 <= self.depth <= MAX_DEPTH or (self.depth - 2) % 6:
             raise SeratioError(
-                f"depth {self.depth!r} is not 6n+2 with n >= 1; allowed: 8, 14, 20, 26, 32, 38, 44, 50, 56, ..."
+                f"depth {self.depth!r} is not 6n+2 with 1 <= n <= {(MAX_DEPTH - 2) // 6}; "
+                f"allowed: 8, 14, 20, 26, 32, 38, 44, 50, 56, ..., {MAX_DEPTH}"
             )
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise SeratioError(f"number of classes {self.num_classes!r} must be an integer >= 2")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
+from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from seratio.errors import SeratioError
@@ -51,8 +54,23 @@ class Patience:
     max_wait: float = 30.0
 
 
+def _sqlite_error(error: BaseException) -> sqlite3.Error | None:
+    """The SQLite driver's error under Optuna's and SQLAlchemy's wrappers, if that is what failed."""
+    for layer in (error, error.__cause__):
+        if isinstance(getattr(layer, "orig", None), sqlite3.Error):
+            return layer.orig
+    return None
+
+
 def _is_transient(error: BaseException) -> bool:
-    """Connection trouble that a later attempt may not meet; data errors are not retried."""
+    """Connection trouble that a later attempt may not meet; data errors are not retried.
+
+    A SQLite file is never unreachable, only busy: a malformed, read-only or foreign file fails
+    the same way on every attempt, so only "locked" and "busy" are retried there.
+    """
+    sqlite_error = _sqlite_error(error)
+    if sqlite_error is not None:
+        return any(word in str(sqlite_error) for word in ("locked", "busy"))
     if isinstance(error, optuna.exceptions.StorageInternalError):
         return True
     if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
@@ -68,6 +86,8 @@ def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
         try:
             return call()
         except Exception as error:
+            if _sqlite_error(error) is not None and not _is_transient(error):
+                raise SeratioError(f"SQLite study storage failed: {_sqlite_error(error)}") from error
             if not _is_transient(error):
                 raise
             if time.monotonic() + wait > deadline:
@@ -114,7 +134,9 @@ def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
     Checked here because the drivers fail late and vaguely: SQLite's "unable to open database
     file" looks like an outage and would be retried for the whole --db-patience.
     """
-    if not create and not path.is_file():
+    if path.exists() and not path.is_file():
+        raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} is not a regular file")
+    if not create and not path.exists():
         raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} does not exist")
     if create and not path.parent.is_dir():
         raise SeratioError(
@@ -123,21 +145,89 @@ def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
         )
 
 
-def _check_url(url: str, *, create: bool) -> None:
+def check_url(url: str, *, create: bool) -> None:
     if url.startswith(JOURNAL_PREFIX):
         _check_file("journal", _journal_path(url), url, create=create)
         return
     if url.startswith("sqlite:///"):
-        _check_file("SQLite", Path(url.removeprefix("sqlite:///")), url, create=create)
+        path = Path(url.removeprefix("sqlite:///"))
+        _check_file("SQLite", path, url, create=create)
+        _check_sqlite_header(path, url)
         return
-    if not url.startswith(("postgresql:", "postgresql+", "postgres:", "mysql")):
+    if not url.startswith(("postgresql:", "postgresql+", "postgres:")):
         raise SeratioError(f"--storage {url!r} is not understood; use {STORAGE_HELP}")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_header(path: Path, url: str) -> None:
+    """Refuse a file that SQLite would call "not a database" only on its first query, mid-traceback."""
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is not a SQLite database")
+
+
+def _prepare_journal(path: Path, url: str, log: Log) -> None:
+    """Make an existing journal safe to append to, and refuse a file that is not one.
+
+    Optuna writes whole records under its journal lock, so a last record without its newline can
+    only be a write that a crash cut short. Its readers skip it, but the next append would glue a
+    record onto it and leave a line that no reader can parse again.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    if _ends_in_partial_record(path):
+        try:
+            _move_partial_record_aside(path, log)
+        except OSError as error:
+            log(f"warning: journal {path} ends in a partial record that cannot be moved aside "
+                f"({error.strerror or error}); it can be read, not written")
+    _check_journal_record(path, url)
+
+
+def _ends_in_partial_record(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) != b"\n"
+
+
+def _move_partial_record_aside(path: Path, log: Log) -> None:
+    """Under Optuna's journal lock, so no worker appends meanwhile; the cut-off bytes are kept beside it."""
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with path.open("rb+") as handle:
+            data = handle.read()
+            keep = data.rfind(b"\n") + 1
+            if keep == len(data):
+                return
+            aside = path.with_name(f"{path.name}.partial-{int(time.time())}")
+            aside.write_bytes(data[keep:])
+            handle.truncate(keep)
+    finally:
+        lock.release()
+    log(f"warning: journal {path} ended in a partial record ({len(data) - keep} bytes, a write cut short by "
+        f"a crash); moved it to {aside} and continued from the last whole record")
+
+
+def _check_journal_record(path: Path, url: str) -> None:
+    with path.open("rb") as handle:
+        first = handle.readline()
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise SeratioError(f"journal file {str(path)!r} from --storage {url!r} is not an Optuna journal")
 
 
 def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> optuna.storages.BaseStorage:
     """The Optuna storage behind `url`; `create=False` refuses to conjure an empty store from a typo."""
-    _check_url(url, create=create)
+    check_url(url, create=create)
     if url.startswith(JOURNAL_PREFIX):
+        _prepare_journal(_journal_path(url), url, log)
         try:
             backend = optuna.storages.journal.JournalFileBackend(str(_journal_path(url)))
         except OSError as error:
@@ -175,7 +265,7 @@ def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[None]:
     if not url.startswith("sqlite:///"):
         yield
         return
-    _check_url(url, create=create)
+    check_url(url, create=create)
     lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
     unguarded = (
         f"a second worker on {url} would not be refused; run one worker only, or use journal: or postgresql:// storage"
@@ -188,8 +278,8 @@ def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[None]:
 
 def read_patience(seconds: float) -> Patience:
     """A reader's `--db-patience`, refused when negative."""
-    if seconds < 0:
-        raise SeratioError(f"--db-patience {seconds:g} must be >= 0 seconds")
+    if not seconds >= 0:
+        raise SeratioError(f"--db-patience {seconds:g} must be >= 0 seconds (inf: retry for ever)")
     return Patience(seconds=seconds)
 
 

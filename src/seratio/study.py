@@ -92,17 +92,23 @@ def _select_on(request: StudyRequest) -> str:
     return select_on
 
 
+MAX_SEEDS = 1000
+MAX_N_TRIALS = 10_000
+"""Bounds far above any study that could finish, so a slip of the keyboard is refused instead of
+enumerating (seeds) or drawing (TPE, which mostly redraws measured configurations) for ever."""
+
+
 def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
     if request.strategy not in STRATEGIES:
         raise SeratioError(f"unknown strategy {request.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    if not isinstance(request.seeds, int) or request.seeds < 1:
-        raise SeratioError(f"--seeds {request.seeds!r} must be an integer >= 1")
+    if not isinstance(request.seeds, int) or not 1 <= request.seeds <= MAX_SEEDS:
+        raise SeratioError(f"--seeds {request.seeds!r} must be an integer from 1 to {MAX_SEEDS}")
     if request.strategy == "paper" and request.run.recipe != "paper":
         raise SeratioError(f"the paper preset trains with --recipe paper, not {request.run.recipe!r}; use 'greedy'")
     if (request.n_trials is not None) != (request.strategy == "tpe"):
         raise SeratioError("tpe needs --n-trials N, and only tpe takes it")
-    if request.n_trials is not None and request.n_trials < 1:
-        raise SeratioError(f"--n-trials {request.n_trials} must be >= 1")
+    if request.n_trials is not None and not 1 <= request.n_trials <= MAX_N_TRIALS:
+        raise SeratioError(f"--n-trials {request.n_trials} must be from 1 to {MAX_N_TRIALS}")
     minimum = request.halving_min_epochs
     if minimum is not None and (request.strategy != "halving" or not 1 <= minimum <= epochs):
         raise SeratioError(f"--halving-min-epochs {minimum} applies to halving only and must be in 1..{epochs}")

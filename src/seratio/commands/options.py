@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from seratio.config import PRECISIONS, RunConfig
 from seratio.errors import SeratioError
@@ -27,7 +28,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, with_rr: bool = True, wi
         group.add_argument("--seed", type=int, default=0, help="fixes init, data order and augmentation (default: 0)")
     group.add_argument("--precision", default="auto", help=f"{', '.join(PRECISIONS)}; auto = the recipe's (bf16 for fast on CUDA) (default: auto)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", help="directory with cifar-10-batches-py/ or the official tar.gz (default: $SERATIO_DATA, then ~/.cache/seratio)")
+    data.add_argument("--data-dir", type=path_text, help="directory with cifar-10-batches-py/ or the official tar.gz (default: $SERATIO_DATA, then ~/.cache/seratio)")
     data.add_argument("--train-subset", type=int, help="train on a stratified subset of N images (for quick runs)")
     data.add_argument("--val-size", type=int, default=5000, help="validation images held out from train, stratified; 0 allowed (default: 5000)")
     data.add_argument("--split-seed", type=int, default=0, help="fixes the validation split and the subset (default: 0)")
@@ -86,7 +87,26 @@ def need_positive(flag: str, value: int, hint: str = "") -> int:
     return value
 
 
+def need_cpu_count(flag: str, value: int) -> int:
+    """Threads and processes per machine: at most 8 per logical CPU, because more only oversubscribes,
+    and tens of thousands of OpenMP threads crash the process without a message."""
+    cpus = os.cpu_count() or 1
+    hint = f"this machine has {cpus} logical CPUs"
+    if need_positive(flag, value, hint) > 8 * cpus:
+        raise SeratioError(f"{flag} {value} must be <= {8 * cpus}, 8 per logical CPU ({hint})")
+    return value
+
+
 def checked_threads(args: argparse.Namespace) -> int | None:
-    if args.threads is None:
-        return None
-    return need_positive("--threads", args.threads, f"this machine has {os.cpu_count()} logical CPUs")
+    return None if args.threads is None else need_cpu_count("--threads", args.threads)
+
+
+def path_text(text: str) -> str:
+    """An option that names a file or directory; argparse would pass '' on, and Path('') means '.'."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} names no file or directory; give a path")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    return Path(path_text(text))

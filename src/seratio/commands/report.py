@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from seratio.commands.options import add_read_patience_option
+from seratio.commands.options import add_read_patience_option, path_arg
 from seratio.errors import SeratioError
 from seratio.models import parse_rr
 from seratio.records import load_study
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", required=True, help="study name")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
     add_read_patience_option(parser)
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    parser.add_argument("--out", required=True, type=path_arg, help="output directory (created)")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help=f"comma-separated table formats: {', '.join(FORMATS)} (default: all); figures always")
     parser.add_argument("--baseline", help="configuration to test against, e.g. none (plain ResNet) or 8,8,8 "

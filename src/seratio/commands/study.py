@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,17 +20,19 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.commands.options import (
-    add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_positive,
-    run_config_from_args,
+    add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_cpu_count, path_arg,
+    path_text, run_config_from_args,
 )
 from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
+from seratio.datasets import resolve_data_dir
 from seratio.errors import SeratioError
 from seratio.models import format_rr, parse_rr
 from seratio.overview import Progress, progress, trial_row
+from seratio.rundir import write_atomic
 from seratio.runtime import threads_for
 from seratio.store import (
-    DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, is_sqlite, open_storage, read_patience,
+    DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, check_url, is_sqlite, open_storage, read_patience,
     sqlite_parallel_message, sqlite_worker_lock,
 )
 from seratio.study import (
@@ -65,8 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_export(actions)
 
 
+def _study_name(text: str) -> str:
+    """A study's name is also the folder of its runs (./seratio-runs/NAME), so it must be one plain folder name."""
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a study name; use a non-empty name without '/' or '\\' that is not '.' or '..'"
+        )
+    return text
+
+
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", required=True, help="study name")
+    parser.add_argument("--name", required=True, type=_study_name, help="study name; also the folder of its runs")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
 
 
@@ -84,7 +97,7 @@ def _register_run(actions: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("strategy", metavar="STRATEGY", choices=STRATEGIES, help=STRATEGY_HELP)
     _add_store_options(parser)
-    parser.add_argument("--artifacts", type=Path, help="root of the run directories (default: ./seratio-runs/NAME, or the study's when joining)")
+    parser.add_argument("--artifacts", type=path_arg, help="root of the run directories (default: ./seratio-runs/NAME, or the study's when joining)")
     parser.add_argument("--seeds", type=int, default=1, help="train every configuration with seeds 0..K-1; decisions use the mean (default: 1)")
     parser.add_argument("--candidates", help="candidate ratios, e.g. 2,4,8,16,32 (default); a ratio is dropped in a stage where c // r would be 0")
     parser.add_argument("--baseline", default="none", help="the comparison configuration, also trained: 'none' = plain ResNet (default) or ratios like 8,8,8")
@@ -106,9 +119,9 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
         description="Join an existing study and train its runs until the strategy is done. Start one per GPU.",
     )
     _add_store_options(parser)
-    parser.add_argument("--artifacts", type=Path, help="root of the run directories as mounted here (default: the study's)")
+    parser.add_argument("--artifacts", type=path_arg, help="root of the run directories as mounted here (default: the study's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (pin one GPU) (default: auto)")
-    parser.add_argument("--data-dir", help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
+    parser.add_argument("--data-dir", type=path_text, help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
     add_threads_option(parser, TRIAL_THREADS_HELP)
     parser.add_argument("--trials-per-device", type=int, default=1, help=TRIALS_PER_DEVICE_HELP + " (default: 1)")
     _add_worker_options(parser)
@@ -126,7 +139,8 @@ def _register_export(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser("export", help="write one row per trial to CSV or JSON")
     _add_store_options(parser)
     add_read_patience_option(parser)
-    parser.add_argument("--out", type=Path, required=True, help="output file, .csv or .json")
+    parser.add_argument("--out", type=path_arg, required=True, help="output file, .csv or .json")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     parser.set_defaults(func=export)
 
 
@@ -146,18 +160,27 @@ def _candidates(text: str | None) -> tuple[int, ...] | None:
         raise SeratioError(f"--candidates {text!r} must be comma-separated integers, e.g. 2,4,8,16,32") from None
 
 
-def _check_worker_args(args: argparse.Namespace) -> None:
+def _check_worker_args(args: argparse.Namespace, *, create: bool) -> None:
     """Refuse a bad worker option before any storage is touched, not in every trial or after creating the study."""
-    if args.heartbeat_interval <= 0 or args.stale_after < 3 * args.heartbeat_interval:
+    check_url(args.storage, create=create)
+    if not 0 < args.heartbeat_interval < math.inf or not args.stale_after >= 3 * args.heartbeat_interval:
         raise SeratioError(
             f"--stale-after {args.stale_after:g} must be at least 3 heartbeats "
             f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0)"
         )
-    if args.db_patience < 0:
-        raise SeratioError(f"--db-patience {args.db_patience:g} must be >= 0 seconds")
+    read_patience(args.db_patience)
     resolve_device(args.device)
-    if args.artifacts is not None and args.artifacts.exists() and not args.artifacts.is_dir():
-        raise SeratioError(f"--artifacts {str(args.artifacts)!r} is a file, not a directory")
+    if args.artifacts is not None:
+        _check_artifacts(args.artifacts)
+
+
+def _check_artifacts(artifacts: Path) -> None:
+    try:
+        artifacts.resolve()
+    except RuntimeError as error:  # pathlib's symlink loop, found before a study is created around it
+        raise SeratioError(f"--artifacts {str(artifacts)!r} cannot be resolved: {error}") from None
+    if artifacts.exists() and not artifacts.is_dir():
+        raise SeratioError(f"--artifacts {str(artifacts)!r} is a file, not a directory")
 
 
 def _options(args: argparse.Namespace, artifacts: Path, device: str) -> WorkerOptions:
@@ -185,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
-    _check_worker_args(args)
+    _check_worker_args(args, create=True)
     workers = _local_workers(args)
     request = StudyRequest(
         strategy=args.strategy, run=run_config_from_args(args, rr="none", seed=0),
@@ -193,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         select_on=args.select_on, n_trials=args.n_trials, halving_min_epochs=args.halving_min_epochs,
     )
     definition = build_definition(request)
+    resolve_data_dir(args.data_dir, request.run.dataset)
     patience = Patience(seconds=args.db_patience)
     with sqlite_worker_lock(args.storage, create=True, log=_log):
         storage = open_storage(args.storage, create=True, patience=patience, log=_log)
@@ -212,10 +236,10 @@ def _run(args: argparse.Namespace) -> int:
 def _local_workers(args: argparse.Namespace) -> int:
     """`--workers W` as given, or K trials on each device that `--device` names (every GPU for `auto`)."""
     if args.trials_per_device is not None:
-        need_positive("--trials-per-device", args.trials_per_device)
+        need_cpu_count("--trials-per-device", args.trials_per_device)
         workers = args.trials_per_device * _device_count(args.device)
     else:
-        workers = 1 if args.workers is None else need_positive("--workers", args.workers)
+        workers = 1 if args.workers is None else need_cpu_count("--workers", args.workers)
     asked = f"--workers {args.workers}" if args.workers is not None else f"--trials-per-device {args.trials_per_device}"
     _refuse_parallel_sqlite(args.storage, workers, asked)
     return workers
@@ -237,15 +261,16 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    trials = need_positive("--trials-per-device", args.trials_per_device)
-    _check_worker_args(args)
+    trials = need_cpu_count("--trials-per-device", args.trials_per_device)
     _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {trials}")
+    _check_worker_args(args, create=False)
     _quiet_optuna()
     signal.signal(signal.SIGTERM, _interrupt)
     patience = Patience(seconds=args.db_patience)
     with sqlite_worker_lock(args.storage, create=False, log=_log):
         store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
         definition, artifacts = load_definition(store)
+        resolve_data_dir(args.data_dir, definition["dataset"])
         for warning in code_warnings(definition):
             _log(f"warning: {warning}")
         if trials == 1:
@@ -335,22 +360,23 @@ def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> N
 def export(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".json"):
-        raise SeratioError(f"--out {str(args.out)!r} must end in .csv or .json")
+        raise SeratioError(f"--out {str(args.out)!r} must be a file name ending in .csv or .json, e.g. trials.csv")
+    if args.out.exists() and not (args.force and args.out.is_file()):
+        what = "a file; pass --force to replace it" if args.out.is_file() else "not a file"
+        raise SeratioError(f"--out {str(args.out)!r} already exists and is {what}")
     _quiet_optuna()
     store, definition = _open_existing(args)
     rows = [trial_row(t) for t in store.trials()]
     for row in rows:
         row["select_on"] = definition["select_on"]
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".json":
-            args.out.write_text(json.dumps(rows, indent=2) + "\n")
-        else:
-            with args.out.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["number"])
-                writer.writeheader()
-                writer.writerows(rows)
-    except OSError as error:
-        raise SeratioError(f"cannot write --out {str(args.out)!r}: {error.strerror or error}") from None
+    write_atomic(args.out, (json.dumps(rows, indent=2) + "\n" if suffix == ".json" else _csv(rows)).encode())
     out.print(f"wrote {len(rows)} trials to {args.out}")
     return 0
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["number"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
