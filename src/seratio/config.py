@@ -100,6 +100,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
+        if "rr" in data and not isinstance(data["rr"], list):
+            raise SeratioError(f"rr {data['rr']!r} must be a list of three ratios (an integer or null each)")
         return cls(**{k: (tuple(v) if k == "rr" else v) for k, v in data.items() if k in known})
 
 

@@ -155,6 +155,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+MAX_LR = 1e6
+"""Far above any rate that trains; far above float32's range (3.4e38) an optimizer cannot even store it."""
+
+
 def get_recipe(
     name: str, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None
 ) -> Recipe:
@@ -165,8 +169,8 @@ def get_recipe(
         raise SeratioError(f"epochs {epochs!r} must be an integer >= 1")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise SeratioError(f"batch size {batch_size!r} must be an integer >= 1")
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise SeratioError(f"learning rate {lr!r} must be a finite number > 0")
+    if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr <= MAX_LR):
+        raise SeratioError(f"learning rate {lr!r} must be a finite number > 0 and <= {MAX_LR:g}")
     recipe = RECIPES[name]
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

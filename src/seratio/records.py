@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import optuna
 
+from seratio import rundir
 from seratio.errors import SeratioError
 from seratio.stats import Summary, summarize
 from seratio.store import Patience, StudyStore, open_storage
@@ -289,11 +290,8 @@ def _need(run_dir: Path, name: str) -> Path:
 
 def read_result(run_dir: Path) -> dict[str, Any]:
     """The run's final evaluation (`result.json`)."""
-    path = _need(run_dir, "result.json")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SeratioError(f"{path} is not valid JSON: {error}") from error
+    _need(run_dir, rundir.RESULT)
+    return rundir.read_result(Path(run_dir))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -303,21 +301,37 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise SeratioError(f"{path}:{line_no} is not valid JSON: {error}") from error
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise SeratioError(f"{path}:{line_no} is not an object with an integer 'epoch'")
+            rows.append(row)
     return sorted(rows, key=lambda row: row["epoch"])
 
 
 def read_correctness(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, labels) of the test set, checked to be paired one to one."""
-    predictions = np.load(_need(run_dir, "test_predictions.npy"), allow_pickle=False)
-    labels = np.load(_need(run_dir, "test_labels.npy"), allow_pickle=False)
+    predictions = _read_classes(run_dir, rundir.PREDICTIONS)
+    labels = _read_classes(run_dir, rundir.LABELS)
     if predictions.shape != labels.shape or predictions.ndim != 1:
         raise SeratioError(
             f"{run_dir}: test_predictions.npy {predictions.shape} and test_labels.npy {labels.shape} do not pair up"
         )
     return predictions, labels
+
+
+def _read_classes(run_dir: Path, name: str) -> np.ndarray:
+    """One class index per test image; never unpickled, since a run directory may come from anywhere."""
+    path = _need(run_dir, name)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise SeratioError(f"{path} is not a .npy array of class indices ({error})") from error
+    if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        shape = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else "an .npz archive"
+        raise SeratioError(f"{path} holds {shape}, not a 1-D integer array of class indices")
+    return array
 
 
 def paired_correctness(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray]:

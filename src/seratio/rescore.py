@@ -15,7 +15,7 @@ from seratio import rundir
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
-from seratio.train import score, start_session
+from seratio.train import CHECKPOINT_KEYS, load_weights, score, start_session
 
 RUN_HINT = "give a run directory made by 'seratio train' or a study, or a folder that holds such directories"
 
@@ -46,11 +46,11 @@ def rescore_run(
     views = config.resolved_recipe().tta if tta is None else tta
     if views not in TTA_VIEWS:
         raise SeratioError(f"test-time augmentation {views!r} is not one of {', '.join(TTA_VIEWS)}")
-    checkpoint, notes = rundir.load_checkpoint(run_dir)
+    checkpoint, notes = rundir.load_checkpoint(run_dir, CHECKPOINT_KEYS)
     if checkpoint is None:
         raise SeratioError(f"{run_dir} holds no usable checkpoint to score{_because(notes)}")
     session = start_session(config, compile_cpu=False)
-    session.model.load_state_dict(checkpoint["model"])
+    load_weights(session, checkpoint, run_dir)
     scores = score(session, views)
     return {
         "run": str(run_dir),
@@ -79,11 +79,9 @@ def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
     path = run_dir / rundir.CONFIG
     if not path.exists():
         raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {RUN_HINT}")
-    record = rundir.read_json(path)
-    if not isinstance(record, dict) or not isinstance(record.get("run"), dict):
-        raise SeratioError(f"{path} has no 'run' section; it was not written by seratio")
+    config, record = rundir.read_run_config(run_dir)
     recipe = record.get("recipe")
-    return RunConfig.from_dict(record["run"]), recipe.get("epochs") if isinstance(recipe, dict) else None
+    return config, recipe.get("epochs") if isinstance(recipe, dict) else None
 
 
 def _logged_test_accuracy(checkpoint: dict[str, Any]) -> float | None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from seratio.config import RunConfig
 from seratio.errors import SeratioError
 
 CONFIG = "config.json"
@@ -31,6 +32,9 @@ RESULT = "result.json"
 PREDICTIONS = "test_predictions.npy"
 LABELS = "test_labels.npy"
 _MAGIC = b"SERATIO-CKPT-1\n"
+RESULT_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs",
+               "epochs", "seconds")
+"""Numbers (or null) that every finished run's result.json has held, and that a reused run prints."""
 
 
 class CorruptCheckpoint(Exception):
@@ -102,6 +106,35 @@ def read_json(path: Path) -> Any:
         raise SeratioError(f"cannot read {path}: {error}") from error
 
 
+def read_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The run's configuration and the whole config.json record, or one line naming the file:
+    training into, resuming and scoring a run all trust this file, so damage must stop them cleanly."""
+    path = run_dir / CONFIG
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("run"), dict):
+        raise SeratioError(f"{path} has no 'run' section; it was not written by seratio")
+    try:
+        return RunConfig.from_dict(record["run"]), record
+    except (SeratioError, TypeError, ValueError) as error:
+        raise SeratioError(f"{path} has an invalid 'run' section: {error}") from error
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    """result.json, checked to hold what a finished run writes, so that reusing or comparing a
+    damaged run ends in one line instead of a KeyError halfway through."""
+    path = run_dir / RESULT
+    result = read_json(path)
+    if not isinstance(result, dict):
+        raise SeratioError(f"{path} holds a JSON {type(result).__name__}, not an object; it was not written by seratio")
+    missing = [key for key in RESULT_KEYS if key not in result]
+    if missing:
+        raise SeratioError(f"{path} lacks {', '.join(missing)}; it is not the result of a finished seratio run")
+    wrong = [key for key in RESULT_KEYS if result[key] is not None and not isinstance(result[key], (int, float))]
+    if wrong:
+        raise SeratioError(f"{path} holds non-numbers in {', '.join(wrong)}; it is not the result of a finished seratio run")
+    return result
+
+
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite the whole file from the checkpointed history, so a resume never duplicates lines."""
     write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
@@ -128,26 +161,39 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     write_atomic(current, _MAGIC + digest + b"\n" + payload)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    blob = path.read_bytes()
+def _read_checkpoint(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        blob = path.read_bytes()
+    except OSError as error:
+        raise CorruptCheckpoint(f"cannot read {path} ({error.strerror or error})") from error
     header_end = len(_MAGIC) + 65
     if not blob.startswith(_MAGIC) or len(blob) < header_end:
         raise CorruptCheckpoint(f"{path} has no seratio checkpoint header")
     digest, payload = blob[len(_MAGIC) : header_end - 1], blob[header_end:]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CorruptCheckpoint(f"{path} fails its SHA-256 check (truncated or corrupted)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's parsers raise many types on a payload that is no torch file
+        raise CorruptCheckpoint(f"{path} holds no readable torch payload ({type(error).__name__})") from error
+    if not isinstance(state, dict):
+        raise CorruptCheckpoint(f"{path} is not a seratio checkpoint (it holds a {type(state).__name__})")
+    missing = [key for key in needs if key not in state]
+    if missing:
+        raise CorruptCheckpoint(f"{path} is not a seratio checkpoint (it lacks {', '.join(missing)})")
+    return state
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """The newest checkpoint that verifies, plus notes on any that did not."""
+def load_checkpoint(run_dir: Path, needs: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest checkpoint that verifies and holds the keys the caller `needs`, plus notes on any
+    that did not: one without them is as unusable as a corrupt one."""
     notes: list[str] = []
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         path = run_dir / name
         if not path.exists():
             continue
         try:
-            return _read_checkpoint(path), notes
+            return _read_checkpoint(path, needs), notes
         except CorruptCheckpoint as error:
             notes.append(str(error))
     return None, notes

@@ -23,7 +23,9 @@ from typing import IO
 from seratio.errors import SeratioError
 
 LOCK_FILE = ".seratio.lock"
-"""Inside the run directory; never deleted (deleting a lock file races with its next holder)."""
+"""Inside the run directory; never deleted (deleting a lock file races with its next holder), except
+with the directory itself by a `train` that created it and was refused before it wrote a run: a
+process that was waiting on that lock then fails to write, and loses nothing."""
 POLL_SECONDS = 1.0
 REMIND_SECONDS = 60.0
 

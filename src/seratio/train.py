@@ -30,7 +30,9 @@ from seratio.cpu_compile import CompiledForward, forget_compiled_graphs
 from seratio.cuda_step import GraphedStep
 from seratio.data import CifarData, Split, load_cifar
 from seratio.errors import SeratioError
-from seratio.models import build_model, count_macs, count_params, kernel_parameters, se_hidden, set_bn_momentum
+from seratio.models import (
+    build_model, count_macs, count_params, format_rr, kernel_parameters, se_hidden, set_bn_momentum,
+)
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, Recipe, View
 
@@ -50,6 +52,8 @@ CPU_CHANNELS_LAST = True
 # images) stay eager; `fast` (2.25M) and a paper run (9M) compile.
 CPU_COMPILE_MIN_IMAGES = 250_000
 EpochCallback = Callable[[dict[str, Any]], None]
+CHECKPOINT_KEYS = ("epoch", "history", "seconds", "model", "optimizer", "generator", "torch_rng", "test_predictions")
+"""What `_snapshot` writes, and every seratio checkpoint has held."""
 
 
 class TrainingDiverged(SeratioError):
@@ -93,12 +97,36 @@ def train_run(
     finished = _finished_result(config, out)
     if finished is not None:
         return _reused(finished, out, log)
+    created = [path for path in (out, *out.parents) if not path.exists()]
     rundir.make_dir(out, f"run directory {out}", "; choose another --out")
     with runlock.hold(out, wait=wait_for_lock, log=log):
         finished = _finished_result(config, out)  # the writer this call waited for may have finished it
         if finished is not None:
             return _reused(finished, out, log)
-        return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
+        try:
+            return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
+        except SeratioError:
+            _remove_unused(created)
+            raise
+
+
+def _remove_unused(created: list[Path]) -> None:
+    """Take back the directories (run directory first) that this call created for a run refused
+    before it wrote anything, so a typo leaves no trace. Only under the lock, and only while the run
+    directory holds nothing but the lock and temp files: a directory that existed before, or that
+    holds a run, is never touched."""
+    if not created or not _holds_no_run(created[0]):
+        return
+    for path in created[0].iterdir():
+        path.unlink()
+    with contextlib.suppress(OSError):  # a parent that something else has meanwhile put files into stays
+        for path in created:
+            path.rmdir()
+
+
+def _holds_no_run(out: Path) -> bool:
+    """Empty, or only the lock and the temp file of a first write that a kill interrupted."""
+    return all(rundir.is_temp_file(path) or path.name == runlock.LOCK_FILE for path in out.iterdir())
 
 
 def _reused(finished: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -113,7 +141,7 @@ def _train(
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
     forget_compiled_graphs()
     session = start_session(config)
-    state = _restore(session, checkpoint, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
+    state = _restore(session, checkpoint, out, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
     rundir.write_json(out / rundir.CONFIG, _config_record(session))
     with EpochProgress(enabled=show_progress) as progress:
         while state["epoch"] < session.recipe.epochs:
@@ -128,16 +156,13 @@ def _train(
 
 
 def _finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
-    result_path = out / rundir.RESULT
-    if not result_path.exists():
+    if not (out / rundir.RESULT).exists():
         return None
-    stored = RunConfig.from_dict(rundir.read_json(out / rundir.CONFIG)["run"])
-    if stored.identity() != config.identity():
-        raise SeratioError(
-            f"{out} holds a finished run of a different configuration "
-            f"({_difference(stored, config)}); choose another --out"
-        )
-    return rundir.read_json(result_path)
+    stored, _ = rundir.read_run_config(out)
+    difference = _difference(stored, config)
+    if difference:
+        raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); choose another --out")
+    return rundir.read_result(out)
 
 
 def _other_code(result: dict[str, Any]) -> str:
@@ -149,26 +174,39 @@ def _other_code(result: dict[str, Any]) -> str:
 
 
 def _difference(stored: RunConfig, wanted: RunConfig) -> str:
-    a, b = stored.identity(), wanted.identity()
+    """What makes `wanted` another run than `stored`; empty when it is the same run."""
+    a, b = _resolved_identity(stored), _resolved_identity(wanted)
     return ", ".join(f"{k}: stored {a[k]!r}, asked {b[k]!r}" for k in a if a[k] != b[k])
+
+
+def _resolved_identity(config: RunConfig) -> dict[str, Any]:
+    """The identity with the recipe's own epochs, batch size and lr where no override was given:
+    `--batch-size 32` on the paper recipe trains exactly the run that leaving it out trains (and a
+    study always stores them resolved), so the two must count as one run."""
+    recipe = config.resolved_recipe()
+    return config.identity() | {"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr}
 
 
 def _checkpoint_to_resume(
     config: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
 ) -> dict[str, Any] | None:
     if not (out / rundir.CONFIG).exists():
-        if any(not rundir.is_temp_file(path) and path.name != runlock.LOCK_FILE for path in out.iterdir()):
+        if not _holds_no_run(out):
             raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")
-        return None  # empty, or only the temp file of a first write that a kill interrupted
-    stored = RunConfig.from_dict(rundir.read_json(out / rundir.CONFIG)["run"])
-    if stored.identity() != config.identity():
-        raise SeratioError(f"cannot continue {out}: its configuration differs ({_difference(stored, config)})")
-    has_state = (out / rundir.CHECKPOINT).exists() or (out / rundir.PREVIOUS_CHECKPOINT).exists()
-    if not has_state:
+        return None
+    stored, _ = rundir.read_run_config(out)
+    difference = _difference(stored, config)
+    if difference:
+        raise SeratioError(f"cannot continue {out}: its configuration differs ({difference})")
+    checkpoints = (out / rundir.CHECKPOINT, out / rundir.PREVIOUS_CHECKPOINT)
+    if not any(path.exists() for path in checkpoints):
         return None
     if not resume:
         raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
-    checkpoint, notes = rundir.load_checkpoint(out)
+    for path in checkpoints:
+        if path.exists() and not path.is_file():  # checked before training: the epoch's checkpoint goes there
+            raise SeratioError(f"{path} is not a file, so the run cannot write its checkpoints; move it away and resume")
+    checkpoint, notes = rundir.load_checkpoint(out, CHECKPOINT_KEYS)
     for note in notes:
         log(f"warning: {note}; falling back")
     if checkpoint is None:
@@ -398,8 +436,9 @@ def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[View, 
 
 
 def _nullable(value: float) -> float | None:
-    """JSON has no NaN: an empty split's loss and accuracy are recorded as null."""
-    return None if math.isnan(value) else value
+    """JSON has no NaN or infinity: an empty split's loss and accuracy, and a diverged run's test
+    loss, are recorded as null."""
+    return value if math.isfinite(value) else None
 
 
 def _run_epoch(session: _Session, state: dict[str, Any], progress: EpochProgress) -> dict[str, Any]:
@@ -418,7 +457,7 @@ def _run_epoch(session: _Session, state: dict[str, Any], progress: EpochProgress
         "train_accuracy": train_accuracy,
         "val_loss": _nullable(val_loss),
         "val_accuracy": _nullable(val_accuracy),
-        "test_loss": test_loss,
+        "test_loss": _nullable(test_loss),
         "test_accuracy": test_accuracy,
         "seconds": seconds,
     }
@@ -450,8 +489,20 @@ def _snapshot(session: _Session, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _restore(session: _Session, checkpoint: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    session.model.load_state_dict(checkpoint["model"])
+def load_weights(session: _Session, checkpoint: dict[str, Any], run_dir: Path) -> None:
+    """The checkpoint's weights into the model that config.json describes. A config.json edited or
+    copied from another run must end in one line, not in torch's page of size mismatches."""
+    try:
+        session.model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise SeratioError(
+            f"the checkpoint in {run_dir} does not match {run_dir / rundir.CONFIG} (depth {session.config.depth}, "
+            f"rr {format_rr(session.config.rr)}): they come from different runs"
+        ) from error
+
+
+def _restore(session: _Session, checkpoint: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    load_weights(session, checkpoint, out)
     session.optimizer.load_state_dict(_portable_optimizer_state(session.optimizer, checkpoint["optimizer"]))
     _restore_generator(session, checkpoint["generator"], checkpoint["epoch"], log)
     torch.set_rng_state(checkpoint["torch_rng"])
@@ -513,7 +564,7 @@ def score(session: _Session, tta: str) -> dict[str, Any]:
     return {
         "seconds": time.perf_counter() - started,
         "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
+        "test_loss": _nullable(test_loss),
         "val_accuracy": _nullable(val_accuracy),
         "val_loss": _nullable(val_loss),
     }

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from seratio.commands.options import path_arg
 from seratio.report.pair import PairComparison, RunSummary, compare_runs
 
 
@@ -19,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="paired comparison of two runs: accuracies, McNemar's exact test, per-class differences",
         description="Compare two finished run directories image by image (they must share the test set).",
     )
-    parser.add_argument("run_a", type=Path, metavar="RUN_DIR_A")
-    parser.add_argument("run_b", type=Path, metavar="RUN_DIR_B")
+    parser.add_argument("run_a", type=path_arg, metavar="RUN_DIR_A")
+    parser.add_argument("run_b", type=path_arg, metavar="RUN_DIR_B")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.set_defaults(func=run)
 

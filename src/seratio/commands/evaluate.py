@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from seratio.commands.options import add_threads_option, checked_threads
+from seratio.commands.options import add_threads_option, checked_threads, path_arg, path_text
 from seratio.config import resolve_device
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
@@ -34,11 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+        "run_dirs", nargs="+", type=path_arg, metavar="RUN_DIR",
         help="a run directory made by 'seratio train' or a study, or a folder of them (e.g. a study's artifacts)",
     )
     parser.add_argument("--tta", choices=tuple(TTA_VIEWS), help=TTA_HELP)
-    parser.add_argument("--data-dir", help="CIFAR directory on this machine (default: the run's, then $SERATIO_DATA)")
+    parser.add_argument("--data-dir", type=path_text, help="CIFAR directory on this machine (default: the run's, then $SERATIO_DATA)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:K (default: the run's)")
     add_threads_option(parser)
     parser.add_argument("--json", action="store_true", help="print each run's scores as one JSON object per line")

@@ -7,11 +7,14 @@ import json
 
 from rich.console import Console
 
-from seratio.commands.options import add_run_options, add_threads_option, checked_threads, run_config_from_args
+from seratio.commands.options import (
+    add_run_options, add_threads_option, checked_threads, path_text, run_config_from_args,
+)
+from seratio.rundir import RESULT_KEYS
 from seratio.runtime import threads_for
 from seratio.train import train_run
 
-SUMMARY_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params", "macs", "epochs", "seconds")
+SUMMARY_KEYS = RESULT_KEYS  # every finished result.json holds them, so a reused run's summary reads like a new one's
 # Only runs of a recipe with test-time augmentation have these.
 TTA_KEYS = ("tta", "tta_test_accuracy", "tta_test_loss", "tta_val_accuracy", "tta_seconds")
 
@@ -24,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_run_options(parser)
     add_threads_option(parser)
-    parser.add_argument("--out", required=True, help="run directory (created; a finished one is never overwritten)")
+    parser.add_argument("--out", required=True, type=path_text, help="run directory (created; a finished one is never overwritten)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (notices still print)")
     parser.set_defaults(func=run)
