@@ -86,9 +86,9 @@ def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
         try:
             return call()
         except Exception as error:
-            if _sqlite_error(error) is not None and not _is_transient(error):
-                raise SeratioError(f"SQLite study storage failed: {_sqlite_error(error)}") from error
             if not _is_transient(error):
+                if _sqlite_error(error) is not None:
+                    raise SeratioError(f"SQLite study storage failed: {_sqlite_error(error)}") from error
                 raise
             if time.monotonic() + wait > deadline:
                 raise SeratioError(
@@ -146,6 +146,7 @@ def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
 
 
 def check_url(url: str, *, create: bool) -> None:
+    """Refuse a storage that can never work before anything connects, creates a file or trains."""
     if url.startswith(JOURNAL_PREFIX):
         _check_file("journal", _journal_path(url), url, create=create)
         return
