@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,8 @@ CASES = [
     Case("depth not a number", ["info", "--depth", "fifty"], 2, "invalid int value: 'fifty'"),
     Case("train depth not 6n+2", [*TRAIN, "--depth", "10", *EMPTY], 2, "depth 10 is not 6n+2"),
     Case("classes below 2", ["info", "--classes", "1"], 2, "number of classes 1 must be"),
+    Case("classes beyond any dataset", ["info", "--classes", "10000000000000000000000"], 2,
+         "number of classes 10000000000000000000000 must be an integer from 2 to 100000"),
     # training options
     Case("dataset unknown", [*TRAIN, "--dataset", "mnist", *EMPTY], 2, "unknown dataset 'mnist'; allowed: cifar10, cifar100"),
     Case("recipe unknown", [*TRAIN, "--recipe", "slow", *EMPTY], 2, "unknown recipe 'slow'; allowed: paper, fast"),
@@ -106,6 +109,8 @@ CASES = [
          "journal file '{tmp}/foreign' from --storage 'journal:{tmp}/foreign' is not a regular file"),
     Case("storage journal not a journal", ["study", "status", "--name", "s", "--storage", "journal:{tmp}/afile"], 2,
          "journal file '{tmp}/afile' from --storage 'journal:{tmp}/afile' is not an Optuna journal"),
+    Case("storage sqlite of another program", ["study", "status", "--name", "s", "--storage", "sqlite:///{tmp}/other.db"], 2,
+         "SQLite file '{tmp}/other.db' from --storage 'sqlite:///{tmp}/other.db' holds another program's tables (notes)"),
     Case("storage sqlite not a database", ["study", "status", "--name", "s", "--storage", "sqlite:///{tmp}/afile"], 2,
          "SQLite file '{tmp}/afile' from --storage 'sqlite:///{tmp}/afile' is not a SQLite database"),
     Case("storage sqlite in missing dir", [*STUDY[:5], "--storage", "sqlite:///{tmp}/nodir/x.db", *STUDY[7:]], 2, "{tmp}/nodir/x.db"),
@@ -133,8 +138,11 @@ CASES = [
     Case("n-trials beyond any study", ["study", "run", "tpe", *STUDY[3:], "--n-trials", "99999999999999999999"], 2,
          "--n-trials 99999999999999999999 must be from 1 to 10000"),
     Case("study name a path", [*STUDY[:3], "--name", "../x", *STUDY[5:]], 2, "argument --name: '../x' is not a study name"),
+    Case("study name too long", [*STUDY[:3], "--name", "n" * 256, *STUDY[5:]], 2, "at most 255 bytes"),
     Case("study name empty", [*STUDY[:3], "--name", " ", *STUDY[5:]], 2, "argument --name: ' ' is not a study name"),
     Case("artifacts empty", [*STUDY, "--artifacts", ""], 2, "argument --artifacts: '' names no file or directory"),
+    Case("heartbeat interval beyond a week", [*STUDY, "--heartbeat-interval", "1e10", "--stale-after", "3e10"], 2,
+         "--heartbeat-interval 1e+10, which must be > 0), both at most 604800 s"),
     Case("heartbeat interval nan", [*STUDY, "--heartbeat-interval", "nan"], 2, "--heartbeat-interval nan"),
     Case("status db patience nan", ["study", "status", "--name", "s", "--storage", "journal:{tmp}/study.log", "--db-patience", "nan"], 2,
          "--db-patience nan must be >= 0 seconds"),
@@ -202,6 +210,8 @@ CASES = [
          "{tmp}/afile"),
     Case("compare dirs that are not runs", ["compare", "{tmp}/foreign", "{tmp}/emptydata"], 2,
          "{tmp}/foreign/test_predictions.npy not found"),
+    Case("compare a run with itself", ["compare", "{tmp}/foreign", "{tmp}/foreign/"], 2,
+         "{tmp}/foreign and {tmp}/foreign are the same run directory"),
     Case("compare missing dir", ["compare", "{tmp}/nowhere", "{tmp}/foreign"], 2, "run directory '{tmp}/nowhere' does not exist"),
     Case("compare a file", ["compare", "{tmp}/afile", "{tmp}/foreign"], 2,
          "run directory '{tmp}/afile' is a file"),
@@ -224,6 +234,8 @@ def sandbox(tmp_path: Path) -> Path:
     (tmp_path / "emptydata").mkdir()
     (tmp_path / "old.csv").write_text("an earlier export\n")
     (tmp_path / "d.csv").mkdir()
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as other:
+        other.execute("CREATE TABLE notes (text)")
     return tmp_path
 
 

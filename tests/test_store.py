@@ -152,6 +152,36 @@ def test_a_journal_cut_off_mid_record_is_repaired_before_anything_appends(
     assert [summary.study_name for summary in optuna.get_all_study_summaries(storage)] == ["p", "q"]
 
 
+def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"my notes\nline two, no newline")
+    assert main(["study", "status", "--name", "p", "--storage", f"journal:{notes}"]) == 2
+    assert "is not an Optuna journal" in capsys.readouterr().err
+    assert notes.read_bytes() == b"my notes\nline two, no newline"
+    assert list(tmp_path.iterdir()) == [notes]
+
+
+def test_a_journal_cut_off_in_its_first_record_holds_no_study_and_keeps_the_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "study.log"
+    create(f"journal:{journal}", "p", "paper", tmp_path / "runs")
+    cut = journal.read_bytes()[:40]
+    journal.write_bytes(cut)
+    assert main(["study", "status", "--name", "p", "--storage", f"journal:{journal}"]) == 2
+    assert "no study named 'p' in this storage; studies there: none" in capsys.readouterr().err
+    assert journal.read_bytes() == b"" and [p.read_bytes() for p in tmp_path.glob("study.log.partial-*")] == [cut]
+
+
+def test_a_journal_damaged_mid_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = tmp_path / "study.log"
+    create(f"journal:{journal}", "p", "paper", tmp_path / "runs")
+    first, rest = journal.read_bytes().split(b"\n", 1)
+    journal.write_bytes(first + b"\n" + first[:30] + rest)  # a cut record glued to the next, as appends once did
+    assert main(["study", "status", "--name", "p", "--storage", f"journal:{journal}"]) == 2
+    assert "holds a damaged record that Optuna cannot replay" in capsys.readouterr().err
+
+
 def test_a_damaged_sqlite_file_fails_at_once_instead_of_being_retried_as_unreachable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

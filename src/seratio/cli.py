@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seratio import __version__
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, os_error_message
 from seratio.runtime import reexec_with_tcmalloc
 
 COMMANDS = ("info", "train", "evaluate", "report", "compare", "study")
@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the `seratio` command itself, never a call from Python: exec replaces the process
         reexec_with_tcmalloc()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(arguments[0] if arguments and arguments[0] in COMMANDS else None)
-    args = parser.parse_args(arguments)
-    try:
+    try:  # from the imports on: a Ctrl-C while torch loads is an interruption too, not a traceback
+        parser = build_parser(arguments[0] if arguments and arguments[0] in COMMANDS else None)
+        args = parser.parse_args(arguments)
         return int(args.func(args) or 0)
     except SeratioError as error:
         print(f"seratio: error: {error}", file=sys.stderr)
@@ -63,14 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seratio: interrupted", file=sys.stderr)
         return 130
-
-
-def os_error_message(error: OSError) -> str:
-    """What the operating system refused, and on which file: an unreadable run directory, a
-    read-only storage or a name too long is the user's to fix, so it gets one line, not a traceback."""
-    reason = error.strerror or str(error)
-    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
-    return f"{reason}: {' -> '.join(paths)}" if paths else reason
 
 
 if __name__ == "__main__":

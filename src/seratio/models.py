@@ -62,6 +62,8 @@ def format_rr(rr: Ratios) -> str:
     return ",".join("none" if r is None else str(r) for r in rr)
 
 
+MAX_CLASSES = 100_000
+"""Five times ImageNet-21k's classes; beyond that `info` would count parameters of a classifier no one trains."""
 MAX_DEPTH = 3002
 """2.5x the deepest CIFAR ResNet published (1202 layers); deeper ones would take minutes just to build."""
 
@@ -78,8 +80,8 @@ class ModelConfig:
                 f"depth {self.depth!r} is not 6n+2 with 1 <= n <= {(MAX_DEPTH - 2) // 6}; "
                 f"allowed: 8, 14, 20, 26, 32, 38, 44, 50, 56, ..., {MAX_DEPTH}"
             )
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise SeratioError(f"number of classes {self.num_classes!r} must be an integer >= 2")
+        if not isinstance(self.num_classes, int) or not 2 <= self.num_classes <= MAX_CLASSES:
+            raise SeratioError(f"number of classes {self.num_classes!r} must be an integer from 2 to {MAX_CLASSES}")
         object.__setattr__(self, "rr", parse_rr(list(self.rr)))
         se_hidden(self)
 

@@ -27,10 +27,18 @@ def find_runs(path: Path) -> list[Path]:
     rundir.need_run_dir(path, RUN_HINT)
     if (path / rundir.CONFIG).exists():
         return [path]
-    runs = sorted(child for child in path.iterdir() if (child / rundir.CONFIG).is_file())
+    runs = sorted(child for child in path.iterdir() if _may_be_run(child))
     if not runs:
         raise SeratioError(f"{path} holds no {rundir.CONFIG}, so it is not a seratio run, and no run directories; {RUN_HINT}")
     return runs
+
+
+def _may_be_run(child: Path) -> bool:
+    """A directory that cannot be looked into stays in the batch, to be skipped with the system's reason."""
+    try:
+        return (child / rundir.CONFIG).is_file()
+    except OSError:
+        return True
 
 
 def rescore_run(

@@ -47,22 +47,40 @@ TEMP_PATTERN = ".*.tmp"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via temp file + fsync + rename; a full disk or any other I/O error becomes a clear SeratioError."""
+    """Write via temp file + fsync + rename; a full disk or any other I/O error becomes a clear SeratioError.
+
+    The file gets the mode a plain `open` would give (mkstemp's is owner-only), so results stay
+    readable by whoever could read them before. Only a SIGKILL can leave the temp file behind.
+    """
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if not isinstance(error, OSError):
+            raise
         if error.errno in _DISK_FULL:
             raise SeratioError(f"{_DISK_FULL[error.errno]} while writing {path}") from error
         raise SeratioError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for every thread meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def is_temp_file(path: Path) -> bool:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 OPT_OUT_ENV = "SERATIO_NO_TCMALLOC"
-"""Set to 1 to keep the system allocator (e.g. to compare, or under a memory debugger)."""
+"""Set to 1 to keep the system allocator (e.g. to compare, or under a memory debugger); 0, false or no keep tcmalloc."""
 GUARD_ENV = "_SERATIO_PRELOAD_TRIED"
 """Set in the re-executed process, so a preload that did not take effect never loops."""
 TCMALLOC_PATHS = (
@@ -67,7 +67,7 @@ def should_reexec(environ: dict[str, str], current_allocator: str, library: str 
         sys.platform.startswith("linux")
         and library is not None
         and current_allocator == "glibc"
-        and environ.get(OPT_OUT_ENV, "") in ("", "0")
+        and environ.get(OPT_OUT_ENV, "").strip().lower() in ("", "0", "false", "no")
         and GUARD_ENV not in environ
     )
 

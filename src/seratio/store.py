@@ -163,29 +163,66 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _check_sqlite_header(path: Path, url: str) -> None:
-    """Refuse a file that SQLite would call "not a database" only on its first query, mid-traceback."""
-    if path.is_file() and path.stat().st_size > 0:
-        with path.open("rb") as handle:
-            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is not a SQLite database")
+    """Refuse a file that SQLite would call "not a database" only on its first query, mid-traceback,
+    and another program's database, into which Optuna would otherwise add its tables."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is not a SQLite database")
+    tables = _sqlite_tables(path)
+    if tables and "studies" not in tables:
+        raise SeratioError(
+            f"SQLite file {str(path)!r} from --storage {url!r} holds another program's tables "
+            f"({', '.join(sorted(tables)[:5])}) and no Optuna study; give a new file or a study database"
+        )
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """Read-only, so looking never changes the file; a malformed one is left to the retry logic's message."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return set()
 
 
 def _prepare_journal(path: Path, url: str, log: Log) -> None:
-    """Make an existing journal safe to append to, and refuse a file that is not one.
+    """Refuse a file that is not a journal, and make a journal safe to append to.
 
     Optuna writes whole records under its journal lock, so a last record without its newline can
     only be a write that a crash cut short. Its readers skip it, but the next append would glue a
-    record onto it and leave a line that no reader can parse again.
+    record onto it and leave a line that no reader can parse again. Nothing is moved before the
+    file has shown it is a journal.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return
+    _check_journal_start(path, url)
     if _ends_in_partial_record(path):
         try:
             _move_partial_record_aside(path, log)
         except OSError as error:
             log(f"warning: journal {path} ends in a partial record that cannot be moved aside "
                 f"({error.strerror or error}); it can be read, not written")
-    _check_journal_record(path, url)
+
+
+JOURNAL_RECORD_START = b'{"op_code":'
+"""How every record Optuna writes begins, so a first record that a crash cut off is still recognised."""
+
+
+def _check_journal_start(path: Path, url: str) -> None:
+    with path.open("rb") as handle:
+        first = handle.readline()
+    if not first.endswith(b"\n"):
+        whole = first.startswith(JOURNAL_RECORD_START)
+    else:
+        try:
+            record = json.loads(first)
+        except ValueError:
+            record = None
+        whole = isinstance(record, dict) and "op_code" in record
+    if not whole:
+        raise SeratioError(f"journal file {str(path)!r} from --storage {url!r} is not an Optuna journal")
 
 
 def _ends_in_partial_record(path: Path) -> bool:
@@ -204,7 +241,7 @@ def _move_partial_record_aside(path: Path, log: Log) -> None:
             keep = data.rfind(b"\n") + 1
             if keep == len(data):
                 return
-            aside = path.with_name(f"{path.name}.partial-{int(time.time())}")
+            aside = path.with_name(f"{path.name}.partial-{time.time_ns()}")
             aside.write_bytes(data[keep:])
             handle.truncate(keep)
     finally:
@@ -213,15 +250,19 @@ def _move_partial_record_aside(path: Path, log: Log) -> None:
         f"a crash); moved it to {aside} and continued from the last whole record")
 
 
-def _check_journal_record(path: Path, url: str) -> None:
-    with path.open("rb") as handle:
-        first = handle.readline()
+def _replay_journal(path: Path, url: str) -> optuna.storages.BaseStorage:
+    """Optuna replays every record when it opens a journal; a damaged one must end in one line."""
     try:
-        record = json.loads(first)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict) or "op_code" not in record:
-        raise SeratioError(f"journal file {str(path)!r} from --storage {url!r} is not an Optuna journal")
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+    except OSError as error:
+        raise SeratioError(f"cannot open journal file from --storage {url!r}: {error.strerror or error}") from None
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except (ValueError, KeyError, TypeError, AssertionError) as error:
+        raise SeratioError(
+            f"journal file {str(path)!r} from --storage {url!r} holds a damaged record that Optuna cannot replay "
+            f"({type(error).__name__}: {error}); restore the file from a copy"
+        ) from None
 
 
 def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> optuna.storages.BaseStorage:
@@ -229,11 +270,7 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
     check_url(url, create=create)
     if url.startswith(JOURNAL_PREFIX):
         _prepare_journal(_journal_path(url), url, log)
-        try:
-            backend = optuna.storages.journal.JournalFileBackend(str(_journal_path(url)))
-        except OSError as error:
-            raise SeratioError(f"cannot open journal file from --storage {url!r}: {error.strerror or error}") from None
-        return optuna.storages.JournalStorage(backend)
+        return _replay_journal(_journal_path(url), url)
 
     def connect() -> optuna.storages.BaseStorage:
         try:

@@ -105,7 +105,7 @@ def train_run(
             return _reused(finished, out, log)
         try:
             return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
-        except SeratioError:
+        except (SeratioError, OSError):  # refused, or the system refused (an unreadable data file)
             _remove_unused(created)
             raise
 

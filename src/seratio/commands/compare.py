@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.commands.options import path_arg
+from seratio.errors import SeratioError
 from seratio.report.pair import PairComparison, RunSummary, compare_runs
 
 
@@ -51,6 +52,8 @@ def _print(result: PairComparison) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.run_a.resolve() == args.run_b.resolve():
+        raise SeratioError(f"{args.run_a} and {args.run_b} are the same run directory; give two different runs")
     result = compare_runs(args.run_a, args.run_b)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))

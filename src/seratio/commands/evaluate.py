@@ -12,7 +12,7 @@ from rich.table import Table
 
 from seratio.commands.options import add_threads_option, checked_threads, path_arg, path_text
 from seratio.config import resolve_device
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, os_error_message
 from seratio.recipes import TTA_VIEWS
 from seratio.rescore import find_runs, rescore_run
 from seratio.runtime import threads_for
@@ -90,8 +90,9 @@ def _score_many(runs: list[Path], args: argparse.Namespace) -> int:
         notes.print(f"[{index}/{len(runs)}] {run_dir}")
         try:
             scores = _rescore(run_dir, args)
-        except SeratioError as error:
-            notes.print(f"skipped {run_dir}: {error}")
+        except (SeratioError, OSError) as error:
+            reason = os_error_message(error) if isinstance(error, OSError) else str(error)
+            notes.print(f"skipped {run_dir}: {reason}")
             skipped += 1
             continue
         for warning in scores["warnings"]:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -12,8 +18,8 @@ from seratio.commands.options import add_read_patience_option, path_arg
 from seratio.errors import SeratioError
 from seratio.models import parse_rr
 from seratio.records import load_study
-from seratio.rundir import make_dir
 from seratio.report import FORMATS, Written, write_report
+from seratio.report.output import check_out
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
 from seratio.store import DEFAULT_STORAGE, STORAGE_HELP, read_patience
 
@@ -28,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", required=True, help="study name")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
     add_read_patience_option(parser)
-    parser.add_argument("--out", required=True, type=path_arg, help="output directory (created)")
+    parser.add_argument("--out", required=True, type=path_arg, help="output directory: new, empty, or an earlier "
+                        "report, which is replaced whole once the new one is complete")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help=f"comma-separated table formats: {', '.join(FORMATS)} (default: all); figures always")
     parser.add_argument("--baseline", help="configuration to test against, e.g. none (plain ResNet) or 8,8,8 "
@@ -79,11 +86,30 @@ def _print(written: Written, out: Path) -> None:
     console.print(f"report: {index if index in written.paths else out}")
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """A SIGTERM would end the process where it stands, with the half-built report left beside
+    --out; as a KeyboardInterrupt it unwinds and the staging directory is removed."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
-    make_dir(args.out, f"--out {str(args.out)!r}")
+    check_out(args.out)
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
-    written = write_report(study, args.out, formats, baseline)
+    with _sigterm_as_ctrl_c():
+        written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0

@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import signal
 import subprocess
@@ -53,6 +52,8 @@ TRIALS_PER_DEVICE_HELP = (
 )
 TRIAL_THREADS_HELP = "CPU threads for torch in each trial (default: torch's; with K trials at once, the cores / K)"
 TEST_LABEL = "selected on TEST set (paper practice)"
+MAX_DURATION = 7 * 24 * 3600.0
+"""A week, far beyond any useful heartbeat; at 1e10 s the heartbeat thread's clock arithmetic overflowed."""
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
@@ -71,9 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _study_name(text: str) -> str:
     """A study's name is also the folder of its runs (./seratio-runs/NAME), so it must be one plain folder name."""
-    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text:
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or len(text.encode()) > 255:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a study name; use a non-empty name without '/' or '\\' that is not '.' or '..'"
+            f"{text!r} is not a study name; use a non-empty name of at most 255 bytes without '/' or '\\' "
+            "that is not '.' or '..'"
         )
     return text
 
@@ -163,10 +165,10 @@ def _candidates(text: str | None) -> tuple[int, ...] | None:
 def _check_worker_args(args: argparse.Namespace, *, create: bool) -> None:
     """Refuse a bad worker option before any storage is touched, not in every trial or after creating the study."""
     check_url(args.storage, create=create)
-    if not 0 < args.heartbeat_interval < math.inf or not args.stale_after >= 3 * args.heartbeat_interval:
+    if not 0 < args.heartbeat_interval <= MAX_DURATION or not 3 * args.heartbeat_interval <= args.stale_after <= MAX_DURATION:
         raise SeratioError(
             f"--stale-after {args.stale_after:g} must be at least 3 heartbeats "
-            f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0)"
+            f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0), both at most {MAX_DURATION:g} s"
         )
     read_patience(args.db_patience)
     resolve_device(args.device)

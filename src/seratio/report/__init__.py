@@ -1,8 +1,9 @@
 """Reports from stored study results: Table 3 layout, significance, figures and one HTML page.
 
 `content` decides what the report says (with `significance` for the tests against the baseline
-and `labels` for how models are named); `tables`, `figures` and `html` only render it. A report
-reads the study storage and run directories and never trains.
+and `labels` for how models are named); `tables`, `figures` and `html` only render it, and
+`output` decides where it may go and swaps it in whole. A report reads the study storage and run
+directories and never trains.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from seratio.records import RR, StudyRecords
 from seratio.report.content import ReportContent, build_content
 from seratio.report.figures import draw_confusions, draw_curves, draw_pareto
 from seratio.report.html import render_html
+from seratio.report.output import MARKER, check_out, marker_text, staged
 from seratio.report.tables import to_csv, to_json, to_latex, to_markdown
 
 FORMATS = ("md", "csv", "json", "latex", "html")
@@ -33,12 +35,24 @@ class Written:
 def write_report(
     study: StudyRecords, out_dir: Path, formats: tuple[str, ...] = FORMATS, baseline: RR | None = None
 ) -> Written:
-    """Write the chosen table formats, all figures, and (with "html") index.html into `out_dir`."""
+    """Write the chosen table formats, all figures, and (with "html") index.html as the new `out_dir`.
+
+    `out_dir` must be new, empty or an earlier report (see `output`); it is replaced whole, so no
+    file of an earlier report with other formats or another baseline survives, and a report that
+    fails or is interrupted leaves the earlier one as it was.
+    """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown report formats {unknown}; allowed: {', '.join(FORMATS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out(out_dir)
     content = build_content(study, baseline)
+    with staged(out_dir) as stage:
+        paths, notes = _write_files(content, stage, formats)
+    return Written(content, tuple(out_dir / path.relative_to(stage) for path in paths), tuple(notes))
+
+
+def _write_files(content: ReportContent, out_dir: Path, formats: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    (out_dir / MARKER).write_text(marker_text(content.study.name), encoding="utf-8")
     paths: list[Path] = []
     for fmt, name in TABLE_FILES.items():
         if fmt in formats:
@@ -56,4 +70,4 @@ def write_report(
         path = out_dir / "index.html"
         path.write_text(render_html(content, figures, notes), encoding="utf-8")
         paths.append(path)
-    return Written(content, tuple(paths), tuple(notes))
+    return paths, notes

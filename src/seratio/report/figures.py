@@ -2,8 +2,9 @@
 
 Uses matplotlib's object API (`Figure`, Agg canvas) rather than pyplot, so
 nothing depends on a display or on global plotting state. A run directory that
-is missing on this machine turns into a note and the figure is drawn from the
-runs that are present.
+is missing on this machine, unreadable or damaged turns into a note (the readers
+in `records` check every value used here) and the figure is drawn from the runs
+that are left.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _runs_with(config: ConfigResult, label: str, notes: list[str], read: Callabl
             continue
         try:
             loaded.append(read(run.run_dir))
-        except (SeratioError, KeyError, ValueError) as error:
+        except SeratioError as error:
             notes.append(f"{label} seed {run.seed} (trial #{run.number}): {error}; skipped.")
     return loaded
 
@@ -108,10 +109,10 @@ def draw_curves(content: ReportContent, out_dir: Path) -> FigureSet:
 
 def _confusion(config: ConfigResult, label: str, notes: list[str]) -> tuple[np.ndarray, list[str], int] | None:
     """Confusion counts pooled over seeds, class names, number of runs pooled."""
-    results = _runs_with(config, label, notes, read_result)
-    matrices = [np.asarray(r["confusion_matrix"], dtype=np.int64) for r in results if r.get("confusion_matrix")]
-    if not matrices:
+    results = [r for r in _runs_with(config, label, notes, read_result) if r.get("confusion_matrix")]
+    if not results:
         return None
+    matrices = [np.asarray(r["confusion_matrix"], dtype=np.int64) for r in results]
     if len({m.shape for m in matrices}) > 1:
         notes.append(f"{label}: confusion matrices of its seeds differ in shape; confusion figure skipped.")
         return None

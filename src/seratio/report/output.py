@@ -1,0 +1,165 @@
+"""The report directory: refused when it holds anything but an earlier report, replaced whole.
+
+A report is built in a hidden sibling of `--out` and renamed into place only once every file is
+written, so a failed, interrupted or killed report never leaves a half-written or mixed directory
+and never loses the previous one. A marker file says that a directory is a seratio report: only
+then, and only when it holds nothing a report does not write, may a new report replace it, because
+`--out mysite/` must not delete a user's own files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fnmatch import fnmatch
+from pathlib import Path
+
+from seratio import __version__
+from seratio.errors import SeratioError
+
+MARKER = ".seratio-report.json"
+REPORT_FILES = ("table.md", "table.csv", "table.json", "table.tex", "curves.png", "curves.svg",
+                "confusion_*.png", "pareto.png", "index.html", MARKER)
+"""Every name a report writes: a directory holding anything else is not only a report."""
+
+
+def marker_text(study: str) -> str:
+    return json.dumps({"generated_by": f"seratio {__version__}", "study": study}, indent=2) + "\n"
+
+
+def _label(out: Path) -> str:
+    return f"--out {str(out)!r}"
+
+
+def check_out(out: Path) -> None:
+    """Refuse an unusable `--out` before the study is read, creating nothing: a refused report
+    must leave no directory behind."""
+    label = _label(out)
+    if out.exists() and not out.is_dir():
+        raise SeratioError(f"{label} is a file, not a directory")
+    if not out.exists():
+        ancestor = next(p for p in Path(os.path.abspath(out)).parents if p.exists())
+        if not ancestor.is_dir():
+            raise SeratioError(f"cannot create {label}: Not a directory")
+        return
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as error:
+        raise SeratioError(f"cannot read {label}: {error.strerror or error}") from error
+    if not names:
+        return
+    advice = "choose an empty or new directory, or delete it first"
+    if not _holds_report(out):
+        raise SeratioError(f"{label} is not empty and holds no seratio report; {advice}")
+    foreign = [name for name in names if not any(fnmatch(name, pattern) for pattern in REPORT_FILES)]
+    if foreign:
+        raise SeratioError(f"{label} holds a seratio report but also {foreign[0]!r}, which a report "
+                           f"does not write; {advice}")
+
+
+def _holds_report(out: Path) -> bool:
+    """The marker, or the table.json of a report written before the marker existed."""
+    for name in (MARKER, "table.json"):
+        try:
+            document = json.loads((out / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and str(document.get("generated_by", "")).startswith("seratio "):
+            return True
+    return False
+
+
+def _host() -> str:
+    """This machine in a staging name (with the process id), so a later report can tell a killed
+    report's leftovers from one still being written, here or on another machine sharing the disk."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _sibling(target: Path, kind: str, owner: str) -> Path:
+    """The report being built ("new") or the one being replaced ("old"), hidden beside `target`."""
+    return target.parent / f".{target.name}.seratio-{kind}.{owner}"
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh hidden directory beside `out` to build the report in; on leaving without an error
+    it replaces `out`, on any error (Ctrl-C included) it is removed and `out` is left as it was."""
+    target = Path(os.path.realpath(out))  # a symlinked --out keeps its link; the report goes where it points
+    created = _make_parents(target.parent, out)
+    owner = f"{_host()}-{os.getpid()}.{secrets.token_hex(4)}"
+    stage = _sibling(target, "new", owner)
+    try:
+        stage.mkdir()
+        yield stage
+        check_out(out)  # again: something may have been put there while the report was built
+        _swap(stage, target, _sibling(target, "old", owner))
+    except BaseException as error:
+        shutil.rmtree(stage, ignore_errors=True)
+        for directory in reversed(created):
+            _remove_if_empty(directory)
+        if isinstance(error, OSError):
+            raise SeratioError(f"cannot write the report to {_label(out)}: {error.strerror or error}") from error
+        raise
+    _remove_leftovers(target)
+
+
+def _make_parents(directory: Path, out: Path) -> list[Path]:
+    """Create the missing parents of `--out`, returning them, so that a failure can remove them again."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    for parent in reversed(missing):
+        try:
+            parent.mkdir()
+        except OSError as error:
+            for made in missing[missing.index(parent) + 1:]:
+                _remove_if_empty(made)
+            raise SeratioError(f"cannot create {_label(out)}: {error.strerror or error}") from error
+    return list(reversed(missing))
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty (someone else wrote there) or already gone: either way not ours to delete
+
+
+def _swap(stage: Path, target: Path, aside: Path) -> None:
+    """Old report aside, new one in, old one deleted; should the second rename fail, the old one goes back."""
+    if not target.exists():
+        os.rename(stage, target)
+        return
+    os.rename(target, aside)
+    try:
+        os.rename(stage, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete staging directories of this `--out` left by reports killed on this machine (SIGKILL
+    gives no chance to clean up); those of live processes or other machines are left alone."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.seratio-(?:new|old)\.(.+)-(\d{{1,7}})\.[0-9a-f]+")
+    host = _host()
+    for path in target.parent.glob(f".{glob.escape(target.name)}.seratio-*"):
+        match = pattern.fullmatch(path.name)
+        if match and match[1] == host and not _alive(int(match[2])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True
