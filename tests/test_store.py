@@ -182,6 +182,18 @@ def test_a_journal_damaged_mid_file_is_one_line(tmp_path: Path, capsys: pytest.C
     assert "holds a damaged record that Optuna cannot replay" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["status", "worker"])
+def test_a_study_definition_edited_by_hand_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    create(url, "p", "constant", tmp_path / "runs", candidates=(2,))
+    storage = open_storage(url, create=False, patience=Patience(), log=print)
+    storage.set_study_user_attr(storage.get_study_id_from_name("p"), "seratio_definition", {"strategy": "constant"})
+    assert main(["study", command, "--name", "p", "--storage", url]) == 2
+    assert "study 'p' has a damaged seratio definition (missing: seeds, baseline" in capsys.readouterr().err
+
+
 def test_a_damaged_sqlite_file_fails_at_once_instead_of_being_retried_as_unreachable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

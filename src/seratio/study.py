@@ -150,6 +150,7 @@ def build_definition(request: StudyRequest) -> dict[str, Any]:
     }
 
 
+DEFINITION_CORE = ("strategy", "seeds", "baseline", "select_on", "candidates", "recipe_hash", "code_version")
 RUN_KEYS = (
     "depth", "dataset", "recipe", "epochs", "batch_size", "lr", "train_subset", "val_size", "split_seed", "precision",
 )
@@ -196,12 +197,25 @@ def create_or_join(store: StudyStore, definition: dict[str, Any], artifacts: Pat
     return root, code_warnings(attrs[DEFINITION_ATTR])
 
 
+def stored_definition(attrs: dict[str, Any], name: str) -> dict[str, Any]:
+    """The study's definition, refused in one line when it is missing or lacks what every reader uses:
+    a study database edited by hand must not end in a KeyError in `status` or a worker."""
+    definition = attrs.get(DEFINITION_ATTR)
+    if not isinstance(definition, dict):
+        raise SeratioError(f"study {name!r} has no seratio definition; create it with 'seratio study run'")
+    missing = [key for key in (*DEFINITION_CORE, *RUN_KEYS) if key not in definition]
+    if missing or not isinstance(attrs.get(ARTIFACTS_ATTR), str):
+        raise SeratioError(
+            f"study {name!r} has a damaged seratio definition (missing: {', '.join(missing or [ARTIFACTS_ATTR])}); "
+            "it cannot be read or joined"
+        )
+    return definition
+
+
 def load_definition(store: StudyStore) -> tuple[dict[str, Any], Path]:
     """A joining worker's view: the stored definition, checked against this machine's code."""
     attrs = store.user_attrs()
-    definition = attrs.get(DEFINITION_ATTR)
-    if not isinstance(definition, dict):
-        raise SeratioError(f"study {store.name!r} has no seratio definition; create it with 'seratio study run'")
+    definition = stored_definition(attrs, store.name)
     recipe = run_config(definition, (None, None, None), 0, device="cpu", data_dir=None).resolved_recipe()
     recipe_hash = recipe.fingerprint()
     if recipe_hash != definition["recipe_hash"]:

@@ -35,8 +35,8 @@ from seratio.store import (
     sqlite_parallel_message, sqlite_worker_lock,
 )
 from seratio.study import (
-    DEFINITION_ATTR, SELECT_ON, STRATEGIES, StudyRequest, build_definition, code_warnings, create_or_join,
-    load_definition,
+    SELECT_ON, STRATEGIES, StudyRequest, build_definition, code_warnings, create_or_join, load_definition,
+    stored_definition,
 )
 from seratio.worker import Worker, WorkerOptions
 
@@ -329,10 +329,7 @@ def _device(device: str, index: int) -> str:
 def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]]:
     patience = read_patience(args.db_patience)
     store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
-    definition = store.user_attrs().get(DEFINITION_ATTR)
-    if not isinstance(definition, dict):
-        raise SeratioError(f"study {args.name!r} has no seratio definition; was it created by 'seratio study run'?")
-    return store, definition
+    return store, stored_definition(store.user_attrs(), args.name)
 
 
 def status(args: argparse.Namespace) -> int:
