@@ -303,3 +303,13 @@ def test_explicit_recipe_values_are_the_same_run_as_the_recipe_defaults(
     assert "already holds the finished run" in " ".join(capsys.readouterr().err.split())
     assert main(train_args(cifar_dir, explicit, "--batch-size", "64")) == 2
     assert "different configuration (batch_size: stored 32, asked 64)" in _one_line_error(capsys)
+
+
+def test_evaluate_of_a_run_trained_on_a_gpu_names_its_device_and_the_way_out(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy(tiny_run, tmp_path)
+    _edit_json(run / rundir.CONFIG, _with_run({"device": "cuda:99"}))
+    assert main(["evaluate", str(run)]) == 2
+    assert "was trained on device 'cuda:99' (its config.json), which this machine lacks; pass --device cpu" in _one_line_error(capsys)
+    assert main(["evaluate", str(run), "--device", "cpu", "--json"]) == 0

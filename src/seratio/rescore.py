@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seratio import rundir
-from seratio.config import RunConfig
+from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
 from seratio.train import CHECKPOINT_KEYS, load_weights, score, start_session
@@ -41,6 +41,17 @@ def _may_be_run(child: Path) -> bool:
         return True
 
 
+def _need_recorded_device(run_dir: Path, device: str) -> None:
+    """The device in config.json is only the default; name it, and the way out, when this machine lacks it."""
+    try:
+        resolve_device(device)
+    except SeratioError:
+        raise SeratioError(
+            f"{run_dir} was trained on device {device!r} (its config.json), which this machine lacks; "
+            "pass --device cpu or --device auto"
+        ) from None
+
+
 def rescore_run(
     run_dir: Path, tta: str | None = None, *, data_dir: str | None = None, device: str | None = None,
 ) -> dict[str, Any]:
@@ -51,6 +62,8 @@ def rescore_run(
     """
     config, recorded_epochs = _recorded_config(run_dir)
     config = dataclasses.replace(config, **{k: v for k, v in {"data_dir": data_dir, "device": device}.items() if v})
+    if device is None:
+        _need_recorded_device(run_dir, config.device)
     views = config.resolved_recipe().tta if tta is None else tta
     if views not in TTA_VIEWS:
         raise SeratioError(f"test-time augmentation {views!r} is not one of {', '.join(TTA_VIEWS)}")
