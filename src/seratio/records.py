@@ -209,8 +209,16 @@ def load_study(
     storage = open_storage(storage_url, create=False, patience=patience, log=log)
     store = StudyStore(storage, name, patience, log)
     definition = _definition(store.user_attrs(), name)
-    trials = tuple(_trial_record(t) for t in store.trials())
+    trials = tuple(_checked_trial_record(t, name) for t in store.trials())
     return StudyRecords(name, storage_url, definition, trials)
+
+
+def _checked_trial_record(trial: optuna.trial.FrozenTrial, study: str) -> TrialRecord:
+    """A trial whose stored attributes were edited into nonsense ends the report in one line naming it."""
+    try:
+        return _trial_record(trial)
+    except (TypeError, ValueError) as error:
+        raise SeratioError(f"study {study!r}, trial {trial.number}: a stored attribute is damaged ({error})") from None
 
 
 # -- grouping and aggregation ------------------------------------------------------------------

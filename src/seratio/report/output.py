@@ -135,11 +135,12 @@ def _swap(stage: Path, target: Path, aside: Path) -> None:
     if not target.exists():
         os.rename(stage, target)
         return
-    os.rename(target, aside)
     try:
+        os.rename(target, aside)
         os.rename(stage, target)
-    except BaseException:
-        os.rename(aside, target)
+    except BaseException:  # decided by what is on disk, since a Ctrl-C may land between the renames
+        if aside.exists() and not target.exists():
+            os.rename(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
 
