@@ -227,9 +227,11 @@ def _two_dimensional(path: Path) -> None:
     (rundir.PREDICTIONS, _random_bytes, "is not a .npy array of class indices"),
     (rundir.PREDICTIONS, _two_dimensional, "holds float32 (100, 100), not a 1-D integer array"),
     (rundir.LABELS, _random_bytes, "is not a .npy array of class indices"),
+    (rundir.PREDICTIONS, lambda path: np.save(path, np.array([], dtype=np.int64)), "holds no class indices"),
     (rundir.RESULT, lambda path: path.write_text("[]"), "holds a JSON list, not an object"),
     (rundir.RESULT, lambda path: path.write_text("{}"), "lacks test_accuracy"),
-], ids=["pickled predictions", "random predictions", "2-D predictions", "random labels", "result list", "result empty"])
+], ids=["pickled predictions", "random predictions", "2-D predictions", "random labels", "empty predictions",
+        "result list", "result empty"])
 def test_compare_of_a_damaged_run_names_the_file(
     tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: Damage, reason: str
 ) -> None:

@@ -406,6 +406,8 @@ def _read_classes(run_dir: Path, name: str) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         shape = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else "an .npz archive"
         raise SeratioError(f"{path} holds {shape}, not a 1-D integer array of class indices")
+    if array.size == 0:
+        raise SeratioError(f"{path} holds no class indices; a finished run predicts every test image")
     return array
 
 
