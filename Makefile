@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export SERATIO_DATA ?= $(abspath ../shared/data/cifar10)
+# The project's shared copy of CIFAR-10 when it is there; otherwise $SERATIO_DATA, then the download cache.
+SHARED_DATA := $(abspath ../shared/data/cifar10)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export SERATIO_DATA ?= $(SHARED_DATA)
+endif
 DEMO_DIR ?= demo-out
 
 .PHONY: venv demo test benchmark clean
@@ -19,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/python scripts/demo.py --out $(DEMO_DIR)
 
+# The tests need PostgreSQL, Chromium and tcmalloc: installed (apt, as root) and started first.
 test: venv
-	$(BIN)/pytest -q
+	bash scripts/test-services.sh $(BIN)/pytest -q
 
 benchmark: venv
 	$(BIN)/python benchmarks/train_throughput.py

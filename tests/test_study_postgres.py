@@ -1,6 +1,6 @@
 """Workers on a real PostgreSQL server: nothing lost, nothing trained twice.
 
-The server comes from $SERATIO_TEST_POSTGRES_URL, which `.ci/run` sets after
+The server comes from $SERATIO_TEST_POSTGRES_URL, which `make test` (scripts/test-services.sh) sets after
 starting Debian's PostgreSQL on a local port. Without it the tests fail: a
 skipped database test would hide exactly the bugs it exists to catch.
 """
@@ -29,7 +29,7 @@ def postgres_url() -> str:
     url = os.environ.get("SERATIO_TEST_POSTGRES_URL")
     if not url:
         pytest.fail(
-            "SERATIO_TEST_POSTGRES_URL is not set. Run the tests via .ci/run, which starts a local PostgreSQL "
+            "SERATIO_TEST_POSTGRES_URL is not set. Run the tests via make test, which starts a local PostgreSQL "
             "and exports it (e.g. postgresql://postgres@127.0.0.1:55432/seratio_test)."
         )
     return url

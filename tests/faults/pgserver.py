@@ -17,7 +17,7 @@ import psycopg2
 
 MISSING = (
     "PostgreSQL could not be started for the fault suite ({why}). It needs Debian's `postgresql` "
-    "package; `.ci/run` installs it (and starts the shared test server)."
+    "package; `make test` installs it (and starts the shared test server)."
 )
 
 
