@@ -193,6 +193,8 @@ CASES = [
          "cannot write {tmp}/afile/x.csv"),
     Case("export out exists", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/old.csv"], 2,
          "--out '{tmp}/old.csv' already exists and is a file; pass --force to replace it"),
+    Case("export out a dangling symlink", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/gone.csv"], 2,
+         "--out '{tmp}/gone.csv' already exists and is not a file"),
     Case("export out a directory with --force", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/d.csv", "--force"], 2,
          "--out '{tmp}/d.csv' already exists and is not a file"),
     Case("export suffix unknown", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/x.txt"], 2,
@@ -234,6 +236,7 @@ def sandbox(tmp_path: Path) -> Path:
     (tmp_path / "emptydata").mkdir()
     (tmp_path / "old.csv").write_text("an earlier export\n")
     (tmp_path / "d.csv").mkdir()
+    (tmp_path / "gone.csv").symlink_to(tmp_path / "nowhere.csv")
     with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as other:
         other.execute("CREATE TABLE notes (text)")
     return tmp_path

@@ -8,19 +8,23 @@ tighter than the gap from a broken bf16 path (which stays near chance, 10%).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from seratio.config import RunConfig
-from seratio.train import train_run
+from seratio.cli import main
+from tiny_run import train_args
 
 MIN_ACCURACY = 0.30
 MAX_GAP = 0.06
 
 
-def test_bf16_matches_fp32_accuracy_on_a_short_real_run(cifar_dir: Path, tmp_path: Path) -> None:
-    base = dict(rr=(4, 4, 4), depth=8, train_subset=2000, val_size=0, epochs=3, data_dir=str(cifar_dir), device="cpu")
-    fp32 = train_run(RunConfig(precision="fp32", **base), tmp_path / "fp32")
-    bf16 = train_run(RunConfig(precision="bf16", **base), tmp_path / "bf16")
+def test_bf16_matches_fp32_accuracy_on_a_short_real_run(tiny_run: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    """The fp32 side is the session's tiny run (fp32 on a CPU); only the bf16 run trains here."""
+    fp32 = json.loads((tiny_run / "result.json").read_text())
+    assert main(train_args(cifar_dir, tmp_path / "bf16", "--precision", "bf16")) == 0
+    bf16 = json.loads((tmp_path / "bf16" / "result.json").read_text())
+    autocast = [json.loads((run / "config.json").read_text())["autocast"] for run in (tiny_run, tmp_path / "bf16")]
+    assert autocast == [None, "torch.bfloat16"]
     assert fp32["test_accuracy"] > MIN_ACCURACY, fp32["test_accuracy"]
     assert bf16["test_accuracy"] > MIN_ACCURACY, bf16["test_accuracy"]
     assert abs(bf16["test_accuracy"] - fp32["test_accuracy"]) <= MAX_GAP, (fp32["test_accuracy"], bf16["test_accuracy"])

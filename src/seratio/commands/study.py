@@ -360,7 +360,7 @@ def export(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise SeratioError(f"--out {str(args.out)!r} must be a file name ending in .csv or .json, e.g. trials.csv")
-    if args.out.exists() and not (args.force and args.out.is_file()):
+    if (args.out.exists() or args.out.is_symlink()) and not (args.force and args.out.is_file()):
         what = "a file; pass --force to replace it" if args.out.is_file() else "not a file"
         raise SeratioError(f"--out {str(args.out)!r} already exists and is {what}")
     _quiet_optuna()
