@@ -326,3 +326,14 @@ def test_a_trial_attribute_edited_into_nonsense_is_one_line(tmp_path: Path, caps
         )
     assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 2
     assert f"study {fixture.name!r}, trial 1: a stored attribute is damaged" in capsys.readouterr().err
+
+
+def test_a_study_definition_with_values_of_the_wrong_type_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fixture = make_study(tmp_path / "study", table=[("baseline", NONE3, 0.90, 0.5)])
+    study = optuna.load_study(study_name=fixture.name, storage=fixture.storage)
+    study.set_user_attr("seratio_definition", {**study.user_attrs["seratio_definition"], "seeds": "three"})
+    assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 2
+    assert f"study {fixture.name!r} has a damaged seratio definition" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

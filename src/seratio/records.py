@@ -148,6 +148,15 @@ def _definition(attrs: dict[str, Any], name: str) -> StudyDefinition:
     raw = attrs.get("seratio_definition")
     if not isinstance(raw, dict):
         raise SeratioError(f"study {name!r} has no 'seratio_definition' attribute; was it created by seratio?")
+    try:
+        return _lenient_definition(raw)
+    except (TypeError, ValueError) as error:
+        raise SeratioError(f"study {name!r} has a damaged seratio definition ({error})") from None
+
+
+def _lenient_definition(raw: dict[str, Any]) -> StudyDefinition:
+    """Defaults for keys that older studies lack, since a report only reads; values of the wrong
+    type raise, for the caller to name the study."""
     return StudyDefinition(
         strategy=str(raw.get("strategy", "unknown")),
         candidates=tuple(int(c) for c in raw.get("candidates", ())),
