@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seratio import __version__
-from seratio.errors import SeratioError, os_error_message
+from seratio.errors import SeratioError, user_message
 from seratio.runtime import reexec_with_tcmalloc
 
 COMMANDS = ("info", "train", "evaluate", "report", "compare", "study")
@@ -54,11 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(arguments[0] if arguments and arguments[0] in COMMANDS else None)
         args = parser.parse_args(arguments)
         return int(args.func(args) or 0)
-    except SeratioError as error:
-        print(f"seratio: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"seratio: error: {os_error_message(error)}", file=sys.stderr)
+    except (SeratioError, OSError) as error:
+        print(f"seratio: error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("seratio: interrupted", file=sys.stderr)

@@ -11,6 +11,11 @@ class SeratioError(Exception):
     """A user-facing error: the message names the bad value and what is allowed."""
 
 
+def user_message(error: SeratioError | OSError) -> str:
+    """The one line a user sees for either kind of error they can fix."""
+    return os_error_message(error) if isinstance(error, OSError) else str(error)
+
+
 def os_error_message(error: OSError) -> str:
     """What the operating system refused, and on which file: an unreadable run directory, a
     read-only storage or a name too long is the user's to fix, so it gets one line, not a traceback."""

@@ -324,22 +324,11 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
-def _read_bytes(path: Path) -> bytes:
-    """An unreadable file (permissions, I/O error) is a problem of that run, named like a damaged one."""
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise SeratioError(f"cannot read {path}: {error.strerror or error}") from error
-
-
 def read_result(run_dir: Path) -> dict[str, Any]:
     """The run's final evaluation (`result.json`), with every value a report or comparison reads
     checked here, so that a damaged file is one message naming it rather than a crash where it is used."""
     path = _need(run_dir, rundir.RESULT)
-    try:
-        result = rundir.read_result(Path(run_dir))
-    except UnicodeDecodeError as error:
-        raise SeratioError(f"{path} is not UTF-8 text ({error.reason}); it was not written by seratio") from error
+    result = rundir.read_result(Path(run_dir))
     problem = _result_problem(result)
     if problem:
         raise SeratioError(f"{path} has {problem}; it is not the result of a finished seratio run")
@@ -372,12 +361,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Per-epoch metrics (`metrics.jsonl`), in epoch order, with the test accuracy that the
     report's curves read checked to be a fraction (or null)."""
     path = _need(run_dir, rundir.METRICS)
-    try:
-        text = _read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SeratioError(f"{path} is not UTF-8 text ({error.reason}); it was not written by seratio") from error
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(rundir.read_text(path).splitlines(), start=1):
         if line.strip():
             try:
                 row = json.loads(line)
@@ -407,7 +392,7 @@ def read_correctness(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_classes(run_dir: Path, name: str) -> np.ndarray:
     """One class index per test image; never unpickled, since a run directory may come from anywhere."""
     path = _need(run_dir, name)
-    data = _read_bytes(path)
+    data = rundir.read_bytes(path)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:

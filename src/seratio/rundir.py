@@ -117,10 +117,25 @@ def write_json(path: Path, payload: Any) -> None:
     write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_bytes(path: Path) -> bytes:
+    """An unreadable run file (permissions, I/O error) is named like a damaged one."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SeratioError(f"cannot read {path}: {error.strerror or error}") from error
+
+
+def read_text(path: Path) -> str:
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SeratioError(f"{path} is not UTF-8 text ({error.reason}); it was not written by seratio") from error
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
         raise SeratioError(f"cannot read {path}: {error}") from error
 
 

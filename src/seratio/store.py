@@ -87,8 +87,9 @@ def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
             return call()
         except Exception as error:
             if not _is_transient(error):
-                if _sqlite_error(error) is not None:
-                    raise SeratioError(f"SQLite study storage failed: {_sqlite_error(error)}") from error
+                sqlite_error = _sqlite_error(error)
+                if sqlite_error is not None:
+                    raise SeratioError(f"SQLite study storage failed: {sqlite_error}") from error
                 raise
             if time.monotonic() + wait > deadline:
                 raise SeratioError(

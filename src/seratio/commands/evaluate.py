@@ -12,7 +12,7 @@ from rich.table import Table
 
 from seratio.commands.options import add_threads_option, checked_threads, path_arg, path_text
 from seratio.config import resolve_device
-from seratio.errors import SeratioError, os_error_message
+from seratio.errors import SeratioError, user_message
 from seratio.recipes import TTA_VIEWS
 from seratio.rescore import find_runs, rescore_run
 from seratio.runtime import threads_for
@@ -91,8 +91,7 @@ def _score_many(runs: list[Path], args: argparse.Namespace) -> int:
         try:
             scores = _rescore(run_dir, args)
         except (SeratioError, OSError) as error:
-            reason = os_error_message(error) if isinstance(error, OSError) else str(error)
-            notes.print(f"skipped {run_dir}: {reason}")
+            notes.print(f"skipped {run_dir}: {user_message(error)}")
             skipped += 1
             continue
         for warning in scores["warnings"]:
