@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import errno
 import html
 import io
@@ -26,6 +27,7 @@ import pytest
 from fixtures.studies import NONE3, FixtureStudy, make_study
 from seratio import rundir
 from seratio.cli import main
+from seratio.report.output import MARKER
 
 TABLE = [("baseline", NONE3, 0.90, 0.5), ("constant", (8, 8, 8), 0.91, 0.4)]
 
@@ -181,6 +183,47 @@ def test_a_report_killed_mid_write_leaves_the_old_one_and_does_not_block_the_nex
     assert main(_report(study, out, "--format", "md")) == 0
     assert set(os.listdir(out)) >= {"table.md", "pareto.png"} and not (out / "index.html").exists()
     assert _leftovers(out) == []  # the killed report's staging directory is gone too
+
+
+KILL_AT_RENAME = """
+import os, signal, sys
+real_rename = os.rename
+def rename(source, destination):
+    if os.path.basename(source) == sys.argv[1]:  # the old report set aside: the moment without --out
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rename(source, destination)
+os.rename = rename
+from seratio.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_no_instant_of_the_swap_leaves_the_output_directory_missing(study: FixtureStudy, tmp_path: Path) -> None:
+    """The new report is exchanged for the old in one step (Linux renameat2), so even a SIGKILL at
+    the point where two renames would have moved the old report aside finds a report in place."""
+    out = tmp_path / "r"
+    assert main(_report(study, out)) == 0
+    argv = [sys.executable, "-c", KILL_AT_RENAME, out.name, *_report(study, out, "--format", "md")]
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=300).returncode == 0
+    assert set(os.listdir(out)) >= {"table.md", MARKER} and not (out / "index.html").exists()
+    assert _leftovers(out) == []
+
+
+def test_where_the_filesystem_cannot_exchange_two_renames_replace_the_report(
+    study: FixtureStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "r"
+    assert main(_report(study, out)) == 0
+    refusals: list[int] = []
+    def cannot_exchange(*args: Any) -> int:
+        refusals.append(errno.EINVAL)
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+    monkeypatch.setattr("seratio.report.output._renameat2", lambda: cannot_exchange)
+    assert main(_report(study, out, "--format", "md")) == 0
+    assert refusals == [errno.EINVAL]
+    assert set(os.listdir(out)) >= {"table.md", MARKER} and not (out / "index.html").exists()
+    assert _leftovers(out) == []
 
 
 # -- 3. a refused report leaves no --out ------------------------------------------------------

@@ -9,6 +9,9 @@ then, and only when it holds nothing a report does not write, may a new report r
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import glob
 import json
 import os
@@ -16,7 +19,7 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
@@ -131,9 +134,13 @@ def _remove_if_empty(directory: Path) -> None:
 
 
 def _swap(stage: Path, target: Path, aside: Path) -> None:
-    """Old report aside, new one in, old one deleted; should the second rename fail, the old one goes back."""
+    """New report in, old one deleted. One atomic exchange where the system has it, so no instant
+    exists without `--out`; elsewhere two renames, and should the second fail, the old one goes back."""
     if not target.exists():
         os.rename(stage, target)
+        return
+    if _exchange(stage, target):
+        shutil.rmtree(stage, ignore_errors=True)  # it now holds the old report
         return
     try:
         os.rename(target, aside)
@@ -143,6 +150,34 @@ def _swap(stage: Path, target: Path, aside: Path) -> None:
             os.rename(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+NO_EXCHANGE = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP)
+"""What renameat2 answers where the kernel or the filesystem (some network ones) cannot exchange."""
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """Linux's renameat2 from the C library (glibc 2.28 on), or None on systems without it."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2")
+    except (OSError, AttributeError):
+        return None
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories in one step, or say False where this system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def _remove_leftovers(target: Path) -> None:
