@@ -32,9 +32,9 @@ from seratio.worker import Worker, WorkerOptions
 RR = tuple[int | None, ...]
 Accuracy = Callable[[RR, int], float]
 
-TINY = RunConfig(depth=8, recipe="paper", epochs=1, batch_size=64, train_subset=200, val_size=100)
-TINY_CLI = ["--depth", "8", "--recipe", "paper", "--batch-size", "64", "--train-subset", "200", "--val-size", "100",
-            "--heartbeat-interval", "0.5", "--stale-after", "4"]
+TINY = RunConfig(depth=8, recipe="paper", epochs=1, batch_size=64, train_subset=200, test_subset=500, val_size=100)
+TINY_CLI = ["--depth", "8", "--recipe", "paper", "--batch-size", "64", "--train-subset", "200", "--test-subset", "500",
+            "--val-size", "100", "--heartbeat-interval", "0.5", "--stale-after", "4"]
 """The same tiny runs through the CLI, with heartbeats fast enough for a test to see a worker die."""
 TABLE3 = {
     (None, None, None): 90.97, (2, 2, 2): 90.86, (4, 4, 4): 91.12, (8, 8, 8): 91.17, (16, 16, 16): 91.06,

@@ -27,7 +27,7 @@ from study_fakes import create
 EMPTY = ["--data-dir", "{tmp}/emptydata"]
 TRAIN = ["train", "--depth", "8", "--epochs", "1", "--out", "{tmp}/run", "--quiet"]
 TINY_STUDY = ["constant", "--candidates", "4", "--depth", "8", "--batch-size", "64", "--train-subset", "200",
-              "--val-size", "100", "--epochs", "1"]
+              "--test-subset", "500", "--val-size", "100", "--epochs", "1"]
 """The definition of study `s` in `{tmp}/study.log` (as study_fakes.TINY with candidates 4)."""
 STUDY = ["study", "run", "constant", "--name", "x", "--storage", "journal:{tmp}/j.log", "--epochs", "1", *EMPTY,
          "--db-patience", "1"]
@@ -81,6 +81,8 @@ CASES = [
     Case("val size not a number", [*TRAIN, "--val-size", "abc", *EMPTY], 2, "argument --val-size: invalid int value: 'abc'"),
     Case("train subset below classes", [*TRAIN, "--train-subset", "5", *EMPTY], 2, "train_subset 5 is out of range; allowed: 10 <="),
     Case("train subset too large", [*TRAIN, "--train-subset", "99999", *EMPTY], 2, "train_subset 99999 is out of range"),
+    Case("test subset below classes", [*TRAIN, "--test-subset", "5", *EMPTY], 2, "test_subset 5 is out of range; allowed: 10 <="),
+    Case("test subset too large", [*TRAIN, "--test-subset", "10001", *EMPTY], 2, "allowed: 10 <= test_subset <= 10000"),
     Case("val size leaves a class no image", [*TRAIN, "--val-size", "49995", "--train-subset", "5", *EMPTY], 2,
          "val_size 49995 is out of range; allowed: 0 <= val_size <= 49990"),
     Case("seed beyond 32 bits", [*TRAIN, "--seed", "4294967296", *EMPTY], 2, "seed 4294967296 must be an integer from 0 to 4294967295"),
@@ -136,7 +138,7 @@ CASES = [
     Case("workers far beyond the cores", [*STUDY, "--workers", "99999"], 2, "--workers 99999 must be <= "),
     Case("seeds beyond any study", [*STUDY, "--seeds", "1001"], 2, "--seeds 1001 must be an integer from 1 to 1000"),
     Case("n-trials beyond any study", ["study", "run", "tpe", *STUDY[3:], "--n-trials", "99999999999999999999"], 2,
-         "--n-trials 99999999999999999999 must be from 1 to 10000"),
+         "--n-trials 99999999999999999999 must be an integer from 1 to 10000"),
     Case("study name a path", [*STUDY[:3], "--name", "../x", *STUDY[5:]], 2, "argument --name: '../x' is not a study name"),
     Case("study name too long", [*STUDY[:3], "--name", "n" * 256, *STUDY[5:]], 2, "at most 255 bytes"),
     Case("study name empty", [*STUDY[:3], "--name", " ", *STUDY[5:]], 2, "argument --name: ' ' is not a study name"),
@@ -155,7 +157,7 @@ CASES = [
     Case("select-on val without val split", [*STUDY, "--val-size", "0"], 2, "--select-on val needs a validation split"),
     Case("baseline bad ratio", [*STUDY, "--baseline", "8,0,8"], 2, "stage 2: reduction ratio 0 is < 1"),
     Case("tpe without n-trials", ["study", "run", "tpe", *STUDY[3:]], 2, "tpe needs --n-trials N"),
-    Case("n-trials zero", ["study", "run", "tpe", *STUDY[3:], "--n-trials", "0"], 2, "--n-trials 0 must be from 1 to 10000"),
+    Case("n-trials zero", ["study", "run", "tpe", *STUDY[3:], "--n-trials", "0"], 2, "--n-trials 0 must be an integer from 1 to 10000"),
     Case("halving min epochs beyond epochs", ["study", "run", "halving", *STUDY[3:], "--halving-min-epochs", "5"], 2,
          "--halving-min-epochs 5 applies to halving only and must be in 1..1"),
     Case("paper preset with other recipe", ["study", "run", "paper", *STUDY[3:], "--recipe", "fast"], 2, "not 'fast'; use 'greedy'"),

@@ -219,13 +219,13 @@ def _random_bytes(path: Path) -> None:
 
 
 def _two_dimensional(path: Path) -> None:
-    np.save(path, np.load(path).reshape(100, 100).astype(np.float32))
+    np.save(path, np.load(path).reshape(10, -1).astype(np.float32))
 
 
 @pytest.mark.parametrize(("name", "damage", "reason"), [
     (rundir.PREDICTIONS, _pickled, "is not a .npy array of class indices"),
     (rundir.PREDICTIONS, _random_bytes, "is not a .npy array of class indices"),
-    (rundir.PREDICTIONS, _two_dimensional, "holds float32 (100, 100), not a 1-D integer array"),
+    (rundir.PREDICTIONS, _two_dimensional, "holds float32 (10, 100), not a 1-D integer array"),
     (rundir.LABELS, _random_bytes, "is not a .npy array of class indices"),
     (rundir.PREDICTIONS, lambda path: np.save(path, np.array([], dtype=np.int64)), "holds no class indices"),
     (rundir.RESULT, lambda path: path.write_text("[]"), "holds a JSON list, not an object"),
@@ -267,8 +267,8 @@ def test_a_diverged_run_finishes_with_valid_json_that_every_reader_takes(
 ) -> None:
     """One step per epoch at the largest learning rate allowed: the loss of that step is finite, every later one is not."""
     out = tmp_path / "diverged"
-    args = ["train", "--depth", "8", "--rr", "4,4,4", "--train-subset", "20", "--val-size", "100", "--epochs", "1",
-            "--lr", "1e6", "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]
+    args = ["train", "--depth", "8", "--rr", "4,4,4", "--train-subset", "20", "--test-subset", "1000", "--val-size", "100",
+            "--epochs", "1", "--lr", "1e6", "--data-dir", str(cifar_dir), "--out", str(out), "--quiet"]
     assert main(args) == 0
     assert _strict_json(capsys.readouterr().out)["test_loss"] is None
     result = _strict_json((out / rundir.RESULT).read_text())

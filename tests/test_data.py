@@ -158,9 +158,24 @@ def test_train_subset_is_stratified_and_keeps_val_fixed(cifar_dir: Path, default
     assert not torch.equal(other_seed.train.images, d.train.images)
 
 
+def test_test_subset_is_stratified_repeatable_and_leaves_train_and_val_alone(
+    cifar_dir: Path, default: CifarData
+) -> None:
+    d = load_cifar("cifar10", cifar_dir, test_subset=1_005)
+    assert torch.bincount(d.test.labels).tolist() == [101] * 5 + [100] * 5
+    assert set(image_hashes(d.test.images)) <= set(image_hashes(default.test.images))
+    assert torch.equal(d.train.images, default.train.images) and torch.equal(d.val.images, default.val.images)
+    assert torch.equal(load_cifar("cifar10", cifar_dir, test_subset=1_005).test.images, d.test.images)
+    other_seed = load_cifar("cifar10", cifar_dir, test_subset=1_005, split_seed=3)
+    assert not torch.equal(other_seed.test.images, d.test.images)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"test_subset": 9}, r"test_subset 9 .*10 <= test_subset <= 10000"),
+        ({"test_subset": 10_001}, r"test_subset 10001 .*10 <= test_subset <= 10000"),
+        ({"test_subset": 500.0}, r"test_subset must be an integer"),
         ({"val_size": -1}, r"val_size -1 .*0 <= val_size <= 49990"),
         ({"val_size": 50_000}, r"val_size 50000 .*0 <= val_size <= 49990"),
         ({"val_size": 5000.0}, r"val_size must be an integer"),

@@ -21,7 +21,8 @@ def real_study(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     storage = f"sqlite:///{root / 'study.db'}"
     code = main([
         "study", "run", "constant", "--name", STUDY, "--storage", storage, "--artifacts", str(root / "runs"),
-        "--candidates", "4,8", "--depth", "8", "--train-subset", "2000", "--val-size", "200", "--epochs", "2",
+        "--candidates", "4,8", "--depth", "8", "--train-subset", "2000", "--test-subset", "2000", "--val-size", "200",
+        "--epochs", "2",
         "--data-dir", str(cifar_dir),
     ])
     assert code == 0
@@ -53,3 +54,13 @@ def test_figures_and_page_exist_and_parse(real_study: tuple[str, Path]) -> None:
     html = (report / "index.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "McNemar" in html
     assert np.isfinite(json.loads((report / "table.json").read_text())["rows"][0]["test_loss"])
+
+
+def test_a_quick_study_says_its_accuracies_come_from_data_subsets(real_study: tuple[str, Path]) -> None:
+    _, report = real_study
+    note = ("Quick-run data: this study used a stratified subset of 2,000 training images and a stratified "
+            "subset of 2,000 test images, so its accuracies are not comparable with full-data runs or the paper's.")
+    assert note in json.loads((report / "table.json").read_text())["notes"]
+    assert note in (report / "table.md").read_text()
+    trials = optuna.load_study(study_name=STUDY, storage=real_study[0]).get_trials()
+    assert {len(np.load(Path(t.user_attrs["run_dir"]) / "test_labels.npy")) for t in trials} == {2000}

@@ -6,12 +6,14 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy.exc
 
 from seratio.cli import main
+from seratio.config import RunConfig
 from seratio.errors import SeratioError
 from seratio.store import Patience, _rdb_url, open_storage, retrying, sqlite_worker_lock
 from study_fakes import TINY, FakeTrainer, create, table3_accuracy, work
@@ -120,12 +122,14 @@ def test_export_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pyt
     work(url, "p", FakeTrainer(table3_accuracy))
     out = tmp_path / "result.json"
     out.write_text('{"test_accuracy": 0.9}\n')
+    out.chmod(0o604)
     export = ["study", "export", "--name", "p", "--storage", url, "--out", str(out)]
     assert main(export) == 2
     assert "already exists and is a file; pass --force to replace it" in capsys.readouterr().err
     assert json.loads(out.read_text()) == {"test_accuracy": 0.9}
     assert main([*export, "--force"]) == 0
     assert len(json.loads(out.read_text())) == 14
+    assert out.stat().st_mode & 0o777 == 0o604  # replaced, not re-permissioned
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
@@ -192,6 +196,47 @@ def test_a_study_definition_edited_by_hand_is_refused_in_one_line(
     storage.set_study_user_attr(storage.get_study_id_from_name("p"), "seratio_definition", {"strategy": "constant"})
     assert main(["study", command, "--name", "p", "--storage", url]) == 2
     assert "study 'p' has a damaged seratio definition (missing: seeds, baseline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("seeds", "x", "--seeds 'x' must be an integer from 1 to 1000"),
+        ("strategy", 1.5, "unknown strategy 1.5"),
+        ("phases", None, "phases None should be {'constant': [2], "),
+        ("stage_candidates", [1], "stage_candidates [1] should be [[2], [2], [2]]"),
+        ("depth", "8", "depth"),
+        ("baseline", 4, "baseline 4 is not a list of three ratios"),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "worker"])
+def test_a_definition_value_of_the_wrong_type_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, key: str, value: object, reason: str
+) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    _, definition = create(url, "p", "greedy", tmp_path / "runs", candidates=(2,))
+    storage = open_storage(url, create=False, patience=Patience(), log=print)
+    storage.set_study_user_attr(storage.get_study_id_from_name("p"), "seratio_definition", {**definition, key: value})
+    assert main(["study", command, "--name", "p", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seratio: error: study 'p' has an invalid seratio definition (") and reason in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_a_study_stored_before_test_subsets_existed_is_still_read_and_worked(tmp_path: Path) -> None:
+    """`test_subset` joined the definition later: a definition without it means the whole test set."""
+    url = f"journal:{tmp_path / 'study.log'}"
+    _, definition = create(url, "p", "constant", tmp_path / "runs", run=replace(TINY, test_subset=None), candidates=(2,))
+    older = {key: value for key, value in definition.items() if key != "test_subset"}
+    storage = open_storage(url, create=False, patience=Patience(), log=print)
+    storage.set_study_user_attr(storage.get_study_id_from_name("p"), "seratio_definition", older)
+    assert main(["study", "status", "--name", "p", "--storage", url]) == 0
+    configs: list[RunConfig] = []
+    def recording(config: RunConfig, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
+        configs.append(config)
+        return FakeTrainer()(config, out_dir, **kwargs)
+    work(url, "p", recording)  # type: ignore[arg-type]
+    assert [config.test_subset for config in configs] == [None, None]  # (2, 2, 2) and the no-SE baseline
 
 
 def test_a_damaged_sqlite_file_fails_at_once_instead_of_being_retried_as_unreachable(

@@ -65,15 +65,15 @@ def test_run_directory_files(finished_run: Path) -> None:
     config = json.loads((finished_run / "config.json").read_text())
     assert config["run"]["rr"] == [4, 4, 4] and config["versions"]["torch"].startswith("2.")
     assert config["runtime"] == {"allocator": allocator(), "threads": torch.get_num_threads()}
-    assert config["data"] == {**config["data"], "train": 2000, "val": 500, "test": 10000}
+    assert config["data"] == {**config["data"], "train": 2000, "val": 500, "test": 1000}
     predictions = np.load(finished_run / "test_predictions.npy")
     labels = np.load(finished_run / "test_labels.npy")
     result = json.loads((finished_run / "result.json").read_text())
-    assert predictions.shape == labels.shape == (10_000,)
+    assert predictions.shape == labels.shape == (1_000,)
     assert (predictions == labels).mean() == pytest.approx(result["test_accuracy"])
     confusion = np.array(result["confusion_matrix"])
-    assert confusion.shape == (10, 10) and confusion.sum() == 10_000 and (confusion.sum(1) == 1000).all()
-    assert result["per_class_accuracy"] == pytest.approx((confusion.diagonal() / 1000).tolist())
+    assert confusion.shape == (10, 10) and confusion.sum() == 1_000 and (confusion.sum(1) == 100).all()  # stratified
+    assert result["per_class_accuracy"] == pytest.approx((confusion.diagonal() / 100).tolist())
     assert rows[-1]["test_accuracy"] == result["test_accuracy"]
 
 

@@ -40,6 +40,7 @@ class RunConfig:
     lr: float | None = None
     seed: int = 0
     train_subset: int | None = None
+    test_subset: int | None = None
     val_size: int = 5000
     split_seed: int = 0
     precision: str = "auto"
@@ -77,6 +78,13 @@ class RunConfig:
             raise SeratioError(
                 f"train_subset {subset!r} is out of range; allowed: {info.num_classes} <= train_subset <= {most} "
                 f"(train images left after val_size={val})"
+            )
+        test = self.test_subset
+        if test is not None and (
+            not isinstance(test, int) or isinstance(test, bool) or not info.num_classes <= test <= info.test_count
+        ):
+            raise SeratioError(
+                f"test_subset {test!r} is out of range; allowed: {info.num_classes} <= test_subset <= {info.test_count}"
             )
 
     def model_config(self, num_classes: int | None = None) -> ModelConfig:

@@ -228,6 +228,21 @@ def _split_indices(
     return train, val
 
 
+TEST_STREAM = 1
+"""Mixed into the split seed for the test subset: its own random stream, so a test subset never
+changes which images are val or train."""
+
+
+def _test_indices(labels: np.ndarray, num_classes: int, test_subset: int | None, split_seed: int) -> np.ndarray | None:
+    if test_subset is None:
+        return None
+    test_subset = _as_int("test_subset", test_subset)
+    if not num_classes <= test_subset <= len(labels):
+        raise SeratioError(f"test_subset {test_subset} is out of range; allowed: {num_classes} <= test_subset <= {len(labels)}")
+    rng = np.random.default_rng([TEST_STREAM, split_seed])
+    return _stratified_pick(labels, test_subset, num_classes, rng)
+
+
 def _as_int(name: str, value: Any) -> int:
     """Reject 5000.0 or "5000" early instead of failing deep inside numpy indexing."""
     if isinstance(value, bool):
@@ -253,13 +268,16 @@ def load_cifar(
     *,
     val_size: int = 5000,
     train_subset: int | None = None,
+    test_subset: int | None = None,
     split_seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> CifarData:
     """Load, verify and split a CIFAR dataset; the split depends only on `split_seed`, not the device.
 
     The validation set is a stratified draw of `val_size` train images; `train_subset` then keeps a
-    stratified subset of the rest. Parsed arrays are cached per process, tensors are fresh per call.
+    stratified subset of the rest, and `test_subset` one of the test set, for quick runs whose
+    evaluation would otherwise outlast their training. Parsed arrays are cached per process,
+    tensors are fresh per call.
     """
     info = dataset_info(dataset)
     layout = resolve_data_dir(data_dir, dataset)
@@ -271,7 +289,7 @@ def load_cifar(
     return CifarData(
         train=_take(arrays, "train", train_idx, dev),
         val=_take(arrays, "train", val_idx, dev),
-        test=_take(arrays, "test", None, dev),
+        test=_take(arrays, "test", _test_indices(arrays.test_labels.numpy(), info.num_classes, test_subset, split_seed), dev),
         num_classes=info.num_classes,
         class_names=list(arrays.class_names),
         dataset=dataset,

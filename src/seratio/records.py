@@ -48,6 +48,8 @@ class StudyDefinition:
     epochs: int
     code_version: str | None
     recipe_hash: str | None
+    train_subset: int | None = None
+    test_subset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ def _lenient_definition(raw: dict[str, Any]) -> StudyDefinition:
         epochs=int(raw.get("epochs", 0)),
         code_version=raw.get("code_version"),
         recipe_hash=raw.get("recipe_hash"),
+        train_subset=_opt(raw, "train_subset", int),
+        test_subset=_opt(raw, "test_subset", int),
     )
 
 

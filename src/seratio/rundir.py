@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,17 @@ TEMP_PATTERN = ".*.tmp"
 def write_atomic(path: Path, data: bytes) -> None:
     """Write via temp file + fsync + rename; a full disk or any other I/O error becomes a clear SeratioError.
 
-    The file gets the mode a plain `open` would give (mkstemp's is owner-only), so results stay
-    readable by whoever could read them before. Only a SIGKILL can leave the temp file behind.
+    The file gets the mode a plain `open` would give (mkstemp's is owner-only): the replaced file's
+    mode, or the umask's for a new file, so results stay readable by whoever could read them before.
+    Only a SIGKILL can leave the temp file behind.
     """
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -70,6 +73,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         if error.errno in _DISK_FULL:
             raise SeratioError(f"{_DISK_FULL[error.errno]} while writing {path}") from error
         raise SeratioError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -98,20 +98,24 @@ MAX_N_TRIALS = 10_000
 enumerating (seeds) or drawing (TPE, which mostly redraws measured configurations) for ever."""
 
 
+def _is_count(value: Any, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
+
+
 def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
     if request.strategy not in STRATEGIES:
         raise SeratioError(f"unknown strategy {request.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    if not isinstance(request.seeds, int) or not 1 <= request.seeds <= MAX_SEEDS:
+    if not _is_count(request.seeds, MAX_SEEDS):
         raise SeratioError(f"--seeds {request.seeds!r} must be an integer from 1 to {MAX_SEEDS}")
     if request.strategy == "paper" and request.run.recipe != "paper":
         raise SeratioError(f"the paper preset trains with --recipe paper, not {request.run.recipe!r}; use 'greedy'")
     if (request.n_trials is not None) != (request.strategy == "tpe"):
         raise SeratioError("tpe needs --n-trials N, and only tpe takes it")
-    if request.n_trials is not None and not 1 <= request.n_trials <= MAX_N_TRIALS:
-        raise SeratioError(f"--n-trials {request.n_trials} must be from 1 to {MAX_N_TRIALS}")
+    if request.n_trials is not None and not _is_count(request.n_trials, MAX_N_TRIALS):
+        raise SeratioError(f"--n-trials {request.n_trials!r} must be an integer from 1 to {MAX_N_TRIALS}")
     minimum = request.halving_min_epochs
-    if minimum is not None and (request.strategy != "halving" or not 1 <= minimum <= epochs):
-        raise SeratioError(f"--halving-min-epochs {minimum} applies to halving only and must be in 1..{epochs}")
+    if minimum is not None and (request.strategy != "halving" or not _is_count(minimum, epochs)):
+        raise SeratioError(f"--halving-min-epochs {minimum!r} applies to halving only and must be in 1..{epochs}")
 
 
 def build_definition(request: StudyRequest) -> dict[str, Any]:
@@ -142,6 +146,7 @@ def build_definition(request: StudyRequest) -> dict[str, Any]:
         "batch_size": recipe.batch_size,
         "lr": recipe.lr,
         "train_subset": run.train_subset,
+        "test_subset": run.test_subset,
         "val_size": run.val_size,
         "split_seed": run.split_seed,
         "precision": run.precision,
@@ -154,13 +159,19 @@ DEFINITION_CORE = ("strategy", "seeds", "baseline", "select_on", "candidates", "
 RUN_KEYS = (
     "depth", "dataset", "recipe", "epochs", "batch_size", "lr", "train_subset", "val_size", "split_seed", "precision",
 )
+LATER_RUN_KEYS = ("test_subset",)
+"""Run keys added after studies were first stored: a definition without one means None (the default)."""
 
 
 def run_config(
     definition: dict[str, Any], rr: Sequence[int | None], seed: int, *, device: str, data_dir: str | None
 ) -> RunConfig:
     """The exact run a trial stands for; only where it runs comes from the worker."""
-    return RunConfig(rr=tuple(rr), seed=seed, device=device, data_dir=data_dir, **{k: definition[k] for k in RUN_KEYS})
+    return RunConfig(rr=tuple(rr), seed=seed, device=device, data_dir=data_dir, **_run_values(definition))
+
+
+def _run_values(definition: dict[str, Any]) -> dict[str, Any]:
+    return {key: definition[key] for key in RUN_KEYS} | {key: definition.get(key) for key in LATER_RUN_KEYS}
 
 
 def differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -209,7 +220,46 @@ def stored_definition(attrs: dict[str, Any], name: str) -> dict[str, Any]:
             f"study {name!r} has a damaged seratio definition (missing: {', '.join(missing or [ARTIFACTS_ATTR])}); "
             "it cannot be read or joined"
         )
+    _check_rebuilds(definition, name)
     return definition
+
+
+def _check_rebuilds(definition: dict[str, Any], name: str) -> None:
+    """A stored definition is valid exactly when this code would build the same one from its values.
+
+    That checks every type and range with the messages `study run` gives, so a value edited by hand
+    is one line here instead of a TypeError deep in a worker. The recipe hash is left to
+    `load_definition`, which explains a code-version mismatch.
+    """
+    try:
+        rebuilt = build_definition(_stored_request(definition))
+    except (SeratioError, TypeError, ValueError) as error:
+        reason = str(error)
+    else:
+        unequal = [key for key in rebuilt if key not in (*WARN_ONLY, "recipe_hash") and rebuilt[key] != definition.get(key)]
+        if not unequal:
+            return
+        reason = "; ".join(f"{key} {definition.get(key)!r} should be {rebuilt[key]!r}" for key in unequal)
+    created_by = definition.get("code_version")
+    other_code = "" if created_by == code_version() else f"; it was created by code {created_by!r}, this is {code_version()!r}"
+    raise SeratioError(f"study {name!r} has an invalid seratio definition ({reason}){other_code}")
+
+
+def _stored_request(definition: dict[str, Any]) -> StudyRequest:
+    strategy, baseline = definition["strategy"], definition["baseline"]
+    if not isinstance(baseline, list):
+        raise SeratioError(f"baseline {baseline!r} is not a list of three ratios")
+    run = RunConfig(**_run_values(definition))
+    return StudyRequest(
+        strategy=strategy,
+        run=run,
+        candidates=None if strategy == "paper" else definition["candidates"],
+        seeds=definition["seeds"],
+        baseline=tuple(baseline),
+        select_on=definition["select_on"],
+        n_trials=definition.get("n_trials"),
+        halving_min_epochs=definition.get("halving_min_epochs"),
+    )
 
 
 def load_definition(store: StudyStore) -> tuple[dict[str, Any], Path]:

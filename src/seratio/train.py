@@ -225,7 +225,7 @@ def start_session(config: RunConfig, *, compile_cpu: bool | None = None) -> _Ses
         torch.cuda.set_device(device)
     data = load_cifar(
         config.dataset, config.data_dir, val_size=config.val_size,
-        train_subset=config.train_subset, split_seed=config.split_seed, device=device,
+        train_subset=config.train_subset, test_subset=config.test_subset, split_seed=config.split_seed, device=device,
     )
     return build_session(config, data, device, compile_cpu=compile_cpu)
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seratio.records import RR, Aggregate, ConfigResult, Excluded, StudyRecords, TrialRecord, aggregate
+from seratio.records import (
+    RR, Aggregate, ConfigResult, Excluded, StudyDefinition, StudyRecords, TrialRecord, aggregate,
+)
 from seratio.report.labels import model_label, short_label
 from seratio.report.significance import Significance, against_baseline, conclusion
 
@@ -185,6 +187,16 @@ def _pareto_note(agg: Aggregate, highlights: tuple[Highlight, ...], depth: int) 
             f"{'is' if len(dominating) == 1 else 'are'} at least as accurate with no more parameters.")
 
 
+def _subset_notes(definition: StudyDefinition) -> list[str]:
+    """A quick study's numbers must not be read as the paper's: say which data they come from."""
+    parts = [f"a stratified subset of {count:,} {what} images" for count, what in
+             ((definition.train_subset, "training"), (definition.test_subset, "test")) if count is not None]
+    if not parts:
+        return []
+    return [f"Quick-run data: this study used {' and '.join(parts)}, so its accuracies are not comparable "
+            "with full-data runs or the paper's."]
+
+
 def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportContent:
     """Decide everything a report shows; `baseline_rr` overrides the study's own baseline."""
     agg = aggregate(study)
@@ -196,6 +208,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
+    notes += _subset_notes(study.definition)
     return ReportContent(
         study=study,
         aggregate=agg,
