@@ -186,7 +186,7 @@ def test_three_seeds_give_mean_std_ci_and_n(three_seeds: tuple[FixtureStudy, Pat
     assert "| 95% CI | n |" in markdown and "91.53 ± 0.15" in markdown
 
 
-def test_three_seeds_use_welch_and_bootstrap(three_seeds: tuple[FixtureStudy, Path]) -> None:
+def test_three_seeds_use_welch_and_its_t_interval(three_seeds: tuple[FixtureStudy, Path]) -> None:
     fixture, report = three_seeds
     rows = {_rr(r): r for r in _table(report)["rows"]}
     found = [fixture.stored[((8, 2, 16), s)]["test_accuracy"] for s in range(3)]
@@ -194,8 +194,17 @@ def test_three_seeds_use_welch_and_bootstrap(three_seeds: tuple[FixtureStudy, Pa
     row = rows[(8, 2, 16)]
     assert row["vs_baseline_test"] == "welch"
     assert row["p_value"] == pytest.approx(sps.ttest_ind(found, base, equal_var=False).pvalue)
-    assert row["diff_ci_low"] <= row["vs_baseline_diff"] <= row["diff_ci_high"]
+    interval = sps.ttest_ind(found, base, equal_var=False).confidence_interval(0.95)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((interval.low, interval.high))
+    for welch in (r for r in rows.values() if r["vs_baseline_test"] == "welch"):  # the interval says what p says
+        assert (welch["diff_ci_low"] > 0 or welch["diff_ci_high"] < 0) == (welch["p_value"] < 0.05)
     assert rows[(32, 32, 32)]["vs_baseline_test"] == "none"  # 1 seed against 3: no valid test
+    conclusion = _table(report)["conclusion"]  # the untested one is not swept into "no difference"
+    assert conclusion.startswith("None of the 13 tested configurations differs significantly")
+    assert "1 other configuration could not be tested" in conclusion and "as measured on this one test set" in conclusion
+    markdown = (report / "table.md").read_text()  # p = 0.0500183 is not significant, and does not read as 0.050
+    assert rows[(8, 2, 8)]["p_value"] == pytest.approx(0.0500183, abs=1e-7) and "| 0.0500 |" in markdown
+    assert "| p vs baseline (unadjusted) |" in markdown
 
 
 def test_failed_running_and_off_version_trials_are_listed(three_seeds: tuple[FixtureStudy, Path]) -> None:

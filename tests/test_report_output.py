@@ -380,3 +380,34 @@ def test_a_study_definition_with_values_of_the_wrong_type_is_one_line(
     assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 2
     assert f"study {fixture.name!r} has a damaged seratio definition" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def _set_attr(fixture: FixtureStudy, number: int, key: str, value_json: str) -> None:
+    with contextlib.closing(sqlite3.connect(fixture.storage.removeprefix("sqlite:///"))) as database, database:
+        database.execute(
+            "UPDATE trial_user_attributes SET value_json = ? WHERE key = ? "
+            "AND trial_id = (SELECT trial_id FROM trials WHERE number = ?)", (value_json, key, number)
+        )
+
+
+def test_a_stored_accuracy_that_is_not_a_number_is_excluded_with_its_reason(tmp_path: Path) -> None:
+    fixture = make_study(tmp_path / "study", table=TABLE)
+    _set_attr(fixture, 1, "test_accuracy", "NaN")
+    assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 0
+    document = json.loads((tmp_path / "r" / "table.json").read_text())
+    assert [(e["trial"], e["reason"]) for e in document["excluded"]] == [
+        (1, "stores test accuracy nan, not a number; a damaged record")]
+    assert "nan" not in document["conclusion"].lower()
+    assert [tuple(r["rr"]) for r in document["rows"]] == [NONE3]
+
+
+def test_mcnemar_refuses_predictions_that_are_not_the_stored_run(tmp_path: Path) -> None:
+    """The difference shown comes from the stored accuracy, the counts from the run directory: if
+    they disagree the directory holds another run, and a verdict would contradict its own row."""
+    fixture = make_study(tmp_path / "study", table=TABLE)
+    _set_attr(fixture, 1, "test_accuracy", "0.95")  # stored 95%, predictions on disk give 91%
+    assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 0
+    row = next(r for r in json.loads((tmp_path / "r" / "table.json").read_text())["rows"] if r["rr"] == [8, 8, 8])
+    assert row["vs_baseline_test"] == "none" and row["p_value"] is None
+    assert (f"not tested: the predictions in {_run_dir(fixture, (8, 8, 8))} give 91.00% test accuracy, but "
+            "trial #1 stored 95.00%; they are not the same run") in row["vs_baseline_detail"]

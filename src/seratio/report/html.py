@@ -142,7 +142,7 @@ def render_html(content: ReportContent, figures: list[Path], notes: list[str]) -
         "</section>",
         "<section><h2>Significance against the baseline</h2>",
         "<p>One seed: McNemar's exact test on the paired test predictions. Several seeds: Welch's t-test over "
-        "seeds and a bootstrap 95% CI of the difference of means. Holm-adjusted p-values account for testing "
+        "seeds and its 95% t-interval of the difference of means. Holm-adjusted p-values account for testing "
         "every configuration against the same baseline.</p>",
         _significance_table(content) or "<p>No tests.</p>",
         "</section>",

@@ -52,6 +52,12 @@ def phase_title(phase: str) -> str:
 
 
 def fmt_p(p: float) -> str:
+    """Three significant digits near the 5% threshold, so 0.0496 and 0.0500 do not both read "0.050"
+    while only one of them is called significant."""
     if math.isnan(p):
         return "n/a"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+    if p == 0:
+        return "< 1e-300"  # the exact binomial tail underflows for very lopsided counts
+    if p < 0.001:
+        return f"{p:.2g}"
+    return f"{p:#.3g}" if p < 0.1 else f"{p:.3f}"

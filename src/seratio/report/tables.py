@@ -65,7 +65,7 @@ def display_header(content: ReportContent) -> list[str]:
     header += ["Test loss", "Params", "MACs", "Epochs"]
     if content.study.definition.select_on == "val":
         header.append("Val acc (%)")
-    return header + ["p vs baseline"]
+    return header + ["p vs baseline (unadjusted)"]
 
 
 def display_cells(content: ReportContent, row: Row, first_in_phase: bool) -> list[str]:
@@ -148,6 +148,7 @@ def row_record(content: ReportContent, row: Row) -> dict[str, Any]:
         "p_holm": None if sig is None else _num(sig.p_holm),
         "diff_ci_low": None if sig is None else _num(sig.ci_low),
         "diff_ci_high": None if sig is None else _num(sig.ci_high),
+        "vs_baseline_detail": None if sig is None else sig.detail,
     }
 
 
