@@ -11,6 +11,7 @@ from rich.table import Table
 
 from seratio.commands.options import path_arg
 from seratio.errors import SeratioError
+from seratio.report.labels import fmt_p
 from seratio.report.pair import PairComparison, RunSummary, compare_runs
 
 
@@ -39,7 +40,7 @@ def _print(result: PairComparison) -> None:
     console.print(f"B  {_name(b)}: test accuracy {100 * b.accuracy:.2f}%"
                   + (f", loss {b.loss:.4f}" if b.loss is not None else ""))
     console.print(f"A - B = {100 * (a.accuracy - b.accuracy):+.2f} points; {m.b} images right only in A, "
-                  f"{m.c} only in B; McNemar exact p = {m.p_value:.4g}")
+                  f"{m.c} only in B; McNemar exact p = {fmt_p(m.p_value)}")
     verdict = "significant" if m.p_value < 0.05 else "not significant"
     console.print(f"The difference is {verdict} at the 5% level (this pair of trained networks only).")
     table = Table(title="Per-class test accuracy (%)")
