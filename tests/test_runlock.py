@@ -33,7 +33,7 @@ def test_a_second_train_into_a_directory_being_written_is_refused_and_a_kill_fre
     tmp_path: Path, cifar_dir: Path
 ) -> None:
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "seratio.cli", "train", *TINY, "--epochs", "20", "--data-dir", str(cifar_dir),
+    command = [sys.executable, "-m", "seratio", "train", *TINY, "--epochs", "20", "--data-dir", str(cifar_dir),
                "--out", str(out), "--quiet"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -51,7 +51,7 @@ def test_three_worker_processes_on_postgres_lose_and_duplicate_nothing(
 ) -> None:
     name = _name()
     command = [
-        sys.executable, "-m", "seratio.cli", "study", "run", "constant", "--name", name, "--storage", postgres_url,
+        sys.executable, "-m", "seratio", "study", "run", "constant", "--name", name, "--storage", postgres_url,
         "--candidates", "2", "--epochs", "1", "--workers", "3", "--artifacts", str(tmp_path / "runs"),
         "--data-dir", str(cifar_dir), *TINY_CLI,
     ]

@@ -24,7 +24,7 @@ from study_fakes import TINY_CLI, assert_trained_exactly_once, create, fake_work
 
 
 def seratio(*args: str) -> list[str]:
-    return [sys.executable, "-m", "seratio.cli", *args]
+    return [sys.executable, "-m", "seratio", *args]
 
 
 def test_four_racing_fake_workers_train_each_run_exactly_once(tmp_path: Path) -> None:

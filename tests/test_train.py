@@ -108,7 +108,7 @@ def test_finished_dir_with_other_config_is_refused(finished_run: Path, cifar_dir
 def test_killed_run_resumes_to_identical_metrics(finished_run: Path, cifar_dir: Path, tmp_path: Path) -> None:
     """SIGKILL during epoch 2, then --resume: the run ends bit-identical to the uninterrupted one."""
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "seratio.cli", *train_args(cifar_dir, out)]
+    command = [sys.executable, "-m", "seratio", *train_args(cifar_dir, out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:

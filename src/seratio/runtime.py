@@ -76,7 +76,7 @@ def reexec_with_tcmalloc() -> None:
     """Replace this process by the same command with tcmalloc preloaded; return if that is not wanted.
 
     `sys.orig_argv` replays the exact interpreter invocation (`seratio ...` or `python -m
-    seratio.cli ...`). Call it first thing in the command-line entry only, never from a library
+    seratio ...`). Call it first thing in the command-line entry only, never from a library
     function: exec replaces the whole process.
     """
     library = find_tcmalloc()

@@ -44,6 +44,8 @@ RESULT_ATTRS = (
     "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "tta_test_accuracy", "tta_val_accuracy",
 )
 
+INTERRUPTED_REASON = "worker interrupted (Ctrl-C or SIGTERM); the run resumes from its checkpoint"
+
 
 class TrialAbandoned(Exception):
     """Another worker failed our trial as stale; stop so its retry owns the run directory alone."""
@@ -159,7 +161,11 @@ class Worker:
     def _claim(self, ledger: Ledger) -> TrialView | None:
         for view in ledger.views:
             if view.state == TrialState.WAITING and view.key not in self.excluded and self.store.claim(view.trial_id):
-                return TrialView.of(self.store.trial(view.trial_id))
+                try:
+                    return TrialView.of(self.store.trial(view.trial_id))
+                except KeyboardInterrupt:  # claimed but not yet ours to process: it would wait out --stale-after
+                    self._fail(view, "interrupted", INTERRUPTED_REASON)
+                    raise
         return None
 
     def _blocked(self, ledger: Ledger) -> bool:
@@ -188,9 +194,7 @@ class Worker:
                 else:
                     self._train(view, trial, heartbeat)
         except KeyboardInterrupt:
-            self._fail(
-                view, "interrupted", "worker interrupted (Ctrl-C or SIGTERM); the run resumes from its checkpoint"
-            )
+            self._fail(view, "interrupted", INTERRUPTED_REASON)
             raise
         finally:
             self.own.discard(view.trial_id)

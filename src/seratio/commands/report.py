@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from seratio.commands.options import add_read_patience_option, path_arg
+from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.errors import SeratioError
 from seratio.models import parse_rr
 from seratio.records import load_study
@@ -86,30 +81,12 @@ def _print(written: Written, out: Path) -> None:
     console.print(f"report: {index if index in written.paths else out}")
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """A SIGTERM would end the process where it stands, with the half-built report left beside
-    --out; as a KeyboardInterrupt it unwinds and the staging directory is removed."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
 def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
     check_out(args.out)
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
-    with _sigterm_as_ctrl_c():
+    with sigterm_as_ctrl_c():
         written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0

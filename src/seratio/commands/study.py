@@ -11,17 +11,19 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import optuna
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from seratio.__main__ import INTERRUPTED
 from seratio.commands.options import (
     add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_cpu_count, path_arg,
     path_text, run_config_from_args,
 )
+from seratio.commands.signals import sigterm_as_ctrl_c, stop_signals_held
 from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
 from seratio.datasets import resolve_data_dir
@@ -197,19 +199,13 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _interrupt(signum: int, frame: Any) -> NoReturn:
-    """Batch schedulers pre-empt with SIGTERM: stop exactly as on Ctrl-C, leaving the trial resumable."""
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    with threads_for(checked_threads(args)):
+    with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: the trial stays resumable
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     _quiet_optuna()
-    signal.signal(signal.SIGTERM, _interrupt)
     _check_worker_args(args, create=True)
     workers = _local_workers(args)
     request = StudyRequest(
@@ -258,7 +254,7 @@ def _device_count(device: str) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    with threads_for(checked_threads(args)):
+    with threads_for(checked_threads(args)), sigterm_as_ctrl_c():
         return _worker(args)
 
 
@@ -267,7 +263,6 @@ def _worker(args: argparse.Namespace) -> int:
     _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {trials}")
     _check_worker_args(args, create=False)
     _quiet_optuna()
-    signal.signal(signal.SIGTERM, _interrupt)
     patience = Patience(seconds=args.db_patience)
     with sqlite_worker_lock(args.storage, create=False, log=_log):
         store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
@@ -299,23 +294,37 @@ def _spawn_workers(args: argparse.Namespace, artifacts: Path, devices: list[str]
     one SIGINT to each worker; a second one could cut short a worker marking its trial resumable.
     """
     common = [
-        sys.executable, "-m", "seratio.cli", "study", "worker", "--name", args.name, "--storage", args.storage,
+        sys.executable, "-m", "seratio", "study", "worker", "--name", args.name, "--storage", args.storage,
         "--artifacts", str(artifacts), "--threads", str(threads),
         "--heartbeat-interval", str(args.heartbeat_interval), "--stale-after", str(args.stale_after),
         "--db-patience", str(args.db_patience),
     ] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    processes = [subprocess.Popen(common + ["--device", device], start_new_session=True) for device in devices]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        with stop_signals_held():  # an interrupt mid-spawn would orphan the workers started so far
+            processes = [subprocess.Popen(common + ["--device", device], start_new_session=True) for device in devices]
         codes = [p.wait() for p in processes]
     except KeyboardInterrupt:
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+        with stop_signals_held():  # a second Ctrl-C must not leave a worker without its SIGINT
+            for p in processes:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
         for p in processes:
             p.wait()
         raise
-    if any(codes):
-        raise SeratioError(f"{sum(1 for c in codes if c)} of {len(processes)} workers failed (exit codes {codes}); see their messages above")
+    _check_worker_codes(codes)
+
+
+def _check_worker_codes(codes: list[int]) -> None:
+    """A worker interrupted on its own is not a failure: the others take its trial over and finish."""
+    failed = [c for c in codes if c not in (0, INTERRUPTED)]
+    if failed:
+        raise SeratioError(f"{len(failed)} of {len(codes)} workers failed (exit codes {codes}); see their messages above")
+    interrupted = codes.count(INTERRUPTED)
+    if interrupted == len(codes):
+        raise KeyboardInterrupt
+    if interrupted:
+        _log(f"warning: {interrupted} of {len(codes)} workers were interrupted; the others finished the study")
 
 
 def _device(device: str, index: int) -> str:

@@ -10,6 +10,7 @@ from rich.console import Console
 from seratio.commands.options import (
     add_run_options, add_threads_option, checked_threads, path_text, run_config_from_args,
 )
+from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.rundir import RESULT_KEYS
 from seratio.runtime import threads_for
 from seratio.train import train_run
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     console = Console(stderr=True)
-    with threads_for(checked_threads(args)):
+    with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
         result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
     summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
     print(json.dumps(summary, indent=2))

@@ -1,0 +1,60 @@
+"""How commands meet the stop signals: SIGTERM stops them exactly like Ctrl-C, and a few steps
+hold both until they are done.
+
+Batch schedulers and service managers stop jobs with SIGTERM, whose default action ends the process
+where it stands: a study trial would stay RUNNING until another worker called it stale, and a
+report would leave its half-built directory behind. As a KeyboardInterrupt it unwinds through the
+same cleanup as Ctrl-C, and the command ends with "interrupted" and exit code 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import NoReturn
+
+from seratio.__main__ import STOP_SIGNALS
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """For the block, SIGTERM raises KeyboardInterrupt; the previous handler comes back after it,
+    so a command called from Python leaves its caller's handlers as they were."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then arrive as if sent that moment, so a
+    round of spawns or of forwarded signals is never cut in half.
+
+    Handlers, not the signal mask: a process-directed signal goes to any thread that does not
+    block it, and a mask set in one thread would not hold it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda number, frame: caught.append(number)) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+    for number in dict.fromkeys(caught):
+        os.kill(os.getpid(), number)
