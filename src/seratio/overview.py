@@ -23,6 +23,10 @@ EXPORT_ATTRS = (
 )
 
 
+COUNTED = ("done", "running", "waiting", "failed", "retried", "pruned", "reused", "duplicate")
+"""The trial categories `study status` counts; "retried" are failures that a later trial took up again."""
+
+
 @dataclass(frozen=True)
 class Progress:
     phase: str
@@ -44,20 +48,38 @@ def _category(trial: FrozenTrial) -> str:
     }[trial.state]
 
 
+def _run_key(trial: FrozenTrial) -> tuple[tuple[int | None, ...], Any] | None:
+    rr = trial.user_attrs.get("rr")
+    return None if not isinstance(rr, list) else (tuple(rr), trial.user_attrs.get("seed"))
+
+
+def _retried(trials: list[FrozenTrial]) -> set[int]:
+    """Failed trials whose run a later trial took up again: history, not a failure the study still
+    has. An interrupted or stale trial is retried as a new trial, so a finished study would
+    otherwise show every interruption it survived as "failed"."""
+    last: dict[Any, int] = {}
+    for trial in trials:
+        key = _run_key(trial)
+        if key is not None:
+            last[key] = max(last.get(key, -1), trial.number)
+    return {t.number for t in trials if t.state == TrialState.FAIL and last.get(_run_key(t), -1) > t.number}
+
+
 def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
     ledger = Ledger(trials)
     try:
         phase = strategies.plan(definition, ledger).phase
     except SeratioError as error:
         phase = f"blocked: {error}"
-    counts = Counter(_category(t) for t in trials)
+    retried = _retried(trials)
+    counts = Counter("retried" if t.number in retried else _category(t) for t in trials)
     seeds, baseline = definition["seeds"], tuple(definition["baseline"])
     configs = {v.rr for v in ledger.views if v.rr is not None and v.rr != baseline}
     scored = {rr: s for rr in configs if (s := strategies.score(ledger, rr, seeds)) is not None}
     best = max(scored, key=lambda rr: scored[rr]) if scored else None
     return Progress(
         phase=phase,
-        counts={k: counts.get(k, 0) for k in ("done", "running", "waiting", "failed", "pruned", "reused", "duplicate")},
+        counts={k: counts.get(k, 0) for k in COUNTED},
         best=best,
         best_score=scored.get(best) if best else None,
         baseline_score=strategies.score(ledger, baseline, seeds),
