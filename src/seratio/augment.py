@@ -1,8 +1,10 @@
 """Batched augmentation on the device: random horizontal flip and random shift with edge fill.
 
-This reproduces Keras `ImageDataGenerator(horizontal_flip=True, width_shift_range=0.1,
-height_shift_range=0.1, fill_mode='nearest')` on 32 px images (shifts of up to 3 px), but as one
-gather over the whole batch, so the images never leave the device and no per-sample Python runs.
+This is DESIGN's whole-pixel version of Keras `ImageDataGenerator(horizontal_flip=True,
+width_shift_range=0.1, height_shift_range=0.1, fill_mode='nearest')` on 32 px images: shifts of
+-3..3 px, where Keras draws a continuous shift in [-3.2, 3.2] px and interpolates bilinearly. It
+runs as one gather over the whole batch, so the images never leave the device and no per-sample
+Python runs.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ PAPER_EPOCHS = 200
 # Table 2 of the paper, by 0-based epoch e: the factor applies once e > boundary.
 PAPER_BOUNDARIES = (80, 120, 160, 180)
 PAPER_FACTORS = (1e-1, 1e-2, 1e-3, 5e-4)
-# The paper trained on all 50,000 images at batch 32: 1,563 steps per epoch.
+# The paper trained on all 50,000 images at batch 32: 1,563 steps per epoch with the last partial
+# batch, which seratio keeps (the authors' script dropped it: 1,562), the reference for BN below.
 
 # Test-time augmentation: the views (flipped?, dy, dx) whose softmax a final evaluation averages,
 # shifted with the same edge fill as training (`augment.view_batch`). "flip-shift" was chosen on the

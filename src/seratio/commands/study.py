@@ -46,7 +46,7 @@ STRATEGY_HELP = (
     "constant: the same r in all stages; greedy: the paper's search (best constant, then stage 1, 2, 3 in turn); "
     "grid: all combinations; tpe: Optuna's TPE for --n-trials draws; halving: all combinations under successive "
     "halving over epochs; paper: the paper's exact experiment (greedy over its per-phase candidates, paper recipe, "
-    "plain ResNet baseline, selection on the TEST set as the paper did)"
+    "plain ResNet baseline, all 50,000 training images and selection on the TEST set as the paper did)"
 )
 TRIALS_PER_DEVICE_HELP = (
     "trials trained at once on each device, each in its own worker process; K > 1 needs journal or PostgreSQL "
@@ -208,8 +208,9 @@ def _run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     _check_worker_args(args, create=True)
     workers = _local_workers(args)
+    paper_split = {"val_size": 0} if args.strategy == "paper" and args.val_size is None else {}
     request = StudyRequest(
-        strategy=args.strategy, run=run_config_from_args(args, rr="none", seed=0),
+        strategy=args.strategy, run=run_config_from_args(args, rr="none", seed=0, **paper_split),
         candidates=_candidates(args.candidates), seeds=args.seeds, baseline=parse_rr(args.baseline),
         select_on=args.select_on, n_trials=args.n_trials, halving_min_epochs=args.halving_min_epochs,
     )
