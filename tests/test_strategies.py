@@ -11,6 +11,10 @@ from optuna.trial import TrialState
 
 from seratio import strategies
 from seratio.ledger import Ledger
+from seratio.overview import progress
+from seratio.records import load_study
+from seratio.report.content import build_content
+from seratio.store import Patience
 from study_fakes import TABLE3, TINY, FakeTrainer, create, smooth_accuracy, table3_accuracy, work
 
 
@@ -125,3 +129,43 @@ def test_phase_labels_are_the_contract_names(tmp_path: Path, strategy: str) -> N
     ledger, _ = _study(tmp_path, strategy, FakeTrainer(), candidates=(2, 4))
     allowed = {"baseline", "constant", "stage1", "stage2", "stage3"}
     assert {v.phase for v in ledger.views} <= allowed
+
+
+def test_a_baseline_that_is_also_a_candidate_competes_in_its_phase(tmp_path: Path) -> None:
+    """`--baseline 8,8,8`: the search, status and report must all see (8, 8, 8) as a constant."""
+    def accuracy(rr: tuple, seed: int) -> float:
+        return {(8, 8, 8): 0.95, (2, 2, 2): 0.90, (4, 4, 4): 0.91}.get(rr, 0.5)
+
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", "greedy", tmp_path / "runs", candidates=(2, 4, 8), baseline=(8, 8, 8))
+    work(url, "s", FakeTrainer(accuracy))
+    ledger = Ledger(store.trials())
+    assert strategies.plan(definition, ledger).best == (8, 8, 8)
+    assert {v.rr: v.phase for v in ledger.views}[(8, 8, 8)] == "constant"
+    assert progress(definition, store.trials()).best == (8, 8, 8)
+    content = build_content(load_study("s", url, Patience(seconds=30)))
+    roles = {role: h.config.rr for h in content.highlights for role in h.roles}
+    assert roles == {"baseline": (8, 8, 8), "best constant": (8, 8, 8), "best found": (8, 8, 8)}
+
+
+def test_status_names_the_searchs_pick_when_configurations_tie(tmp_path: Path) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", "greedy", tmp_path / "runs", candidates=(2, 4, 8))
+    work(url, "s", FakeTrainer(lambda rr, seed: 0.5))
+    assert strategies.plan(definition, Ledger(store.trials())).best == (2, 2, 2)
+    assert progress(definition, store.trials()).best == (2, 2, 2)  # it used to be any of the tied ones
+
+
+def test_halving_never_prunes_a_finished_run_nor_lets_the_baseline_compete(tmp_path: Path) -> None:
+    """Cuts at epochs 1, 3 and 9 of 9: a run that reaches epoch 9 has a result, which is kept; the
+    plain baseline trains to the end unreported, so it neither sets the bar nor is cut."""
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", "halving", tmp_path / "runs", candidates=(2, 4, 8), halving_min_epochs=1,
+                               run=dataclasses.replace(TINY, epochs=9))
+    work(url, "s", FakeTrainer(smooth_accuracy, epochs=9))
+    trials = store.trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(max(t.intermediate_values) < 9 for t in pruned)
+    (baseline,) = [t for t in trials if t.user_attrs["rr"] == [None, None, None]]
+    assert baseline.state == TrialState.COMPLETE and baseline.intermediate_values == {}
+    assert strategies.plan(definition, Ledger(trials)).done

@@ -62,28 +62,37 @@ def _retried(trials: list[FrozenTrial]) -> set[int]:
         key = _run_key(trial)
         if key is not None:
             last[key] = max(last.get(key, -1), trial.number)
-    return {t.number for t in trials if t.state == TrialState.FAIL and last.get(_run_key(t), -1) > t.number}
+    return {t.number for t in trials if t.state == TrialState.FAIL and "duplicate_of" not in t.user_attrs
+            and last.get(_run_key(t), -1) > t.number}
 
 
 def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
+    """The search's own best where it has decided one (greedy after its constant phase, the others
+    from their first result), so that status names the configuration the study will pick."""
     ledger = Ledger(trials)
+    seeds, baseline = definition["seeds"], tuple(definition["baseline"])
     try:
-        phase = strategies.plan(definition, ledger).phase
+        current = strategies.plan(definition, ledger)
+        phase, best = current.phase, current.best or _best_measured(ledger, current, seeds)
     except SeratioError as error:
-        phase = f"blocked: {error}"
+        phase, best = f"blocked: {error}", None
     retried = _retried(trials)
     counts = Counter("retried" if t.number in retried else _category(t) for t in trials)
-    seeds, baseline = definition["seeds"], tuple(definition["baseline"])
-    configs = {v.rr for v in ledger.views if v.rr is not None and v.rr != baseline}
-    scored = {rr: s for rr in configs if (s := strategies.score(ledger, rr, seeds)) is not None}
-    best = max(scored, key=lambda rr: scored[rr]) if scored else None
     return Progress(
         phase=phase,
         counts={k: counts.get(k, 0) for k in COUNTED},
         best=best,
-        best_score=scored.get(best) if best else None,
+        best_score=strategies.score(ledger, best, seeds) if best else None,
         baseline_score=strategies.score(ledger, baseline, seeds),
     )
+
+
+def _best_measured(ledger: Ledger, current: strategies.Plan, seeds: int) -> RR | None:
+    """Before greedy's first decision: the best finished configuration the search asked for."""
+    searched = {u.rr for u in current.units if u.phase != "baseline"}
+    scored = sorted((rr for rr in searched if strategies.score(ledger, rr, seeds) is not None),
+                    key=strategies.ratio_order)
+    return strategies.best_of(ledger, scored, seeds, "any") if scored else None
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def score(ledger: Ledger, rr: RR, seeds: int) -> float | None:
     values = [ledger.value((rr, s)) for s in range(seeds)]
     if any(v is None for v in values):
         return None
-    return math.fsum(values) / seeds  # type: ignore[arg-type]
+    return round(math.fsum(values) / seeds, 12)  # type: ignore[arg-type]  # equal means compare equal
 
 
 def best_of(ledger: Ledger, configs: Sequence[RR], seeds: int, phase: str) -> RR:
@@ -77,6 +77,8 @@ def _merge(units: list[Unit], more: list[Unit]) -> list[Unit]:
 
 
 def _baseline(definition: Mapping[str, Any]) -> list[Unit]:
+    """Merged after the search's own runs: a baseline that is also a candidate, like (8, 8, 8),
+    belongs to its search phase, which must wait for it and whose table shows it."""
     return _units([tuple(definition["baseline"])], definition["seeds"], "baseline")
 
 
@@ -88,9 +90,8 @@ def _resolved(ledger: Ledger, units: Iterable[Unit]) -> bool:
 def _greedy(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
     """The paper's search: best constant, then each stage in turn with the others fixed at the best so far."""
     seeds, phases = definition["seeds"], definition["phases"]
-    units = _baseline(definition)
     configs = [(r, r, r) for r in phases["constant"]]
-    units = _merge(units, _units(configs, seeds, "constant"))
+    units = _merge(_units(configs, seeds, "constant"), _baseline(definition))
     if not _resolved(ledger, [u for u in units if u.phase == "constant"]):
         return Plan(tuple(units), "constant")
     best = best_of(ledger, configs, seeds, "constant")
@@ -110,15 +111,21 @@ def _all_configs(definition: Mapping[str, Any]) -> list[RR]:
 
 
 def _exhaustive(definition: Mapping[str, Any], ledger: Ledger, configs: list[RR], phase: str) -> Plan:
-    units = _merge(_baseline(definition), _units(configs, definition["seeds"], phase))
+    units = _merge(_units(configs, definition["seeds"], phase), _baseline(definition))
     done = _resolved(ledger, units)
     best = _best_measured(ledger, configs, definition["seeds"])
     return Plan(tuple(units), DONE if done else phase, best=best)
 
 
 def _best_measured(ledger: Ledger, configs: Sequence[RR], seeds: int) -> RR | None:
-    scored = [rr for rr in configs if score(ledger, rr, seeds) is not None]
+    """Ties go to the smallest ratios, as everywhere else, not to the earliest TPE draw."""
+    scored = sorted((rr for rr in configs if score(ledger, rr, seeds) is not None), key=ratio_order)
     return best_of(ledger, scored, seeds, "any") if scored else None
+
+
+def ratio_order(rr: RR) -> tuple[int, ...]:
+    """Smallest ratios first, no SE (None) before any ratio: the order ties are broken in."""
+    return tuple(-1 if r is None else r for r in rr)
 
 
 def _constant(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
@@ -136,7 +143,7 @@ def _halving(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
 def _tpe(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
     """n_trials TPE draws; every drawn configuration is then run with every seed."""
     sampled, slots = ledger.sampled(), definition["n_trials"]
-    units = _merge(_baseline(definition), _units(sampled, definition["seeds"], "tpe"))
+    units = _merge(_units(sampled, definition["seeds"], "tpe"), _baseline(definition))
     drawn = all(ledger.slot_used(s) for s in range(slots)) and not ledger.any_live()
     done = drawn and _resolved(ledger, units)
     best = _best_measured(ledger, sampled, definition["seeds"])

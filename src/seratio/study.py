@@ -113,9 +113,14 @@ def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
         raise SeratioError("tpe needs --n-trials N, and only tpe takes it")
     if request.n_trials is not None and not _is_count(request.n_trials, MAX_N_TRIALS):
         raise SeratioError(f"--n-trials {request.n_trials!r} must be an integer from 1 to {MAX_N_TRIALS}")
+    if request.strategy == "halving" and epochs < 2:
+        raise SeratioError(f"halving prunes between epochs, so it needs --epochs >= 2, not {epochs}")
     minimum = request.halving_min_epochs
-    if minimum is not None and (request.strategy != "halving" or not _is_count(minimum, epochs)):
-        raise SeratioError(f"--halving-min-epochs {minimum!r} applies to halving only and must be in 1..{epochs}")
+    if minimum is not None and (request.strategy != "halving" or not _is_count(minimum, epochs - 1)):
+        raise SeratioError(
+            f"--halving-min-epochs {minimum!r} applies to halving only and must be in 1..{epochs - 1} "
+            "(its first cut comes before the last epoch)"
+        )
 
 
 def build_definition(request: StudyRequest) -> dict[str, Any]:
@@ -127,6 +132,12 @@ def build_definition(request: StudyRequest) -> dict[str, Any]:
     phases = _phases(request.strategy, stage_lists)
     if phases is not None and not all(phases.values()):
         raise SeratioError(f"--candidates {format_rr(tuple(candidates))} leave no ratio valid in every stage")
+    empty = [str(stage + 1) for stage, ratios in enumerate(stage_lists) if not ratios]
+    if empty:
+        raise SeratioError(
+            f"--candidates {format_rr(tuple(candidates))} leave stage {', '.join(empty)} no ratio "
+            f"(an SE block on c channels needs r <= c; channels {STAGE_CHANNELS})"
+        )
     run = request.run
     halving_min = request.halving_min_epochs or max(1, recipe.epochs // HALVING_FACTOR**3)
     return {

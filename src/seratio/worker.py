@@ -255,7 +255,8 @@ class Worker:
         try:
             result = self.trainer(
                 config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"),
-                on_epoch=self._epoch_hook(trial, heartbeat, run_dir, prefix), wait_for_lock=True,
+                on_epoch=self._epoch_hook(trial, heartbeat, run_dir, prefix, self._competes(view)),
+                wait_for_lock=True,
             )
         except TrainingDiverged as error:
             self._fail(view, "diverged", str(error))
@@ -274,12 +275,16 @@ class Worker:
         else:
             self._record(view, result, prefix)
 
+    def _competes(self, view: TrialView) -> bool:
+        """Under halving, every run but the baseline's: the report tests every configuration against
+        a fully trained baseline, and the baseline's epochs must not set the bar the others are cut at."""
+        return self.definition["strategy"] == "halving" and view.rr != tuple(self.definition["baseline"])
+
     def _epoch_hook(
-        self, trial: optuna.trial.Trial, heartbeat: Heartbeat, run_dir: Path, prefix: str
+        self, trial: optuna.trial.Trial, heartbeat: Heartbeat, run_dir: Path, prefix: str, prune: bool
     ) -> Callable[[dict[str, Any]], None]:
         """Per epoch: a log line, a stop if another worker took the trial over, and halving's report."""
         metric = f"{self.definition['select_on']}_accuracy"
-        prune = self.definition["strategy"] == "halving"
         epochs = self.definition["epochs"]
         first = [True]
 
@@ -297,9 +302,10 @@ class Worker:
         return on_epoch
 
     def _report(self, trial: optuna.trial.Trial, row: dict[str, Any]) -> None:
-        """Halving's per-epoch report and pruning check."""
+        """Halving's per-epoch report and pruning check; a run that has trained its last epoch is
+        finished, and pruning it would throw a complete result away."""
         self.store.call(lambda: trial.report(row[f"{self.definition['select_on']}_accuracy"], row["epoch"]))
-        if self.store.call(trial.should_prune):
+        if row["epoch"] < self.definition["epochs"] and self.store.call(trial.should_prune):
             raise optuna.TrialPruned
 
     def _replay_for_pruner(self, trial: optuna.trial.Trial, run_dir: Path, resumed_at: int, prefix: str) -> None:

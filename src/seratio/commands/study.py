@@ -107,7 +107,7 @@ def _register_run(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline", default="none", help="the comparison configuration, also trained: 'none' = plain ResNet (default) or ratios like 8,8,8")
     parser.add_argument("--select-on", choices=SELECT_ON, help="metric the search selects on: val (default) or test (paper practice; the default of 'paper')")
     parser.add_argument("--n-trials", type=int, help="tpe only: number of TPE draws (a draw of a measured configuration reuses its result)")
-    parser.add_argument("--halving-min-epochs", type=int, help="halving only: epochs before the first cut; later cuts at 3x, 9x, ... (default: epochs // 27, at least 1)")
+    parser.add_argument("--halving-min-epochs", type=int, help="halving only: epochs before the first cut, below --epochs; later cuts at 3x, 9x, ... before the last epoch (default: epochs // 27, at least 1)")
     local = parser.add_mutually_exclusive_group()
     local.add_argument("--workers", type=int, help="local worker processes in all; more than 1 needs journal or PostgreSQL storage (default: 1)")
     local.add_argument("--trials-per-device", type=int, help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU")

@@ -19,6 +19,7 @@ from seratio.records import (
 )
 from seratio.report.labels import model_label, short_label
 from seratio.report.significance import Significance, against_baseline, conclusion
+from seratio.strategies import ratio_order
 
 PHASE_ORDER = ("baseline", "constant", "stage1", "stage2", "stage3", "grid", "tpe", "halving")
 
@@ -76,10 +77,6 @@ def completed_as(agg: Aggregate, trial: TrialRecord) -> int | None:
 # -- building ----------------------------------------------------------------------------------
 
 
-def _rr_key(rr: RR) -> tuple[int, ...]:
-    return tuple(-1 if r is None else r for r in rr)
-
-
 def _phase_order(phases: set[str]) -> list[str]:
     known = [p for p in PHASE_ORDER if p in phases]
     return known + sorted(phases - set(PHASE_ORDER))
@@ -103,8 +100,8 @@ def _carried_over(phase: str, members: set[RR], configs: dict[RR, ConfigResult])
 
 def _first_best(configs: Sequence[ConfigResult]) -> ConfigResult | None:
     """Highest selection mean; a tie goes to the smallest ratios, as the search itself breaks ties."""
-    ordered = sorted(configs, key=lambda c: _rr_key(c.rr))
-    return max(ordered, key=lambda c: c.selection.mean, default=None)
+    ordered = sorted(configs, key=lambda c: ratio_order(c.rr))
+    return max(ordered, key=lambda c: round(c.selection.mean, 12), default=None)  # as strategies.score rounds
 
 
 def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
@@ -113,7 +110,7 @@ def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     for phase in _phase_order(all_phases):
         members = {rr for rr, c in agg.configs.items() if phase in c.phases}
         members |= _carried_over(phase, members, agg.configs)
-        configs = sorted((agg.configs[rr] for rr in members), key=lambda c: _rr_key(c.rr))
+        configs = sorted((agg.configs[rr] for rr in members), key=lambda c: ratio_order(c.rr))
         winner = _first_best(configs)
         rows = tuple(Row(phase, c, len(configs) > 1 and c is winner) for c in configs)
         if rows:  # a phase with no finished run shows up in the list of unfinished trials instead
@@ -121,17 +118,25 @@ def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     return tuple(result)
 
 
+def _all_seeds(configs: list[ConfigResult], seeds: int) -> list[ConfigResult]:
+    """The configurations measured with every seed, as the search scores them (halving can prune
+    one seed of a configuration and keep another); all of them if none is complete."""
+    return [c for c in configs if c.selection.n >= seeds] or configs
+
+
 def _highlights(
-    agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...]
+    agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...], seeds: int
 ) -> tuple[Highlight, ...]:
     """Baseline, best constant and best found (by the selection metric), each shown once.
 
     The best found is the last phase's winner: for greedy that is the search's own final
-    choice, which a tie elsewhere in the table must not replace.
+    choice, which a tie elsewhere in the table must not replace. A baseline that the search
+    also measured, like (8, 8, 8) among the constants, competes like any other configuration.
     """
-    others = [c for rr, c in agg.configs.items() if rr != baseline_rr]
+    searched = {row.config.rr for phase, rows in phases if phase != "baseline" for row in rows}
+    others = _all_seeds([c for rr, c in agg.configs.items() if rr != baseline_rr or rr in searched], seeds)
     constant = [c for c in others if None not in c.rr and len(set(c.rr)) == 1]
-    last = [row.config for _, rows in phases[-1:] for row in rows if row.config.rr != baseline_rr]
+    last = _all_seeds([row.config for phase, rows in phases[-1:] if phase != "baseline" for row in rows], seeds)
     chosen = [
         ("baseline", agg.configs.get(baseline_rr)),
         ("best constant", _first_best(constant)),
@@ -204,7 +209,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     depth = study.definition.depth
     phases = _phase_rows(agg)
     significance = against_baseline(agg, baseline, list(dict.fromkeys(r.config.rr for _, rows in phases for r in rows)))
-    highlights = _highlights(agg, baseline, phases)
+    highlights = _highlights(agg, baseline, phases, study.definition.seeds)
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
