@@ -411,3 +411,22 @@ def test_mcnemar_refuses_predictions_that_are_not_the_stored_run(tmp_path: Path)
     assert row["vs_baseline_test"] == "none" and row["p_value"] is None
     assert (f"not tested: the predictions in {_run_dir(fixture, (8, 8, 8))} give 91.00% test accuracy, but "
             "trial #1 stored 95.00%; they are not the same run") in row["vs_baseline_detail"]
+
+
+def test_best_found_rests_on_every_seed_not_on_one_that_survived_halving(tmp_path: Path) -> None:
+    """Halving can prune one seed of a configuration and keep the other; the search scores only
+    configurations with every seed, and so must the report's highlights."""
+    table = [("baseline", NONE3, 0.90, 0.5), ("halving", (4, 2, 4), 0.99, 0.1), ("halving", (4, 2, 8), 0.91, 0.4)]
+    fixture = make_study(tmp_path / "study", seeds=2, table=table)
+    one_seed = fixture.stored[((4, 2, 4), 1)]["run_dir"]
+    with contextlib.closing(sqlite3.connect(fixture.storage.removeprefix("sqlite:///"))) as database, database:
+        database.execute(
+            "UPDATE trials SET state = 'PRUNED' WHERE trial_id = (SELECT trial_id FROM trial_user_attributes "
+            "WHERE key = 'run_dir' AND value_json = ?)", (json.dumps(one_seed),)
+        )
+    assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 0
+    rows = json.loads((tmp_path / "r" / "table.json").read_text())["rows"]
+    assert {tuple(r["rr"]): r["n"] for r in rows} == {NONE3: 2, (4, 2, 4): 1, (4, 2, 8): 2}
+    assert "The best found, SE-ResNet-50 (4, 2, 8)," in (tmp_path / "r" / "table.md").read_text()
+    assert (tmp_path / "r" / "confusion_se_4_2_8.png").exists()
+    assert not (tmp_path / "r" / "confusion_se_4_2_4.png").exists()  # one surviving seed at 99% is not the winner
