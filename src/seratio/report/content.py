@@ -104,14 +104,14 @@ def _first_best(configs: Sequence[ConfigResult]) -> ConfigResult | None:
     return max(ordered, key=lambda c: round(c.selection.mean, 12), default=None)  # as strategies.score rounds
 
 
-def _phase_rows(agg: Aggregate) -> tuple[tuple[str, tuple[Row, ...]], ...]:
+def _phase_rows(agg: Aggregate, seeds: int) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     all_phases = {p for c in agg.configs.values() for p in c.phases}
     result = []
     for phase in _phase_order(all_phases):
         members = {rr for rr, c in agg.configs.items() if phase in c.phases}
         members |= _carried_over(phase, members, agg.configs)
         configs = sorted((agg.configs[rr] for rr in members), key=lambda c: ratio_order(c.rr))
-        winner = _first_best(configs)
+        winner = _first_best(_all_seeds(configs, seeds))
         rows = tuple(Row(phase, c, len(configs) > 1 and c is winner) for c in configs)
         if rows:  # a phase with no finished run shows up in the list of unfinished trials instead
             result.append((phase, rows))
@@ -207,7 +207,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     agg = aggregate(study)
     baseline = baseline_rr if baseline_rr is not None else study.definition.baseline
     depth = study.definition.depth
-    phases = _phase_rows(agg)
+    phases = _phase_rows(agg, study.definition.seeds)
     significance = against_baseline(agg, baseline, list(dict.fromkeys(r.config.rr for _, rows in phases for r in rows)))
     highlights = _highlights(agg, baseline, phases, study.definition.seeds)
     notes = []
