@@ -158,3 +158,18 @@ def _a_training_worker(parent: subprocess.Popen[str], log: Path) -> int:
         assert parent.poll() is None, text
         time.sleep(0.05)
     raise AssertionError(f"no worker trained: {log.read_text()}")
+
+
+@pytest.mark.parametrize("command", [["study", "status", "--name", "s"], ["report", "--name", "s", "--out", "{tmp}/r"]])
+def test_sigterm_while_a_command_waits_for_its_storage_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    """SIGTERM is Ctrl-C for every command from the start, not only once a command has begun its
+    work: a status or report retrying an unreachable database used to die silently with 143."""
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "seratio", *argv, "--storage", "postgresql://nobody@127.0.0.1:1/none",
+         "--db-patience", "120"], stderr=subprocess.PIPE, text=True, env=QUIET_ENV)
+    time.sleep(3)  # imported, and retrying the connection
+    assert child.poll() is None
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and err.endswith("seratio: interrupted\n") and "Traceback" not in err, err

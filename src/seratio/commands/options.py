@@ -31,7 +31,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, with_rr: bool = True, wi
     data.add_argument("--data-dir", type=path_text, help="directory with cifar-10-batches-py/ or the official tar.gz (default: $SERATIO_DATA, then ~/.cache/seratio)")
     data.add_argument("--train-subset", type=int, help="train on a stratified subset of N images (for quick runs)")
     data.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N test images (for quick runs; not comparable with full-test-set accuracies)")
-    data.add_argument("--val-size", type=int, help=f"validation images held out from train, stratified; 0 allowed (default: {RunConfig.val_size}, but 0 for the paper preset, which trains on all 50,000 as the paper did)")
+    data.add_argument("--val-size", type=int, help=f"validation images held out from train, stratified; 0 allowed (default: {RunConfig.val_size}; 0 for 'study run paper', which trains on all 50,000 as the paper did)")
     data.add_argument("--split-seed", type=int, default=0, help="fixes the validation split and the subsets (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default: auto)")
 

@@ -14,24 +14,19 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
-from typing import NoReturn
 
-from seratio.__main__ import STOP_SIGNALS
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    raise KeyboardInterrupt
+from seratio.__main__ import STOP_SIGNALS, raise_interrupt
 
 
 @contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """For the block, SIGTERM raises KeyboardInterrupt; the previous handler comes back after it,
-    so a command called from Python leaves its caller's handlers as they were."""
+    so a command called from Python leaves its caller's handlers as they were. (The `seratio`
+    command sets this handler for its whole life in `seratio.__main__`.)"""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield
     finally:

@@ -144,7 +144,7 @@ def _register_export(actions: argparse._SubParsersAction) -> None:
     _add_store_options(parser)
     add_read_patience_option(parser)
     parser.add_argument("--out", type=path_arg, required=True, help="output file, .csv or .json")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an existing file (default: refuse)")
     parser.set_defaults(func=export)
 
 
