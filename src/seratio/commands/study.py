@@ -352,11 +352,12 @@ def status(args: argparse.Namespace) -> int:
 def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> None:
     metric = f"{definition['select_on']} accuracy"
     label = f" ({TEST_LABEL})" if definition["select_on"] == "test" else ""
-    table = Table(title=f"study {name}: {definition['strategy']}, {definition['seeds']} seed(s){label}")
-    table.add_column("phase")
+    out.print(f"study {name}: {definition['strategy']}, {definition['seeds']} seed(s){label}")
+    out.print(f"phase: {state.phase}")
+    table = Table(title="trials")  # the phase stands above: eight count columns fit 80 characters
     for key in state.counts:
         table.add_column(key, justify="right")
-    table.add_row(state.phase, *(str(v) for v in state.counts.values()))
+    table.add_row(*(str(v) for v in state.counts.values()))
     out.print(table)
     mean = " (mean over seeds)" if definition["seeds"] > 1 else ""
     if state.best is not None:
