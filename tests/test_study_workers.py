@@ -153,3 +153,16 @@ def test_more_than_one_trial_per_device_on_sqlite_is_refused_before_the_store_is
     )
     assert done.returncode == 2 and "--trials-per-device 2 asks for 2 parallel workers" in done.stderr
     assert "journal:" in done.stderr and not db.exists()
+
+
+def test_a_tpe_draw_of_a_configuration_in_training_waits_and_reuses_its_result(tmp_path: Path) -> None:
+    """With one candidate every draw is (2, 2, 2); a draw made while another worker trains it used
+    to be dropped as a duplicate, spending the draw without a result."""
+    storage = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(storage, "t", "tpe", tmp_path / "runs", candidates=(2,), n_trials=3)
+    fake_workers(storage, "t", 2, sleep=3.0)  # the first draw trains long enough for the other worker to draw
+    ledger = assert_trained_exactly_once(store, definition)
+    draws = [v for v in ledger.views if v.slot is not None and v.duplicate_of is None]
+    assert sorted(v.slot for v in draws) == [0, 1, 2]
+    assert all(v.state == TrialState.COMPLETE and v.rr == (2, 2, 2) for v in draws)
+    assert sum(v.reused_from is not None for v in draws) == 2  # trained once, reused twice

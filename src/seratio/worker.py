@@ -189,7 +189,11 @@ class Worker:
                 trial = self._optuna_trial(view.trial_id)
                 view = self._settle(view, trial)
                 owner = self._ledger().owner(view)
-                if owner is not None:
+                if owner is not None and owner.live and view.slot is not None and view.rr is not None:
+                    owner = self._await_owner(view, owner, heartbeat)
+                if heartbeat.abandoned.is_set():
+                    self.log(f"trial #{view.number}: another worker declared this trial stale; left to its retry")
+                elif owner is not None:
                     self._discard(view, owner)
                 else:
                     self._train(view, trial, heartbeat)
@@ -223,6 +227,17 @@ class Worker:
             for name, choices in zip(self._params(view.rr), self.definition["stage_candidates"]):
                 self.store.call(lambda: trial.suggest_categorical(name, choices))
         return TrialView.of(self.store.trial(view.trial_id))
+
+    def _await_owner(self, view: TrialView, owner: TrialView, heartbeat: Heartbeat) -> TrialView | None:
+        """A TPE draw of a configuration that another trial is still training waits for that trial,
+        to reuse its result, or to train the run itself if the trial failed and left it to a retry:
+        dropped as a duplicate, the draw would be spent without a result."""
+        self.log(f"trial #{view.number}: {self._label(view)} is being trained by trial #{owner.number}; waiting for it")
+        current: TrialView | None = owner
+        while current is not None and current.live and not heartbeat.abandoned.is_set():
+            time.sleep(self.options.poll * random.uniform(0.5, 1.5))
+            current = self._ledger().owner(view)
+        return current
 
     def _discard(self, view: TrialView, owner: TrialView) -> None:
         """A TPE draw of a measured configuration reuses its result; any other duplicate is dropped untrained."""
