@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seratio import __version__
+from seratio.__main__ import INTERRUPTED
 from seratio.errors import SeratioError, user_message
 from seratio.runtime import reexec_with_tcmalloc
 
@@ -59,4 +60,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("seratio: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED

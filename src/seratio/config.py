@@ -29,6 +29,11 @@ MAX_SEED = 2**32 - 1
 _NOT_IDENTITY = {"device", "data_dir"}
 
 
+def int_in(value: Any, low: int, high: int) -> bool:
+    """An int from low to high; never a bool, which Python counts as an int, nor 5000.0."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 @dataclass(frozen=True)
 class RunConfig:
     rr: Ratios = (None, None, None)
@@ -51,7 +56,7 @@ class RunConfig:
         object.__setattr__(self, "rr", parse_rr(list(self.rr)))
         for name in ("seed", "split_seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+            if not int_in(value, 0, MAX_SEED):
                 raise SeratioError(f"{name.replace('_', ' ')} {value!r} must be an integer from 0 to {MAX_SEED}")
         if self.precision not in PRECISIONS:
             raise SeratioError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -66,23 +71,19 @@ class RunConfig:
         """
         info = dataset_info(self.dataset)
         val, most_val = self.val_size, info.train_count - info.num_classes
-        if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val <= most_val:
+        if not int_in(val, 0, most_val):
             raise SeratioError(
                 f"val_size {val!r} is out of range; allowed: 0 <= val_size <= {most_val} "
                 f"(at least one training image per class of the {info.train_count})"
             )
         subset, most = self.train_subset, info.train_count - val
-        if subset is not None and (
-            not isinstance(subset, int) or isinstance(subset, bool) or not info.num_classes <= subset <= most
-        ):
+        if subset is not None and not int_in(subset, info.num_classes, most):
             raise SeratioError(
                 f"train_subset {subset!r} is out of range; allowed: {info.num_classes} <= train_subset <= {most} "
                 f"(train images left after val_size={val})"
             )
         test = self.test_subset
-        if test is not None and (
-            not isinstance(test, int) or isinstance(test, bool) or not info.num_classes <= test <= info.test_count
-        ):
+        if test is not None and not int_in(test, info.num_classes, info.test_count):
             raise SeratioError(
                 f"test_subset {test!r} is out of range; allowed: {info.num_classes} <= test_subset <= {info.test_count}"
             )

@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 
 from seratio import rundir
+from seratio.config import int_in
 from seratio.errors import SeratioError
 from seratio.stats import Summary, summarize
 from seratio.store import Patience, StudyStore, open_storage
@@ -329,7 +330,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+    return int_in(value, 0, MAX_COUNT)
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:

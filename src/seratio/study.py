@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from seratio.config import RunConfig, code_version
+from seratio.config import RunConfig, code_version, int_in
 from seratio.errors import SeratioError
 from seratio.models import STAGE_CHANNELS, Ratios, format_rr, parse_rr
 from seratio.store import StudyStore
@@ -98,25 +98,21 @@ MAX_N_TRIALS = 10_000
 enumerating (seeds) or drawing (TPE, which mostly redraws measured configurations) for ever."""
 
 
-def _is_count(value: Any, most: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
-
-
 def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
     if request.strategy not in STRATEGIES:
         raise SeratioError(f"unknown strategy {request.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    if not _is_count(request.seeds, MAX_SEEDS):
+    if not int_in(request.seeds, 1, MAX_SEEDS):
         raise SeratioError(f"--seeds {request.seeds!r} must be an integer from 1 to {MAX_SEEDS}")
     if request.strategy == "paper" and request.run.recipe != "paper":
         raise SeratioError(f"the paper preset trains with --recipe paper, not {request.run.recipe!r}; use 'greedy'")
     if (request.n_trials is not None) != (request.strategy == "tpe"):
         raise SeratioError("tpe needs --n-trials N, and only tpe takes it")
-    if request.n_trials is not None and not _is_count(request.n_trials, MAX_N_TRIALS):
+    if request.n_trials is not None and not int_in(request.n_trials, 1, MAX_N_TRIALS):
         raise SeratioError(f"--n-trials {request.n_trials!r} must be an integer from 1 to {MAX_N_TRIALS}")
     if request.strategy == "halving" and epochs < 2:
         raise SeratioError(f"halving prunes between epochs, so it needs --epochs >= 2, not {epochs}")
     minimum = request.halving_min_epochs
-    if minimum is not None and (request.strategy != "halving" or not _is_count(minimum, epochs - 1)):
+    if minimum is not None and (request.strategy != "halving" or not int_in(minimum, 1, epochs - 1)):
         raise SeratioError(
             f"--halving-min-epochs {minimum!r} applies to halving only and must be in 1..{epochs - 1} "
             "(its first cut comes before the last epoch)"
