@@ -89,10 +89,7 @@ def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
 
 def _best_measured(ledger: Ledger, current: strategies.Plan, seeds: int) -> RR | None:
     """Before greedy's first decision: the best finished configuration the search asked for."""
-    searched = {u.rr for u in current.units if u.phase != "baseline"}
-    scored = sorted((rr for rr in searched if strategies.score(ledger, rr, seeds) is not None),
-                    key=strategies.ratio_order)
-    return strategies.best_of(ledger, scored, seeds, "any") if scored else None
+    return strategies.best_measured(ledger, [u.rr for u in current.units if u.phase != "baseline"], seeds)
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:

@@ -113,11 +113,11 @@ def _all_configs(definition: Mapping[str, Any]) -> list[RR]:
 def _exhaustive(definition: Mapping[str, Any], ledger: Ledger, configs: list[RR], phase: str) -> Plan:
     units = _merge(_units(configs, definition["seeds"], phase), _baseline(definition))
     done = _resolved(ledger, units)
-    best = _best_measured(ledger, configs, definition["seeds"])
+    best = best_measured(ledger, configs, definition["seeds"])
     return Plan(tuple(units), DONE if done else phase, best=best)
 
 
-def _best_measured(ledger: Ledger, configs: Sequence[RR], seeds: int) -> RR | None:
+def best_measured(ledger: Ledger, configs: Sequence[RR], seeds: int) -> RR | None:
     """Ties go to the smallest ratios, as everywhere else, not to the earliest TPE draw."""
     scored = sorted((rr for rr in configs if score(ledger, rr, seeds) is not None), key=ratio_order)
     return best_of(ledger, scored, seeds, "any") if scored else None
@@ -146,7 +146,7 @@ def _tpe(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
     units = _merge(_units(sampled, definition["seeds"], "tpe"), _baseline(definition))
     drawn = all(ledger.slot_used(s) for s in range(slots)) and not ledger.any_live()
     done = drawn and _resolved(ledger, units)
-    best = _best_measured(ledger, sampled, definition["seeds"])
+    best = best_measured(ledger, sampled, definition["seeds"])
     return Plan(tuple(units), DONE if done else "tpe", slots, best)
 
 
