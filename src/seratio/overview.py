@@ -48,22 +48,13 @@ def _category(trial: FrozenTrial) -> str:
     }[trial.state]
 
 
-def _run_key(trial: FrozenTrial) -> tuple[tuple[int | None, ...], Any] | None:
-    rr = trial.user_attrs.get("rr")
-    return None if not isinstance(rr, list) else (tuple(rr), trial.user_attrs.get("seed"))
-
-
-def _retried(trials: list[FrozenTrial]) -> set[int]:
+def _retried(ledger: Ledger) -> set[int]:
     """Failed trials whose run a later trial took up again: history, not a failure the study still
     has. An interrupted or stale trial is retried as a new trial, so a finished study would
     otherwise show every interruption it survived as "failed"."""
-    last: dict[Any, int] = {}
-    for trial in trials:
-        key = _run_key(trial)
-        if key is not None:
-            last[key] = max(last.get(key, -1), trial.number)
-    return {t.number for t in trials if t.state == TrialState.FAIL and "duplicate_of" not in t.user_attrs
-            and last.get(_run_key(t), -1) > t.number}
+    last = {view.key: view.number for view in ledger.views if view.key is not None}  # views are in number order
+    return {v.number for v in ledger.views
+            if v.state == TrialState.FAIL and v.duplicate_of is None and v.key is not None and last[v.key] > v.number}
 
 
 def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
@@ -76,7 +67,7 @@ def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
         phase, best = current.phase, current.best or _best_measured(ledger, current, seeds)
     except SeratioError as error:
         phase, best = f"blocked: {error}", None
-    retried = _retried(trials)
+    retried = _retried(ledger)
     counts = Counter("retried" if t.number in retried else _category(t) for t in trials)
     return Progress(
         phase=phase,
