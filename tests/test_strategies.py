@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -15,6 +16,7 @@ from seratio.overview import progress
 from seratio.records import load_study
 from seratio.report.content import build_content
 from seratio.store import Patience
+from seratio.study import pruner
 from study_fakes import TABLE3, TINY, FakeTrainer, create, smooth_accuracy, table3_accuracy, work
 
 
@@ -169,3 +171,29 @@ def test_halving_never_prunes_a_finished_run_nor_lets_the_baseline_compete(tmp_p
     (baseline,) = [t for t in trials if t.user_attrs["rr"] == [None, None, None]]
     assert baseline.state == TrialState.COMPLETE and baseline.intermediate_values == {}
     assert strategies.plan(definition, Ledger(trials)).done
+
+
+def test_halving_judges_a_retried_run_once_at_a_cut_not_as_its_failed_trial_and_its_retry() -> None:
+    """Run (2,2,2) passes the first cut alone and is interrupted; four other runs reach the cut, and
+    its retry replays the same 0.8. Among five runs, the top third of five is the best one (0.9), so
+    the retry is cut. Counting the failed trial as well made six values, whose top third (two) let
+    0.8 through."""
+    optuna_study = optuna.create_study(direction="maximize", pruner=pruner(
+        {"strategy": "halving", "halving_min_epochs": 1}
+    ))
+
+    def arrive(rr: tuple, accuracy: float) -> tuple[optuna.trial.Trial, bool]:
+        trial = optuna_study.ask()
+        trial.set_user_attr("rr", list(rr))
+        trial.set_user_attr("seed", 0)
+        trial.report(accuracy, 1)
+        return trial, trial.should_prune()
+
+    first, cut = arrive((2, 2, 2), 0.8)
+    assert not cut
+    first.set_user_attr("fail_kind", "interrupted")
+    optuna_study.tell(first, state=TrialState.FAIL)
+    for rr, accuracy in [((4, 2, 2), 0.9), ((8, 2, 2), 0.4), ((2, 4, 2), 0.3), ((2, 8, 2), 0.2)]:
+        arrive(rr, accuracy)
+    _, cut = arrive((2, 2, 2), 0.8)
+    assert cut

@@ -155,6 +155,19 @@ class Ledger:
             v.number < number and v.counts and v.state == TrialState.RUNNING and v.rr is None for v in self.views
         )
 
+    def retried(self) -> set[int]:
+        """Numbers of the failed trials whose run a later trial took up again.
+
+        An interrupted or stale trial is retried as a new trial of the same run, so the failure is
+        history: status should not count it as a failure the study still has, and halving should
+        not count the run's epochs twice (the retry replays them).
+        """
+        last = {view.key: view.number for view in self.views if view.key is not None}  # views are in number order
+        return {
+            v.number for v in self.views
+            if v.state == TrialState.FAIL and v.duplicate_of is None and v.key is not None and last[v.key] > v.number
+        }
+
     def running(self) -> list[TrialView]:
         return [v for v in self.views if v.counts and v.state == TrialState.RUNNING]
 

@@ -48,15 +48,6 @@ def _category(trial: FrozenTrial) -> str:
     }[trial.state]
 
 
-def _retried(ledger: Ledger) -> set[int]:
-    """Failed trials whose run a later trial took up again: history, not a failure the study still
-    has. An interrupted or stale trial is retried as a new trial, so a finished study would
-    otherwise show every interruption it survived as "failed"."""
-    last = {view.key: view.number for view in ledger.views if view.key is not None}  # views are in number order
-    return {v.number for v in ledger.views
-            if v.state == TrialState.FAIL and v.duplicate_of is None and v.key is not None and last[v.key] > v.number}
-
-
 def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
     """The search's own best where it has decided one (greedy after its constant phase, the others
     from their first result), so that status names the configuration the study will pick."""
@@ -67,7 +58,7 @@ def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
         phase, best = current.phase, current.best or _best_measured(ledger, current, seeds)
     except SeratioError as error:
         phase, best = f"blocked: {error}", None
-    retried = _retried(ledger)
+    retried = ledger.retried()
     counts = Counter("retried" if t.number in retried else _category(t) for t in trials)
     return Progress(
         phase=phase,

@@ -18,6 +18,7 @@ import optuna
 
 from seratio.config import RunConfig, code_version, int_in
 from seratio.errors import SeratioError
+from seratio.halving import RetryAwareHalving
 from seratio.models import STAGE_CHANNELS, Ratios, format_rr, parse_rr
 from seratio.store import StudyStore
 
@@ -297,9 +298,7 @@ def pruner(definition: dict[str, Any]) -> optuna.pruners.BasePruner:
     """Successive halving over epochs: a run continues past each rung only if it is in the top third there."""
     if definition["strategy"] != "halving":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=definition["halving_min_epochs"], reduction_factor=HALVING_FACTOR
-    )
+    return RetryAwareHalving(min_resource=definition["halving_min_epochs"], reduction_factor=HALVING_FACTOR)
 
 
 def run_name(rr: Sequence[int | None], seed: int) -> str:
