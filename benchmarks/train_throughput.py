@@ -49,6 +49,7 @@ from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
 from seratio.cpu_compile import allow_compiled_models
 from seratio.data import CifarData, Split
+from seratio.errors import SeratioError
 from seratio.models import ModelConfig, build_model, count_macs, kernel_parameters
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
@@ -684,7 +685,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reexec_with_tcmalloc()  # measure seratio as its command runs: on tcmalloc where installed
     allow_compiled_models(16)  # every compiled row stays compiled, however many the plan holds
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except SeratioError as error:
+        parser.error(str(error))
     plan = (QUICK if args.quick else PLANS)[device.type]
     result = measure(device, plan, args.repeats, lambda message: print(message, file=sys.stderr, flush=True))
     return emit(format_table(result), result, args.json)

@@ -16,9 +16,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+import torch
 from optuna.trial import TrialState
 
 from seratio import strategies
+from seratio.cli import main
 from seratio.rundir import read_metrics
 from study_fakes import TINY_CLI, assert_trained_exactly_once, create, fake_workers, open_store
 
@@ -166,3 +169,20 @@ def test_a_tpe_draw_of_a_configuration_in_training_waits_and_reuses_its_result(t
     assert sorted(v.slot for v in draws) == [0, 1, 2]
     assert all(v.state == TrialState.COMPLETE and v.rr == (2, 2, 2) for v in draws)
     assert sum(v.reused_from is not None for v in draws) == 2  # trained once, reused twice
+
+
+def test_trials_per_device_spreads_workers_over_every_gpu_in_study_run_and_study_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine with two GPUs, `--device auto --trials-per-device 2` means two trials on each, in
+    both commands; `study worker` used to put all of them on the first GPU."""
+    from seratio.commands import study as study_command
+
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(study_command, "_spawn_workers", lambda args, artifacts, devices, threads: spawned.append(devices))
+    storage = f"journal:{tmp_path / 's.log'}"
+    assert main(["study", "run", "constant", "--name", "s", "--storage", storage, "--artifacts", str(tmp_path / "runs"),
+                 "--candidates", "2", "--device", "auto", "--trials-per-device", "2"]) == 0
+    assert main(["study", "worker", "--name", "s", "--storage", storage, "--trials-per-device", "2"]) == 0
+    assert spawned == [["cuda:0", "cuda:1", "cuda:0", "cuda:1"]] * 2

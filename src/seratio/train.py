@@ -140,7 +140,11 @@ def _train(
 ) -> dict[str, Any]:
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
     forget_compiled_graphs()
-    session = start_session(config)
+    started = _precision_started(config, out) if checkpoint else None
+    session = start_session(config, precision=started)
+    if started is not None and session.autocast_dtype != _autocast_dtype(config, session.recipe, session.device):
+        log(f"notice: this run started in {started} under --precision auto and keeps it, although auto picks "
+            f"the other precision on {session.device}")
     state = _restore(session, checkpoint, out, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
     rundir.write_json(out / rundir.CONFIG, _config_record(session))
     with EpochProgress(enabled=show_progress) as progress:
@@ -216,8 +220,18 @@ def _checkpoint_to_resume(
     return checkpoint
 
 
-def start_session(config: RunConfig, *, compile_cpu: bool | None = None) -> _Session:
-    """Data on the run's device and a fresh session; `compile_cpu` as in `build_session`."""
+def _precision_started(config: RunConfig, out: Path) -> str | None:
+    """The precision a resumed `--precision auto` run started in, which it keeps: auto picks bf16 for
+    `fast` on CUDA and fp32 on a CPU, so a run resumed on another device type would otherwise train
+    partly in each."""
+    if config.precision != "auto":
+        return None
+    _, record = rundir.read_run_config(out)
+    return {None: "fp32", str(torch.bfloat16): "bf16"}.get(record.get("autocast"))
+
+
+def start_session(config: RunConfig, *, compile_cpu: bool | None = None, precision: str | None = None) -> _Session:
+    """Data on the run's device and a fresh session; `compile_cpu` and `precision` as in `build_session`."""
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is not None:
         # Before any CUDA work: whatever uses "the current device" (a context, cuDNN, cuBLAS) must
@@ -227,20 +241,22 @@ def start_session(config: RunConfig, *, compile_cpu: bool | None = None) -> _Ses
         config.dataset, config.data_dir, val_size=config.val_size,
         train_subset=config.train_subset, test_subset=config.test_subset, split_seed=config.split_seed, device=device,
     )
-    return build_session(config, data, device, compile_cpu=compile_cpu)
+    return build_session(config, data, device, compile_cpu=compile_cpu, precision=precision)
 
 
 def build_session(
-    config: RunConfig, data: CifarData, device: torch.device, *, compile_cpu: bool | None = None
+    config: RunConfig, data: CifarData, device: torch.device, *, compile_cpu: bool | None = None,
+    precision: str | None = None,
 ) -> _Session:
     """Model, optimizer and step for `config` on loaded `data`; benchmarks reuse it on synthetic data.
 
-    `compile_cpu` None decides by the run's length (`compiles_on_cpu`).
+    `compile_cpu` None decides by the run's length (`compiles_on_cpu`); `precision` ("fp32" or
+    "bf16") replaces what `--precision auto` would pick on this device.
     """
     recipe = config.resolved_recipe()
     torch.manual_seed(config.seed)
     model_config = config.model_config(data.num_classes)
-    autocast_dtype = _autocast_dtype(config, recipe, device)
+    autocast_dtype = _autocast_dtype(config, recipe, device, precision)
     channels_last = _channels_last(recipe, device, autocast_dtype)
     model = build_model(model_config).to(device)
     set_bn_momentum(model, recipe.bn_momentum_for(recipe.steps_per_epoch(len(data.train))))
@@ -280,8 +296,11 @@ def _channels_last(recipe: Recipe, device: torch.device, autocast_dtype: torch.d
     return CPU_CHANNELS_LAST
 
 
-def _autocast_dtype(config: RunConfig, recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    if config.precision == "bf16" or (config.precision == "auto" and recipe.cuda_bf16 and device.type == "cuda"):
+def _autocast_dtype(
+    config: RunConfig, recipe: Recipe, device: torch.device, precision: str | None = None
+) -> torch.dtype | None:
+    precision = precision or config.precision
+    if precision == "bf16" or (precision == "auto" and recipe.cuda_bf16 and device.type == "cuda"):
         return torch.bfloat16
     return None
 
@@ -401,7 +420,7 @@ def _train_epoch(session: _Session, epoch: int, progress: EpochProgress) -> tupl
 
 @torch.inference_mode()
 def evaluate(session: _Session, split: Split, tta: str = "none") -> tuple[float, float, torch.Tensor]:
-    """Loss, accuracy and predictions in large batches, with one host sync at the end.
+    """Loss, accuracy and predictions in large batches; the host waits for the device only at the end.
 
     With test-time augmentation the prediction is the mean of the views' softmax, and the loss is
     that mean's negative log-likelihood; with one view the loss is exactly the plain cross-entropy.
@@ -416,9 +435,9 @@ def evaluate(session: _Session, split: Split, tta: str = "none") -> tuple[float,
         log_probs = _view_log_probs(session, split.images[start : start + batch], TTA_VIEWS[tta])
         loss_sum += F.nll_loss(log_probs, split.labels[start : start + batch], reduction="sum")
         predictions.append(log_probs.argmax(1))
-    predicted = torch.cat(predictions)
-    accuracy = (predicted == split.labels).sum().item() / len(split)
-    return loss_sum.item() / len(split), accuracy, predicted.cpu()
+    predicted = torch.cat(predictions).cpu()
+    correct = (predicted == split.labels.cpu()).sum().item()
+    return loss_sum.item() / len(split), correct / len(split), predicted
 
 
 def _view_log_probs(session: _Session, images: torch.Tensor, views: tuple[View, ...]) -> torch.Tensor:

@@ -127,7 +127,10 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (pin one GPU) (default: auto)")
     parser.add_argument("--data-dir", type=path_text, help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
     add_threads_option(parser, TRIAL_THREADS_HELP)
-    parser.add_argument("--trials-per-device", type=int, default=1, help=TRIALS_PER_DEVICE_HELP + " (default: 1)")
+    parser.add_argument(
+        "--trials-per-device", type=int,
+        help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU (default: one trial at a time)",
+    )
     _add_worker_options(parser)
     parser.set_defaults(func=worker)
 
@@ -260,8 +263,10 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    trials = need_cpu_count("--trials-per-device", args.trials_per_device)
-    _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {trials}")
+    trials = 1
+    if args.trials_per_device is not None:
+        trials = need_cpu_count("--trials-per-device", args.trials_per_device) * _device_count(args.device)
+        _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {args.trials_per_device}")
     _check_worker_args(args, create=False)
     _quiet_optuna()
     patience = Patience(seconds=args.db_patience)
@@ -274,7 +279,8 @@ def _worker(args: argparse.Namespace) -> int:
         if trials == 1:
             _work(store, definition, _options(args, args.artifacts or artifacts, args.device))
         else:
-            _spawn_workers(args, args.artifacts or artifacts, [args.device] * trials, args.threads or threads_per_trial(trials))
+            devices = [_device(args.device, i) for i in range(trials)]
+            _spawn_workers(args, args.artifacts or artifacts, devices, args.threads or threads_per_trial(trials))
     return 0
 
 
