@@ -135,6 +135,9 @@ def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir
     err = capsys.readouterr().err
     assert "fails its SHA-256 check" in err and "resuming" in err and "after epoch 2" in err
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
+    (out / "checkpoint.pt").unlink()  # lost, as a kill during the next save could lose it
+    state, notes = rundir.load_checkpoint(out)
+    assert notes == [] and state is not None and state["epoch"] == 2  # the damaged one was not rotated over it
 
 
 def test_threads_option_sets_the_run_threads_and_leaves_the_callers(finished_run: Path, cifar_dir: Path, tmp_path: Path) -> None:

@@ -199,12 +199,25 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     payload = buffer.getvalue()
     digest = hashlib.sha256(payload).hexdigest().encode()
     current = run_dir / CHECKPOINT
-    if current.exists():
+    if _intact(current):
         os.replace(current, run_dir / PREVIOUS_CHECKPOINT)
     write_atomic(current, _MAGIC + digest + b"\n" + payload)
 
 
-def _read_checkpoint(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
+def _intact(path: Path) -> bool:
+    """Whether a checkpoint is worth keeping as the previous one. A resume that fell back past a
+    damaged newest checkpoint must not rotate it over the good one it resumed from: a kill before
+    the next save would then leave no usable checkpoint at all."""
+    if not path.exists():
+        return False
+    try:
+        _verified_payload(path)
+    except CorruptCheckpoint:
+        return False
+    return True
+
+
+def _verified_payload(path: Path) -> bytes:
     try:
         blob = path.read_bytes()
     except OSError as error:
@@ -215,6 +228,11 @@ def _read_checkpoint(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
     digest, payload = blob[len(_MAGIC) : header_end - 1], blob[header_end:]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CorruptCheckpoint(f"{path} fails its SHA-256 check (truncated or corrupted)")
+    return payload
+
+
+def _read_checkpoint(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
+    payload = _verified_payload(path)
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as error:  # torch's parsers raise many types on a payload that is no torch file
