@@ -140,8 +140,11 @@ def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir
     assert notes == [] and state is not None and state["epoch"] == 2  # the damaged one was not rotated over it
 
 
-def test_threads_option_sets_the_run_threads_and_leaves_the_callers(finished_run: Path, cifar_dir: Path, tmp_path: Path) -> None:
-    """Resumed for its last epoch on one thread: config.json records the thread count the run used."""
+def test_threads_option_sets_the_run_threads_and_leaves_the_callers(
+    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resumed for its last epoch on one thread: config.json records the thread count the run used,
+    and a resume on another thread count than the run's last session says it is no longer bit-identical."""
     out = tmp_path / "one-thread"
     out.mkdir()
     for name in ("config.json", "metrics.jsonl"):
@@ -155,6 +158,9 @@ def test_threads_option_sets_the_run_threads_and_leaves_the_callers(finished_run
     finally:
         torch.set_num_threads(callers)
     assert json.loads((out / "config.json").read_text())["runtime"]["threads"] == 1
+    stored = json.loads((finished_run / "config.json").read_text())["runtime"]["threads"]
+    noticed = f"last session used {stored} torch thread(s) and this one uses 1" in " ".join(capsys.readouterr().err.split())
+    assert noticed == (stored != 1)
     assert [row["epoch"] for row in read_rows(out)] == [1, 2, 3]
     assert json.loads((out / "result.json").read_text())["test_accuracy"] > 0.30
 

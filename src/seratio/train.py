@@ -140,11 +140,7 @@ def _train(
 ) -> dict[str, Any]:
     checkpoint = _checkpoint_to_resume(config, out, resume, log)
     forget_compiled_graphs()
-    started = _precision_started(config, out) if checkpoint else None
-    session = start_session(config, precision=started)
-    if started is not None and session.autocast_dtype != _autocast_dtype(config, session.recipe, session.device):
-        log(f"notice: this run started in {started} under --precision auto and keeps it, although auto picks "
-            f"the other precision on {session.device}")
+    session = _session_for(config, out, checkpoint, log)
     state = _restore(session, checkpoint, out, log) if checkpoint else {"epoch": 0, "history": [], "seconds": 0.0}
     rundir.write_json(out / rundir.CONFIG, _config_record(session))
     with EpochProgress(enabled=show_progress) as progress:
@@ -220,13 +216,34 @@ def _checkpoint_to_resume(
     return checkpoint
 
 
-def _precision_started(config: RunConfig, out: Path) -> str | None:
+def _session_for(
+    config: RunConfig, out: Path, checkpoint: dict[str, Any] | None, log: Callable[[str], None]
+) -> _Session:
+    """A fresh session, or one that continues a checkpoint as the run started where that can differ:
+    the precision is kept, and a changed CPU thread count, which changes the last bits, is said."""
+    if checkpoint is None:
+        return start_session(config)
+    _, record = rundir.read_run_config(out)
+    started = _precision_started(config, record)
+    session = start_session(config, precision=started)
+    if started is not None and session.autocast_dtype != _autocast_dtype(config, session.recipe, session.device):
+        log(f"notice: this run started in {started} under --precision auto and keeps it, although auto picks "
+            f"the other precision on {session.device}")
+    runtime_record = record.get("runtime")
+    threads = runtime_record.get("threads") if isinstance(runtime_record, dict) else None
+    if session.device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
+        log(f"notice: this run's last session used {threads} torch thread(s) and this one uses "
+            f"{torch.get_num_threads()}; sums split differently, so the run will differ in the last bits from an "
+            f"uninterrupted one (--threads {threads} keeps it bit-identical)")
+    return session
+
+
+def _precision_started(config: RunConfig, record: dict[str, Any]) -> str | None:
     """The precision a resumed `--precision auto` run started in, which it keeps: auto picks bf16 for
     `fast` on CUDA and fp32 on a CPU, so a run resumed on another device type would otherwise train
     partly in each."""
     if config.precision != "auto":
         return None
-    _, record = rundir.read_run_config(out)
     return {None: "fp32", str(torch.bfloat16): "bf16"}.get(record.get("autocast"))
 
 
