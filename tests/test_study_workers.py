@@ -186,3 +186,23 @@ def test_trials_per_device_spreads_workers_over_every_gpu_in_study_run_and_study
                  "--candidates", "2", "--device", "auto", "--trials-per-device", "2"]) == 0
     assert main(["study", "worker", "--name", "s", "--storage", storage, "--trials-per-device", "2"]) == 0
     assert spawned == [["cuda:0", "cuda:1", "cuda:0", "cuda:1"]] * 2
+
+
+def test_a_rerun_on_a_locked_sqlite_store_retries_a_dead_trial_at_once(tmp_path: Path, cifar_dir: Path) -> None:
+    """A trial left running by a killed `study run` on SQLite cannot belong to a live worker, since the
+    rerun holds the store's lock: it is retried at once instead of after --stale-after (here an hour)."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    store, _ = create(storage, "s", "constant", tmp_path / "runs", candidates=(2,), baseline=(2, 2, 2))
+    run_dir = (tmp_path / "runs" / "rr-2-2-2_seed-0").resolve()
+    store.enqueue({"r1": 2, "r2": 2, "r3": 2}, {"rr": [2, 2, 2], "seed": 0, "phase": "constant", "run_dir": str(run_dir)})
+    assert store.claim(store.trials()[0]._trial_id)  # the worker that claimed it was killed
+    rerun = subprocess.run(
+        seratio("study", "worker", "--name", "s", "--storage", storage, "--stale-after", "3600",
+                "--data-dir", str(cifar_dir)),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    dead, retry = sorted(store.trials(), key=lambda t: t.number)
+    assert dead.state == TrialState.FAIL and "left running by a worker that is gone" in dead.user_attrs["fail_reason"]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["run_dir"] == str(run_dir)
+    assert 0.1 < retry.value <= 1.0

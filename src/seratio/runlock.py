@@ -12,6 +12,7 @@ run goes on unguarded, rather than no run at all.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import socket
@@ -44,7 +45,7 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
         raise SeratioError(f"cannot create the lock file {path}: {error.strerror or error}") from None
     with handle:
         unguarded = f"going on without the one-writer guard; make sure no other seratio process writes {run_dir}"
-        if not lock_or_warn(handle, path, log, unguarded):
+        if lock_or_warn(handle, path, log, unguarded) is Lock.BUSY:
             if not wait:
                 raise SeratioError(
                     f"{run_dir} is being written by another seratio process ({_holder(handle)}); "
@@ -58,16 +59,21 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
         yield
 
 
-def lock_or_warn(handle: IO[str], path: Path, log: Callable[[str], None], unguarded: str) -> bool:
-    """Try the exclusive lock once: False when another process holds it. A filesystem that cannot
-    lock at all counts as locked, after a warning that says what is `unguarded` now: refusing
-    there would mean no run at all."""
+class Lock(enum.Enum):
+    HELD = "held"
+    BUSY = "busy"  # another process holds it
+    UNSUPPORTED = "unsupported"  # the filesystem cannot lock; the caller goes on unguarded
+
+
+def lock_or_warn(handle: IO[str], path: Path, log: Callable[[str], None], unguarded: str) -> Lock:
+    """Try the exclusive lock once. A filesystem that cannot lock at all is not refused, after a
+    warning that says what is `unguarded` now: refusing there would mean no run at all."""
     try:
-        return _try_lock(handle)
+        return Lock.HELD if _try_lock(handle) else Lock.BUSY
     except OSError as error:
         log(f"warning: cannot lock {path} ({error.strerror or error}): this filesystem does not support "
             f"file locks, so {unguarded}")
-        return True
+        return Lock.UNSUPPORTED
 
 
 def _try_lock(handle: IO[str]) -> bool:

@@ -31,7 +31,7 @@ from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from seratio.errors import SeratioError
-from seratio.runlock import lock_or_warn
+from seratio.runlock import Lock, lock_or_warn
 
 DEFAULT_STORAGE = "sqlite:///seratio.db"
 JOURNAL_PREFIX = "journal:"
@@ -294,15 +294,16 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
 
 
 @contextlib.contextmanager
-def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[None]:
+def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[bool]:
     """Hold an exclusive lock beside a SQLite store so a second worker is refused, never 'database is locked'.
 
     Taken before the store is opened, so a refused second `study run` has not written to it either.
     On a filesystem that cannot lock, one worker still runs, with a warning that a second would not
-    be refused.
+    be refused. Yields whether this process is certainly the store's only worker (SQLite, locked):
+    then a trial left running belongs to a worker that is gone.
     """
     if not url.startswith("sqlite:///"):
-        yield
+        yield False
         return
     check_url(url, create=create)
     lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
@@ -310,9 +311,10 @@ def sqlite_worker_lock(url: str, *, create: bool, log: Log) -> Iterator[None]:
         f"a second worker on {url} would not be refused; run one worker only, or use journal: or postgresql:// storage"
     )
     with open(lock_path, "a") as handle:
-        if not lock_or_warn(handle, lock_path, log, unguarded):
+        state = lock_or_warn(handle, lock_path, log, unguarded)
+        if state is Lock.BUSY:
             raise SeratioError(sqlite_parallel_message(url, "another seratio worker is already using it"))
-        yield
+        yield state is Lock.HELD
 
 
 def read_patience(seconds: float) -> Patience:

@@ -58,6 +58,8 @@ class WorkerOptions:
     data_dir: str | None = None
     heartbeat_interval: float = 15.0
     stale_after: float = 120.0
+    sole: bool = False
+    """The store's only possible worker (a locked SQLite store): a trial left running is a dead one's."""
 
     @property
     def poll(self) -> float:
@@ -118,12 +120,20 @@ class Worker:
             blocked_before = blocked
 
     def _ledger(self) -> Ledger:
-        """Fresh trials, after failing those whose workers stopped sending heartbeats."""
+        """Fresh trials, after failing those whose workers stopped sending heartbeats.
+
+        The sole worker of a store fails every trial it does not run at once: waiting `--stale-after`
+        for a heartbeat that cannot come would only delay the rerun after a crash.
+        """
         ledger = Ledger(self.store.trials())
-        stale = self.watch.stale(ledger.running(), self.own)
+        if self.options.sole:
+            stale = [view for view in ledger.running() if view.trial_id not in self.own]
+            why = "left running by a worker that is gone (this worker holds the store's lock)"
+        else:
+            stale = self.watch.stale(ledger.running(), self.own)
+            why = f"no heartbeat for {self.options.stale_after:.0f}s (worker lost)"
         for view in stale:
-            self._fail(view, "stale", f"no heartbeat for {self.options.stale_after:.0f}s (worker lost); "
-                       "the run is retried from its last checkpoint")
+            self._fail(view, "stale", f"{why}; the run is retried from its last checkpoint")
         return Ledger(self.store.trials()) if stale else ledger
 
     def _enqueue_missing(self, plan: strategies.Plan, ledger: Ledger) -> bool:

@@ -190,10 +190,10 @@ def _check_artifacts(artifacts: Path) -> None:
         raise SeratioError(f"--artifacts {str(artifacts)!r} is a file, not a directory")
 
 
-def _options(args: argparse.Namespace, artifacts: Path, device: str) -> WorkerOptions:
+def _options(args: argparse.Namespace, artifacts: Path, device: str, sole: bool = False) -> WorkerOptions:
     return WorkerOptions(
         artifacts=artifacts, device=device, data_dir=args.data_dir,
-        heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after,
+        heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after, sole=sole,
     )
 
 
@@ -220,14 +220,14 @@ def _run(args: argparse.Namespace) -> int:
     definition = build_definition(request)
     resolve_data_dir(args.data_dir, request.run.dataset)
     patience = Patience(seconds=args.db_patience)
-    with sqlite_worker_lock(args.storage, create=True, log=_log):
+    with sqlite_worker_lock(args.storage, create=True, log=_log) as sole:
         storage = open_storage(args.storage, create=True, patience=patience, log=_log)
         store = StudyStore.create_or_join(storage, args.name, patience, _log)
         artifacts, warnings = create_or_join(store, definition, args.artifacts)
         for warning in warnings:
             _log(f"warning: {warning}")
         if workers == 1:
-            _work(store, definition, _options(args, artifacts, args.device))
+            _work(store, definition, _options(args, artifacts, args.device, sole))
         else:
             threads = args.threads or threads_per_trial(workers)
             _spawn_workers(args, artifacts, [_device(args.device, i) for i in range(workers)], threads)
@@ -270,14 +270,14 @@ def _worker(args: argparse.Namespace) -> int:
     _check_worker_args(args, create=False)
     _quiet_optuna()
     patience = Patience(seconds=args.db_patience)
-    with sqlite_worker_lock(args.storage, create=False, log=_log):
+    with sqlite_worker_lock(args.storage, create=False, log=_log) as sole:
         store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
         definition, artifacts = load_definition(store)
         resolve_data_dir(args.data_dir, definition["dataset"])
         for warning in code_warnings(definition):
             _log(f"warning: {warning}")
         if trials == 1:
-            _work(store, definition, _options(args, args.artifacts or artifacts, args.device))
+            _work(store, definition, _options(args, args.artifacts or artifacts, args.device, sole))
         else:
             devices = [_device(args.device, i) for i in range(trials)]
             _spawn_workers(args, args.artifacts or artifacts, devices, args.threads or threads_per_trial(trials))
