@@ -123,6 +123,20 @@ def test_killed_run_resumes_to_identical_metrics(finished_run: Path, cifar_dir: 
     assert np.array_equal(np.load(out / "test_predictions.npy"), np.load(finished_run / "test_predictions.npy"))
 
 
+def test_a_resume_before_the_first_checkpoint_says_it_trains_from_epoch_0(
+    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed while writing its first checkpoint: metrics.jsonl already shows epoch 1, so a silent
+    restart would look like a lost resume."""
+    out = tmp_path / "first-write"
+    out.mkdir()
+    shutil.copy(finished_run / "config.json", out / "config.json")
+    (out / "metrics.jsonl").write_text(json.dumps(read_rows(finished_run)[0]) + "\n")
+    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    assert "holds no checkpoint yet" in " ".join(capsys.readouterr().err.split())
+    assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "corrupt"
     for name in ("config.json", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"):

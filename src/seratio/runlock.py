@@ -42,7 +42,7 @@ def hold(run_dir: Path, *, wait: bool, log: Callable[[str], None]) -> Iterator[N
     try:
         handle = open(path, "a+")
     except OSError as error:
-        raise SeratioError(f"cannot create the lock file {path}: {error.strerror or error}") from None
+        raise SeratioError(f"cannot open the lock file {path} for writing: {error.strerror or error}") from None
     with handle:
         unguarded = f"going on without the one-writer guard; make sure no other seratio process writes {run_dir}"
         if lock_or_warn(handle, path, log, unguarded) is Lock.BUSY:

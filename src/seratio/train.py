@@ -200,6 +200,9 @@ def _checkpoint_to_resume(
         raise SeratioError(f"cannot continue {out}: its configuration differs ({difference})")
     checkpoints = (out / rundir.CHECKPOINT, out / rundir.PREVIOUS_CHECKPOINT)
     if not any(path.exists() for path in checkpoints):
+        if resume:
+            log(f"{out} holds no checkpoint yet (the run stopped before its first one was written); "
+                "training from epoch 0")
         return None
     if not resume:
         raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
