@@ -38,4 +38,3 @@ class RetryAwareHalving(optuna.pruners.SuccessiveHalvingPruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return super().prune(_WithoutRetried(study), trial)  # type: ignore[arg-type]
-

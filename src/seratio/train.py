@@ -234,7 +234,8 @@ def _session_for(
             f"the other precision on {session.device}")
     runtime_record = record.get("runtime")
     threads = runtime_record.get("threads") if isinstance(runtime_record, dict) else None
-    if session.device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
+    on_cpu = session.device.type == "cpu" and record.get("device") == "cpu"
+    if on_cpu and isinstance(threads, int) and threads != torch.get_num_threads():
         log(f"notice: this run's last session used {threads} torch thread(s) and this one uses "
             f"{torch.get_num_threads()}; sums split differently, so the run will differ in the last bits from an "
             f"uninterrupted one (--threads {threads} keeps it bit-identical)")
