@@ -7,7 +7,9 @@ it is left out of the run's identity.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, fields
@@ -116,20 +118,37 @@ class RunConfig:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit when running from a checkout.
+    """Package version plus a fingerprint of the package source when running from a git checkout.
 
-    Cached: asked once per process, it names the code this process loaded, even if the checkout
-    moves on while a long worker runs, and reusing many finished runs costs one `git` call.
+    The fingerprint is the git tree of `src/`, with a hash of any uncommitted change to it, not the
+    commit: a commit that leaves the code alone (a README, a test) must not split a study's runs
+    into two programs, which the report would then refuse to average. Cached: asked once per
+    process, it names the code this process loaded, even if the checkout moves on while a long
+    worker runs, and reusing many finished runs costs one lookup.
     """
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    package = Path(__file__).resolve().parent
+    root = package.parents[1]
+    if package.parent.name != "src":  # installed, not a checkout: the version is all there is
         return __version__
-    return f"{__version__}+g{sha}" if sha else __version__
+    tree = _git(root, "rev-parse", "--short=10", "HEAD:./src")
+    if not tree:
+        return __version__
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", "src") or ""
+    changes = (_git(root, "diff", "HEAD", "--", "src") or "").encode()
+    for name in untracked.splitlines():
+        with contextlib.suppress(OSError):  # deleted since it was listed
+            changes += name.encode() + (root / name).read_bytes()
+    edited = f".{hashlib.sha256(changes).hexdigest()[:10]}" if changes else ""
+    return f"{__version__}+src.{tree.strip()}{edited}"
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def environment() -> dict[str, str]:

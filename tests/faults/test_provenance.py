@@ -9,6 +9,8 @@ keeps it out of the averages and says why.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from study_fakes import TINY, FakeTrainer, _result, create, work
 pytestmark = pytest.mark.faults
 OLD_CODE = "0.0.1+gdeadbeef00"
 OLD_RECIPE = "0123456789ab"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_real_run_records_the_code_version_and_recipe_hash_it_ran_with(reference_run: Path) -> None:
@@ -65,3 +68,32 @@ def test_a_trial_of_other_code_and_recipe_is_recorded_flagged_and_kept_out_of_th
     markdown = (out / "table.md").read_text()
     assert "## Excluded from averages" in markdown and OLD_RECIPE in markdown
     assert "excluded" in terminal and OLD_RECIPE in terminal, terminal  # said where the user looks first
+
+
+def test_the_code_version_follows_the_package_source_not_the_commit(tmp_path: Path) -> None:
+    """A commit that leaves src/ alone (a README, a test) is the same program, so it must not split a
+    study's runs; an edit to src/, committed or not, is another program."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+
+    def version() -> str:
+        probe = "import sys; sys.path.insert(0, 'src'); from seratio.config import code_version; print(code_version())"
+        return subprocess.run([sys.executable, "-c", probe], cwd=clone, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def commit(message: str) -> None:
+        subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam",
+                        message, "--allow-empty"], check=True)
+
+    original = version()
+    assert "+src." in original
+    (clone / "README.md").write_text("edited\n")
+    commit("docs only")
+    assert version() == original
+    module = clone / "src" / "seratio" / "labels_extra.py"
+    module.write_text("X = 1\n")
+    edited = version()
+    assert edited != original and edited.startswith(original + ".")  # an uncommitted file in src/ counts
+    subprocess.run(["git", "-C", str(clone), "add", str(module)], check=True)
+    commit("code")
+    assert version() not in (original, edited)
