@@ -215,6 +215,8 @@ CASES = [
          "--format 'pdf': unknown pdf"),
     Case("report baseline bad", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r", "--baseline", "4,x,4"], 2,
          "stage 2: reduction ratio 'x' is not an integer"),
+    Case("report baseline never measured", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r", "--baseline", "8,8,8"], 2,
+         "--baseline 8,8,8: study 's' has no completed comparable run of it; configurations with results: none yet"),
     Case("report study unknown", ["report", "--name", "nope", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r"], 2,
          "no study named 'nope'"),
     Case("report out empty", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", ""], 2,

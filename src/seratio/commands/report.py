@@ -11,8 +11,8 @@ from rich.table import Table
 from seratio.commands.options import add_read_patience_option, path_arg
 from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.errors import SeratioError
-from seratio.models import parse_rr
-from seratio.records import load_study
+from seratio.models import Ratios, format_rr, parse_rr
+from seratio.records import StudyRecords, aggregate, load_study
 from seratio.report import FORMATS, Written, write_report
 from seratio.report.output import check_out
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
@@ -86,7 +86,21 @@ def run(args: argparse.Namespace) -> int:
     baseline = None if args.baseline is None else parse_rr(args.baseline)
     check_out(args.out)
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
+    if baseline is not None:
+        _need_measured(baseline, study)
     with sigterm_as_ctrl_c():
         written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0
+
+
+def _need_measured(baseline: Ratios, study: StudyRecords) -> None:
+    """An asked-for baseline must have a result to test against; a report of nothing but "n/a"
+    would look like a finished analysis."""
+    measured = aggregate(study).configs
+    if baseline not in measured:
+        listed = " ".join(sorted(format_rr(rr) for rr in measured)) or "none yet"
+        raise SeratioError(
+            f"--baseline {format_rr(baseline)}: study {study.name!r} has no completed comparable run of it; "
+            f"configurations with results: {listed}"
+        )
