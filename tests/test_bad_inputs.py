@@ -146,6 +146,8 @@ CASES = [
     Case("heartbeat interval beyond a week", [*STUDY, "--heartbeat-interval", "1e10", "--stale-after", "3e10"], 2,
          "--heartbeat-interval 1e+10, which must be > 0), both at most 604800 s"),
     Case("heartbeat interval nan", [*STUDY, "--heartbeat-interval", "nan"], 2, "--heartbeat-interval nan"),
+    Case("status sqlite url with three slashes before an absolute path", ["study", "status", "--name", "s", "--storage", "sqlite://{tmp}/nope.db"], 2,
+         "(sqlite:/// is followed by a relative path; for the absolute path '{tmp}/nope.db' write sqlite:///{tmp}/nope.db)"),
     Case("status db patience nan", ["study", "status", "--name", "s", "--storage", "journal:{tmp}/study.log", "--db-patience", "nan"], 2,
          "--db-patience nan must be >= 0 seconds"),
     Case("sqlite with parallel workers", [*STUDY[:5], "--storage", "sqlite:///{tmp}/s.db", *STUDY[7:], "--workers", "2"], 2,

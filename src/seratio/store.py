@@ -138,12 +138,21 @@ def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
     if path.exists() and not path.is_file():
         raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} is not a regular file")
     if not create and not path.exists():
-        raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} does not exist")
+        raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} does not exist{_absolute_hint(path, url)}")
     if create and not path.parent.is_dir():
         raise SeratioError(
             f"{kind} file {str(path)!r} from --storage {url!r}: its directory {str(path.parent)!r} "
-            "does not exist or is not a directory"
+            f"does not exist or is not a directory{_absolute_hint(path, url)}"
         )
+
+
+def _absolute_hint(path: Path, url: str) -> str:
+    """sqlite:///tmp/x.db names the relative path tmp/x.db; an absolute path needs a fourth slash,
+    and where that one exists the slip is almost certain."""
+    absolute = Path("/") / path
+    if not url.startswith("sqlite:///") or path.is_absolute() or not (absolute.exists() or absolute.parent.is_dir()):
+        return ""
+    return f" (sqlite:/// is followed by a relative path; for the absolute path {str(absolute)!r} write sqlite:///{absolute})"
 
 
 def check_url(url: str, *, create: bool) -> None:
