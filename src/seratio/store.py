@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import random
 import sqlite3
 import time
@@ -95,7 +96,11 @@ def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
                 raise SeratioError(
                     f"study storage unreachable for {patience.seconds:.0f}s, giving up: {_cause(error)}"
                 ) from error
-            log(f"storage unreachable ({_cause(error)}); retrying in {wait:.1f}s")
+            limit = "for ever" if math.isinf(patience.seconds) else f"for up to {patience.seconds:.0f}s"
+            hint = "" if wait > patience.first_wait else (
+                f" ({limit}, --db-patience; a wrong host or port never answers: stop with Ctrl-C)"
+            )
+            log(f"storage unreachable ({_cause(error)}); retrying in {wait:.1f}s{hint}")
             time.sleep(wait * random.uniform(0.8, 1.2))
             wait = min(wait * 2, patience.max_wait)
 

@@ -153,7 +153,7 @@ def test_workers_connecting_together_to_a_fresh_postgres_database_all_get_in(pos
 
 def _backoff_waits(stderr: str) -> dict[str, list[float]]:
     waits: dict[str, list[float]] = {}
-    for pid, wait in re.findall(r"^\[(\d+)\] storage unreachable .*; retrying in ([\d.]+)s$", stderr, re.M):
+    for pid, wait in re.findall(r"^\[(\d+)\] storage unreachable .*; retrying in ([\d.]+)s(?: \(.*\))?$", stderr, re.M):
         waits.setdefault(pid, []).append(float(wait))
     return waits
 
