@@ -113,10 +113,11 @@ def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
     if request.strategy == "halving" and epochs < 2:
         raise SeratioError(f"halving prunes between epochs, so it needs --epochs >= 2, not {epochs}")
     minimum = request.halving_min_epochs
-    if minimum is not None and (request.strategy != "halving" or not int_in(minimum, 1, epochs - 1)):
+    if minimum is not None and request.strategy != "halving":
+        raise SeratioError(f"--halving-min-epochs applies to the halving strategy only, not {request.strategy!r}")
+    if minimum is not None and not int_in(minimum, 1, epochs - 1):
         raise SeratioError(
-            f"--halving-min-epochs {minimum!r} applies to halving only and must be in 1..{epochs - 1} "
-            "(its first cut comes before the last epoch)"
+            f"--halving-min-epochs {minimum!r} must be in 1..{epochs - 1} (its first cut comes before the last epoch)"
         )
 
 
@@ -128,7 +129,11 @@ def build_definition(request: StudyRequest) -> dict[str, Any]:
     stage_lists = _stage_candidates(candidates)
     phases = _phases(request.strategy, stage_lists)
     if phases is not None and not all(phases.values()):
-        raise SeratioError(f"--candidates {format_rr(tuple(candidates))} leave no ratio valid in every stage")
+        raise SeratioError(
+            f"--candidates {format_rr(tuple(candidates))} leave no ratio valid in every stage, which the "
+            f"{request.strategy} strategy's constant phase needs: stage channels {STAGE_CHANNELS} allow ratios "
+            f"<= {min(STAGE_CHANNELS)} in all three"
+        )
     empty = [str(stage + 1) for stage, ratios in enumerate(stage_lists) if not ratios]
     if empty:
         raise SeratioError(
