@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from seratio import strategies
 from seratio.ledger import Ledger
-from seratio.overview import progress
+from seratio.overview import progress, trial_row
 from seratio.records import load_study
 from seratio.report.content import build_content
 from seratio.store import Patience
@@ -168,6 +168,10 @@ def test_halving_never_prunes_a_finished_run_nor_lets_the_baseline_compete(tmp_p
     trials = store.trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned and all(max(t.intermediate_values) < 9 for t in pruned)
+    for trial in pruned:  # the export says where each was cut, and at what accuracy
+        row = trial_row(trial)
+        assert row["value"] is None and row["last_reported_epoch"] in (1, 3)
+        assert row["last_reported_value"] == trial.intermediate_values[row["last_reported_epoch"]]
     (baseline,) = [t for t in trials if t.user_attrs["rr"] == [None, None, None]]
     assert baseline.state == TrialState.COMPLETE and baseline.intermediate_values == {}
     assert strategies.plan(definition, Ledger(trials)).done

@@ -85,6 +85,9 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
     }
     row.update({key: attrs.get(key) for key in EXPORT_ATTRS})
+    reported = trial.intermediate_values  # halving's per-epoch reports: where a pruned run was cut, and at what
+    row["last_reported_epoch"] = max(reported) if reported else None
+    row["last_reported_value"] = reported[max(reported)] if reported else None
     row["started"] = trial.datetime_start.isoformat() if trial.datetime_start else None
     row["finished"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
     return row
