@@ -202,6 +202,17 @@ def _subset_notes(definition: StudyDefinition) -> list[str]:
             "with full-data runs or the paper's."]
 
 
+def _few_seeds_notes(agg: Aggregate) -> list[str]:
+    """Two seeds give a t-interval with one degree of freedom: honest, but so wide that it can pass
+    0% or 100%, which reads like a bug unless the report says why."""
+    two_seeds = sum(c.test_accuracy.n == 2 for c in agg.configs.values())
+    if not two_seeds:
+        return []
+    return [f"{two_seeds} configuration(s) have 2 seeds: their 95% t-intervals have 1 degree of freedom "
+            "(t = 12.7), so they span about 9 standard deviations and can reach past 0% or 100%, and Welch "
+            "tests between them have little power. 3 to 5 seeds per configuration give useful intervals."]
+
+
 def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportContent:
     """Decide everything a report shows; `baseline_rr` overrides the study's own baseline."""
     agg = aggregate(study)
@@ -214,6 +225,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
     notes += _subset_notes(study.definition)
+    notes += _few_seeds_notes(agg)
     return ReportContent(
         study=study,
         aggregate=agg,
