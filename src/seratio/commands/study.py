@@ -53,7 +53,7 @@ TRIALS_PER_DEVICE_HELP = (
     "storage. A batch-32 trial leaves a GPU mostly idle; on a CPU, K single-threaded trials beat one K-threaded trial"
 )
 TRIAL_THREADS_HELP = "CPU threads for torch in each trial (default: torch's; with K trials at once, the cores / K)"
-TEST_LABEL = "selected on TEST set (paper practice)"
+TEST_LABEL = "selected on the TEST set, as the paper did"
 MAX_DURATION = 7 * 24 * 3600.0
 """A week, far beyond any useful heartbeat; at 1e10 s the heartbeat thread's clock arithmetic overflowed."""
 err = Console(stderr=True, highlight=False, soft_wrap=True)

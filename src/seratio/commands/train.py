@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
-    console = Console(stderr=True)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log line stays one line when piped
     with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
         result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
     summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}

@@ -102,7 +102,7 @@ def caption(content: ReportContent) -> str:
     seeds = "mean ± std over seeds, 95% t-interval of the mean" if several_seeds(content) else "single runs"
     return (
         f"Study {content.study.name!r}: {d.strategy} search on {d.dataset}, depth {d.depth} "
-        f"({blocks} blocks per stage{paper}), recipe {d.recipe}, {d.epochs} epochs, {seeds}. "
+        f"({blocks} block{'s' if blocks != 1 else ''} per stage{paper}), recipe {d.recipe}, {d.epochs} epochs, {seeds}. "
         f"Test metrics are of the last epoch. Bold: winner of its phase by "
         f"{'validation' if d.select_on == 'val' else 'test'} accuracy."
     )
