@@ -1,4 +1,4 @@
-"""Process-level speed settings: the memory allocator and the CPU thread count.
+"""Process-level speed settings and facts: the memory allocator, the CPU thread count, bf16 support.
 
 Why an allocator: a training step on CPU allocates and frees hundreds of activation tensors of
 0.1-8 MB. glibc malloc hands blocks that large back to the kernel with munmap, so every step pays
@@ -119,3 +119,12 @@ def describe() -> dict[str, str | int]:
     import torch
 
     return {"allocator": allocator(), "threads": torch.get_num_threads()}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX). Without them a bf16
+    convolution falls back to torch's reference im2col kernel: on this project's AVX2-only AMD EPYC,
+    eager SE-ResNet-52 training at batch 32 ran at 10 images/s in bf16 against 96-113 in fp32."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
