@@ -143,7 +143,9 @@ def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
     if path.exists() and not path.is_file():
         raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} is not a regular file")
     if not create and not path.exists():
-        raise SeratioError(f"{kind} file {str(path)!r} from --storage {url!r} does not exist{_absolute_hint(path, url)}")
+        raise SeratioError(
+            f"{kind} file {str(path)!r} from --storage {url!r} does not exist{_absolute_hint(path, url)}"
+        )
     if create and not path.parent.is_dir():
         raise SeratioError(
             f"{kind} file {str(path)!r} from --storage {url!r}: its directory {str(path.parent)!r} "
@@ -157,7 +159,8 @@ def _absolute_hint(path: Path, url: str) -> str:
     absolute = Path("/") / path
     if not url.startswith("sqlite:///") or path.is_absolute() or not (absolute.exists() or absolute.parent.is_dir()):
         return ""
-    return f" (sqlite:/// is followed by a relative path; for the absolute path {str(absolute)!r} write sqlite:///{absolute})"
+    return (f" (sqlite:/// is followed by a relative path; for the absolute path {str(absolute)!r} "
+            f"write sqlite:///{absolute})")
 
 
 def check_url(url: str, *, create: bool) -> None:

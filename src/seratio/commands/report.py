@@ -76,7 +76,9 @@ def _print(written: Written, out: Path) -> None:
     for excluded in content.excluded:  # never averaged in, so never left unsaid
         console.print(f"excluded from averages: {trial_label(excluded.trial)}: {excluded.reason}")
     if content.incomplete:
-        console.print(f"{len(content.incomplete)} trial(s) without a result (failed, pruned, running or waiting) listed in the report.")
+        console.print(
+            f"{len(content.incomplete)} trial(s) without a result (failed, pruned, running or waiting) listed in the report."
+        )
     index = out / "index.html"
     console.print(f"report: {index if index in written.paths else out}")
 
