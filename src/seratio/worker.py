@@ -44,7 +44,8 @@ RESULT_ATTRS = (
     "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "tta_test_accuracy", "tta_val_accuracy",
 )
 
-INTERRUPTED_REASON = "worker interrupted (Ctrl-C or SIGTERM); the run is retried, from its last checkpoint if it wrote one"
+RETRIED = "the run is retried, from its last checkpoint if it wrote one"
+INTERRUPTED_REASON = f"worker interrupted (Ctrl-C or SIGTERM); {RETRIED}"
 
 
 class TrialAbandoned(Exception):
@@ -133,7 +134,7 @@ class Worker:
             stale = self.watch.stale(ledger.running(), self.own)
             why = f"no heartbeat for {self.options.stale_after:.0f}s (worker lost)"
         for view in stale:
-            self._fail(view, "stale", f"{why}; the run is retried, from its last checkpoint if it wrote one")
+            self._fail(view, "stale", f"{why}; {RETRIED}")
         return Ledger(self.store.trials()) if stale else ledger
 
     def _enqueue_missing(self, plan: strategies.Plan, ledger: Ledger) -> bool:

@@ -230,21 +230,25 @@ def _run(args: argparse.Namespace) -> int:
             _work(store, definition, _options(args, artifacts, args.device, sole))
         else:
             threads = args.threads or threads_per_trial(workers)
-            _spawn_workers(args, artifacts, [_device(args.device, i) for i in range(workers)], threads)
+            _spawn_workers(args, artifacts, _devices(args.device, workers), threads)
     _print_progress(store.name, definition, progress(definition, store.trials()))
     return 0
 
 
 def _local_workers(args: argparse.Namespace) -> int:
-    """`--workers W` as given, or K trials on each device that `--device` names (every GPU for `auto`)."""
+    """`--workers W` as given, or `--trials-per-device K` as `_trials_on_devices` counts it."""
     if args.trials_per_device is not None:
-        need_cpu_count("--trials-per-device", args.trials_per_device)
-        workers = args.trials_per_device * _device_count(args.device)
-    else:
-        workers = 1 if args.workers is None else need_cpu_count("--workers", args.workers)
-    asked = f"--workers {args.workers}" if args.workers is not None else f"--trials-per-device {args.trials_per_device}"
-    _refuse_parallel_sqlite(args.storage, workers, asked)
+        return _trials_on_devices(args)
+    workers = 1 if args.workers is None else need_cpu_count("--workers", args.workers)
+    _refuse_parallel_sqlite(args.storage, workers, f"--workers {args.workers}")
     return workers
+
+
+def _trials_on_devices(args: argparse.Namespace) -> int:
+    """K trials on each device that `--device` names (every GPU for `auto`), in `study run` and `study worker` alike."""
+    trials = need_cpu_count("--trials-per-device", args.trials_per_device) * _device_count(args.device)
+    _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {args.trials_per_device}")
+    return trials
 
 
 def _refuse_parallel_sqlite(storage: str, workers: int, asked: str) -> None:
@@ -263,10 +267,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    trials = 1
-    if args.trials_per_device is not None:
-        trials = need_cpu_count("--trials-per-device", args.trials_per_device) * _device_count(args.device)
-        _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {args.trials_per_device}")
+    trials = 1 if args.trials_per_device is None else _trials_on_devices(args)
     _check_worker_args(args, create=False)
     _quiet_optuna()
     patience = Patience(seconds=args.db_patience)
@@ -279,8 +280,8 @@ def _worker(args: argparse.Namespace) -> int:
         if trials == 1:
             _work(store, definition, _options(args, args.artifacts or artifacts, args.device, sole))
         else:
-            devices = [_device(args.device, i) for i in range(trials)]
-            _spawn_workers(args, args.artifacts or artifacts, devices, args.threads or threads_per_trial(trials))
+            _spawn_workers(args, args.artifacts or artifacts, _devices(args.device, trials),
+                           args.threads or threads_per_trial(trials))
     return 0
 
 
@@ -334,12 +335,12 @@ def _check_worker_codes(codes: list[int]) -> None:
         _log(f"warning: {interrupted} of {len(codes)} workers were interrupted; the others finished the study")
 
 
-def _device(device: str, index: int) -> str:
-    """With several GPUs and --device auto, worker i gets GPU i mod count."""
-    if device != "auto":
-        return device
+def _devices(device: str, workers: int) -> list[str]:
+    """One device per worker: with several GPUs and --device auto, worker i gets GPU i mod count."""
     count = torch.cuda.device_count()
-    return f"cuda:{index % count}" if count > 1 else device
+    if device != "auto" or count <= 1:
+        return [device] * workers
+    return [f"cuda:{index % count}" for index in range(workers)]
 
 
 def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]]:
