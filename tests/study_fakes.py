@@ -83,7 +83,7 @@ def _result(config: RunConfig, accuracy: float) -> dict[str, Any]:
     result = {
         "test_accuracy": accuracy, "test_loss": 1 - accuracy, "val_accuracy": accuracy, "val_loss": 1 - accuracy,
         "best_test_accuracy": accuracy, "best_epoch": 1, "params": 1000, "macs": 2000, "seconds": 0.01,
-        "epochs": recipe.epochs, "code_version": code_version(), "recipe_hash": recipe.fingerprint(),
+        "epochs": recipe.epochs, "code_version": code_version(), "recipe_hash": recipe.fingerprint(), "precision": "fp32",
     }
     if recipe.tta != "none":  # like a real run: the views gain a little over one view
         result |= {"tta": recipe.tta, "tta_test_accuracy": accuracy + 0.01, "tta_val_accuracy": accuracy + 0.02}

@@ -33,6 +33,7 @@ def test_bf16_matches_fp32_accuracy_on_a_short_real_run(
     bf16 = json.loads((tmp_path / "bf16" / "result.json").read_text())
     autocast = [json.loads((run / "config.json").read_text())["autocast"] for run in (tiny_run, tmp_path / "bf16")]
     assert autocast == [None, "torch.bfloat16"]
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     assert fp32["test_accuracy"] > MIN_ACCURACY, fp32["test_accuracy"]
     assert bf16["test_accuracy"] > MIN_ACCURACY, bf16["test_accuracy"]
     assert abs(bf16["test_accuracy"] - fp32["test_accuracy"]) <= MAX_GAP, (fp32["test_accuracy"], bf16["test_accuracy"])

@@ -18,7 +18,7 @@ from seratio.models import format_rr
 
 EXPORT_ATTRS = (
     "phase", "seed", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy",
-    "best_epoch", "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "run_dir",
+    "best_epoch", "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "precision", "run_dir",
     "fail_reason", "duplicate_of", "reused_from", "tta_test_accuracy", "tta_val_accuracy",
 )
 

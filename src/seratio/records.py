@@ -31,7 +31,7 @@ from seratio.store import Patience, StudyStore, open_storage
 RR = tuple[int | None, ...]
 """Reduction ratio per stage; None means no SE block in that stage."""
 
-PROVENANCE_FIELDS = ("code_version", "recipe_hash", "epochs")
+PROVENANCE_FIELDS = ("code_version", "recipe_hash", "epochs", "precision")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class TrialRecord:
     epochs: int | None
     code_version: str | None
     recipe_hash: str | None
+    precision: str | None  # fp32 or bf16 as trained: `auto` resolves by device type
     fail_reason: str | None
     last_reported_epoch: int | None
     reused_from: int | None  # a TPE draw of a measured configuration copies that trial's result
@@ -205,6 +206,7 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         epochs=_opt(a, "epochs", int),
         code_version=a.get("code_version"),
         recipe_hash=a.get("recipe_hash"),
+        precision=a.get("precision"),
         fail_reason=a.get("fail_reason"),
         last_reported_epoch=max(trial.intermediate_values, default=None),
         reused_from=_opt(a, "reused_from", int),
@@ -258,7 +260,7 @@ def aggregate(study: StudyRecords) -> Aggregate:
     # A lost claim race is bookkeeping, not a failed run: the run it names is the other trial.
     incomplete = tuple(t for t in study.trials if not _is_complete(t) and t.duplicate_of is None)
     d = study.definition
-    prefer = {"code_version": d.code_version, "recipe_hash": d.recipe_hash, "epochs": d.epochs}
+    prefer = {"code_version": d.code_version, "recipe_hash": d.recipe_hash, "epochs": d.epochs, "precision": None}
     majority = {f: _majority((getattr(t, f) for t in complete), prefer[f]) for f in PROVENANCE_FIELDS}
 
     excluded: list[Excluded] = []

@@ -258,6 +258,12 @@ def _precision_started(config: RunConfig, record: dict[str, Any]) -> str | None:
     return {None: "fp32", str(torch.bfloat16): "bf16"}.get(record.get("autocast"))
 
 
+def _precision_name(session: _Session) -> str:
+    """The precision the run trained in, resolved: `auto` is bf16 for `fast` on CUDA and fp32 on a
+    CPU, so two runs of one recipe can differ in it, and a study must not average them unawares."""
+    return "fp32" if session.autocast_dtype is None else "bf16"
+
+
 def start_session(config: RunConfig, *, compile_cpu: bool | None = None, precision: str | None = None) -> _Session:
     """Data on the run's device and a fresh session; `compile_cpu` and `precision` as in `build_session`."""
     device = resolve_device(config.device)
@@ -656,6 +662,7 @@ def _finish(session: _Session, state: dict[str, Any], out: Path) -> dict[str, An
         "seed": session.config.seed,
         "recipe": session.recipe.name,
         "recipe_hash": session.recipe.fingerprint(),
+        "precision": _precision_name(session),
         "code_version": environment()["code_version"],
     }
     if session.recipe.tta != "none":

@@ -41,7 +41,8 @@ Trainer = Callable[..., dict[str, Any]]
 
 RESULT_ATTRS = (
     "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy", "best_epoch",
-    "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "tta_test_accuracy", "tta_val_accuracy",
+    "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "precision", "tta_test_accuracy",
+    "tta_val_accuracy",
 )
 
 RETRIED = "the run is retried, from its last checkpoint if it wrote one"

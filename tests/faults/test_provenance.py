@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from faultkit import main_in_process
 from seratio.config import RunConfig, code_version
 from seratio.study import run_name
+from seratio.worker import Worker
 from study_fakes import TINY, FakeTrainer, _result, create, work
 
 pytestmark = pytest.mark.faults
@@ -32,20 +33,14 @@ def test_a_real_run_records_the_code_version_and_recipe_hash_it_ran_with(referen
     config = RunConfig.from_dict(json.loads((reference_run / "config.json").read_text())["run"])
     assert result["code_version"] == code_version()
     assert result["recipe_hash"] == config.resolved_recipe().fingerprint()
+    assert result["precision"] == "fp32"  # --precision auto on a CPU, resolved
 
 
 def test_a_trial_of_other_code_and_recipe_is_recorded_flagged_and_kept_out_of_the_mean(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"journal:{tmp_path / 'study.log'}"
-    runs = tmp_path / "runs"
-    create(storage, "prov", "constant", runs, candidates=(4,), seeds=2)
-    stale = runs / run_name((4, 4, 4), 1)  # finished earlier by other code; the worker reads it back
-    stale.mkdir(parents=True)
-    old = _result(RunConfig(rr=(4, 4, 4), seed=1, **{k: getattr(TINY, k) for k in ("depth", "epochs", "batch_size")}),
-                  0.5) | {"code_version": OLD_CODE, "recipe_hash": OLD_RECIPE}
-    (stale / "result.json").write_text(json.dumps(old))
-    worker = work(storage, "prov", FakeTrainer())
+    worker = _study_with_one_run_finished_earlier(storage, tmp_path / "runs", code_version=OLD_CODE, recipe_hash=OLD_RECIPE)
 
     trials = worker.store.trials()
     complete = {(tuple(t.user_attrs["rr"]), t.user_attrs["seed"]): t for t in trials if t.state == TrialState.COMPLETE}
@@ -68,6 +63,32 @@ def test_a_trial_of_other_code_and_recipe_is_recorded_flagged_and_kept_out_of_th
     markdown = (out / "table.md").read_text()
     assert "## Excluded from averages" in markdown and OLD_RECIPE in markdown
     assert "excluded" in terminal and OLD_RECIPE in terminal, terminal  # said where the user looks first
+
+
+def test_a_run_trained_in_another_precision_is_kept_out_of_the_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--precision auto` trains `fast` in bf16 on CUDA and in fp32 on a CPU under one recipe hash, so
+    a study served by both kinds of worker must not average the two."""
+    storage = f"journal:{tmp_path / 'study.log'}"
+    _study_with_one_run_finished_earlier(storage, tmp_path / "runs", precision="bf16")
+    out = tmp_path / "report"
+    assert main_in_process(["report", "--name", "prov", "--storage", storage, "--out", str(out), "--format", "json"]) == 0
+    [excluded] = json.loads((out / "table.json").read_text())["excluded"]
+    assert (tuple(excluded["rr"]), excluded["seed"]) == ((4, 4, 4), 1)
+    assert excluded["reason"] == "differs from the study: precision 'bf16' (majority 'fp32')"
+    assert "precision 'bf16'" in " ".join(capsys.readouterr().out.split())
+
+
+def _study_with_one_run_finished_earlier(storage: str, runs: Path, **stored: str) -> Worker:
+    """A constant study of (4, 4, 4), two seeds, whose seed-1 run a worker finds finished, with `stored`
+    in its result.json, and reads back instead of training; a fake trainer trains the rest."""
+    create(storage, "prov", "constant", runs, candidates=(4,), seeds=2)
+    stale = runs / run_name((4, 4, 4), 1)
+    stale.mkdir(parents=True)
+    config = RunConfig(rr=(4, 4, 4), seed=1, **{k: getattr(TINY, k) for k in ("depth", "epochs", "batch_size")})
+    (stale / "result.json").write_text(json.dumps(_result(config, 0.5) | stored))
+    return work(storage, "prov", FakeTrainer())
 
 
 def test_the_code_version_follows_the_package_source_not_the_commit(tmp_path: Path) -> None:
