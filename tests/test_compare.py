@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,18 @@ def test_cli_compare(runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
     assert document["mcnemar"]["n"] == document["mcnemar"]["b"] + document["mcnemar"]["c"]
     assert main(["compare", str(runs[0]), "/nonexistent/run"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_settings_that_differ_besides_the_ratios_are_said(
+    tiny_run: Path, runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same test images, but one run trained longer and in bf16: the gap is not the ratios' alone."""
+    other = tmp_path / "longer"
+    shutil.copytree(tiny_run, other)
+    result = json.loads((other / "result.json").read_text())
+    (other / "result.json").write_text(json.dumps(result | {"epochs": 4, "precision": "bf16"}))
+    assert compare_runs(tiny_run, other).differences == ("epochs 3 vs 4", "precision fp32 vs bf16")
+    assert main(["compare", str(tiny_run), str(other)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: the runs also differ in epochs 3 vs 4; precision fp32 vs bf16;" in out
+    assert compare_runs(*runs).differences == ()  # no config.json: compared on what both runs store

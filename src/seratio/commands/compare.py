@@ -43,6 +43,9 @@ def _print(result: PairComparison) -> None:
                   f"{m.c} only in B; McNemar exact p = {fmt_p(m.p_value)}")
     verdict = "significant" if m.p_value < 0.05 else "not significant"
     console.print(f"The difference is {verdict} at the 5% level (this pair of trained networks only).")
+    if result.differences:
+        console.print(f"note: the runs also differ in {'; '.join(result.differences)}; the difference is not "
+                      "the ratios' (and seeds') alone.")
     table = Table(title="Per-class test accuracy (%)")
     for column in ("class", "images", "A", "B", "A - B"):
         table.add_column(column, justify="left" if column == "class" else "right")

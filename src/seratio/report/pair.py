@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from seratio.errors import SeratioError
 from seratio.records import read_correctness, read_result
-from seratio.rundir import need_run_dir
+from seratio.rundir import need_run_dir, read_run_config
 from seratio.stats import McNemarResult, mcnemar_exact
 
 
@@ -42,6 +43,7 @@ class PairComparison:
     b: RunSummary
     mcnemar: McNemarResult
     per_class: tuple[ClassDifference, ...]
+    differences: tuple[str, ...]  # settings besides ratios and seed, e.g. "epochs 3 vs 5"
 
 
 def _summary(path: Path, correct: np.ndarray) -> tuple[RunSummary, list[str] | None]:
@@ -56,6 +58,35 @@ def _summary(path: Path, correct: np.ndarray) -> tuple[RunSummary, list[str] | N
         epochs=result.get("epochs"),
     )
     return summary, result.get("class_names")
+
+
+def _settings(path: Path) -> dict[str, Any]:
+    """What besides the ratios and the seed shapes a run's accuracy. A run whose config.json cannot be
+    read is still compared on its predictions, only without this list."""
+    result = read_result(path)
+    try:
+        _, record = read_run_config(path)
+    except SeratioError:
+        record = {}
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    return {
+        "depth": result.get("depth"),
+        "recipe": result.get("recipe"),
+        "recipe settings (hash)": result.get("recipe_hash"),
+        "epochs": result.get("epochs"),
+        "batch size": recipe.get("batch_size"),
+        "learning rate": recipe.get("lr"),
+        "precision": result.get("precision"),
+        "training images": data.get("train"),
+    }
+
+
+def _differences(run_a: Path, run_b: Path) -> tuple[str, ...]:
+    """Settings known for both runs that differ: then A - B is not the ratios' and seeds' doing alone."""
+    a, b = _settings(run_a), _settings(run_b)
+    return tuple(f"{key} {a[key]} vs {b[key]}" for key in a
+                 if a[key] is not None and b[key] is not None and a[key] != b[key])
 
 
 def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
@@ -79,4 +110,4 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
         )
         for k in (int(c) for c in classes)
     )
-    return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class)
+    return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class, _differences(run_a, run_b))
