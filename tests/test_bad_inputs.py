@@ -223,6 +223,8 @@ CASES = [
          "stage 2: reduction ratio 'x' is not an integer"),
     Case("report baseline never measured", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r", "--baseline", "8,8,8"], 2,
          "--baseline 8,8,8: study 's' has no completed comparable run of it; configurations with results: none yet"),
+    Case("report study without results", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r"], 2,
+         "study 's' has no finished run to report (no trials yet); `seratio study status --name s` shows where it stands"),
     Case("report study unknown", ["report", "--name", "nope", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r"], 2,
          "no study named 'nope'"),
     Case("report out empty", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", ""], 2,

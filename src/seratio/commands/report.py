@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -90,10 +91,26 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
     if baseline is not None:
         _need_measured(baseline, study)
+    _need_results(study)
     with sigterm_as_ctrl_c():
         written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0
+
+
+def _need_results(study: StudyRecords) -> None:
+    """A report with an empty table would look like the finished analysis of a study that has not
+    finished a run yet, or whose runs are all excluded."""
+    measured = aggregate(study)
+    if measured.configs:
+        return
+    states = Counter(t.state.lower() for t in study.trials)
+    held = ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "no trials yet"
+    excluded = "" if not measured.excluded else (
+        f"; every finished one is excluded from averages, e.g. trial #{measured.excluded[0].trial.number}: "
+        f"{measured.excluded[0].reason}")
+    raise SeratioError(f"study {study.name!r} has no finished run to report ({held}{excluded}); "
+                       f"`seratio study status --name {study.name}` shows where it stands")
 
 
 def _need_measured(baseline: Ratios, study: StudyRecords) -> None:
