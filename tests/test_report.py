@@ -132,9 +132,19 @@ def test_csv_parses_and_matches_json(one_seed: tuple[FixtureStudy, Path]) -> Non
     document = _table(one_seed[1])["rows"]
     assert len(rows) == len(document) == sum(len(v) for v in PAPER_ROWS.values())
     for parsed, row in zip(rows, document):
-        assert float(parsed["test_accuracy"]) == row["test_accuracy"]
+        assert float(parsed["test_accuracy"]) == pytest.approx(row["test_accuracy"], rel=1e-11)
+        assert parsed["rr"] == ",".join("none" if r is None else str(r) for r in row["rr"])
+        assert all(len(cell) <= 20 for cell in parsed.values() if _is_float(cell)), parsed
         assert int(parsed["params"]) == row["params"]
         assert parsed["winner"] == str(row["winner"])
+
+
+def _is_float(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def test_every_file_exists_and_parses(one_seed: tuple[FixtureStudy, Path]) -> None:

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from seratio import __version__
+from seratio.models import format_rr
 from seratio.records import RR, TrialRecord, redact_url
 from seratio.report.content import ReportContent, Row, completed_as
 from seratio.report.labels import fmt_p, model_label, model_name, phase_title, ratios_text, short_label
@@ -164,8 +165,19 @@ def to_csv(content: ReportContent) -> str:
         writer = csv.DictWriter(out, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()
         for record in records:
-            writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in record.items()})
+            writer.writerow({key: _csv_cell(key, value) for key, value in record.items()})
     return out.getvalue()
+
+
+def _csv_cell(key: str, value: Any) -> Any:
+    """Ratios as the command line writes them (8,2,16; none), other lists space-separated, and floats
+    to 12 significant digits: a spreadsheet should show 0.046, not 0.045999999999999985. table.json
+    keeps the stored values unrounded."""
+    if key == "rr":
+        return format_rr(value)
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return float(f"{value:.12g}") if isinstance(value, float) else value
 
 
 def trial_record(t: TrialRecord) -> dict[str, Any]:
