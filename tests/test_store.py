@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 import sqlalchemy.exc
 
 from seratio.cli import main
+from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
 from seratio.store import Patience, _rdb_url, open_storage, retrying, sqlite_worker_lock
@@ -275,3 +278,20 @@ def test_a_study_on_sqlite_runs_in_one_process(tmp_path: Path) -> None:
     trainer = FakeTrainer()
     work(url, "s", trainer)
     assert len(trainer.calls) == len(set(trainer.calls)) == 6  # 2 constants + 1 new per stage + plain ResNet
+
+
+def test_a_stop_signal_that_a_driver_swallows_still_ends_the_retries() -> None:
+    """A driver that catches the KeyboardInterrupt of a SIGTERM mid-connect and reports the lost
+    connection instead must not keep the loop retrying for its whole patience."""
+    def connect_swallowing_the_interrupt() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+        except KeyboardInterrupt:
+            pass
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+
+    started = time.monotonic()
+    with sigterm_as_ctrl_c(), pytest.raises(KeyboardInterrupt):
+        retrying(connect_swallowing_the_interrupt, Patience(seconds=30, first_wait=0.05, max_wait=0.05), lambda m: None)
+    assert time.monotonic() - started < 5

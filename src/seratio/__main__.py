@@ -3,9 +3,11 @@
 A Ctrl-C or SIGTERM at any instant must end in one line. Python spends some 50 ms importing
 `seratio.cli` (twice, with the tcmalloc re-exec), and an interrupt there used to print a
 traceback, so that import happens inside the guard. Only `signal` and `sys`, built into the
-interpreter, are imported before it. SIGTERM, what batch schedulers and service managers stop
-jobs with, is turned into the same KeyboardInterrupt first of all, so that every command (a
-report waiting for its storage, `study status`) unwinds and says so instead of dying silently.
+interpreter, and `seratio.interrupts`, which imports only `signal`, are imported before it.
+SIGTERM, what batch schedulers and service managers stop jobs with, is turned into the same
+KeyboardInterrupt first of all, so that every command (a report waiting for its storage, `study
+status`) unwinds and says so instead of dying silently; both signals are counted
+(`seratio.interrupts`), so that a retry loop notices one that a library swallowed.
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ from __future__ import annotations
 import signal
 import sys
 
+from seratio.interrupts import STOP_SIGNALS, raise_interrupt
+
 INTERRUPTED = 130
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def raise_interrupt(signum: int, frame: object) -> None:
-    """The SIGTERM handler (typing.NoReturn would import `typing`, 9 ms outside the guard)."""
-    raise KeyboardInterrupt
 
 
 def run() -> int:
     try:
-        signal.signal(signal.SIGTERM, raise_interrupt)
+        for number in STOP_SIGNALS:
+            signal.signal(number, raise_interrupt)
         from seratio.cli import main
 
         code = main()

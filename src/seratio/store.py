@@ -31,6 +31,7 @@ import sqlalchemy.exc
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
+from seratio import interrupts
 from seratio.errors import SeratioError
 from seratio.runlock import Lock, lock_or_warn
 
@@ -80,13 +81,18 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def retrying(call: Callable[[], T], patience: Patience, log: Log) -> T:
-    """`call()`, retried with jittered exponential backoff while the storage is unreachable."""
+    """`call()`, retried with jittered exponential backoff while the storage is unreachable. A stop
+    signal that arrived during an attempt ends the loop even where the driver swallowed its
+    KeyboardInterrupt and raised a connection error instead."""
     deadline = time.monotonic() + patience.seconds
     wait = patience.first_wait
     while True:
+        stops = interrupts.received()
         try:
             return call()
         except Exception as error:
+            if interrupts.received() != stops:
+                raise KeyboardInterrupt from error
             if not _is_transient(error):
                 sqlite_error = _sqlite_error(error)
                 if sqlite_error is not None:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from seratio.__main__ import STOP_SIGNALS, raise_interrupt
+from seratio.interrupts import STOP_SIGNALS, raise_interrupt
 
 
 @contextmanager
