@@ -8,10 +8,11 @@ Keeping them apart lets each area own its options without one giant file.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from seratio import __version__
 from seratio.__main__ import INTERRUPTED
@@ -19,6 +20,8 @@ from seratio.errors import SeratioError, user_message
 from seratio.runtime import reexec_with_tcmalloc
 
 COMMANDS = ("info", "train", "evaluate", "report", "compare", "study")
+INNERMOST = "_seratio_parser"
+"""Where `Parser` notes, in the parsed namespace, which command's parser parsed it."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,6 +30,30 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """Notes the innermost command's parser: a subcommand's namespace is parsed, and so marked, first."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if not hasattr(parsed, INNERMOST):
+            setattr(parsed, INNERMOST, self)
+        return parsed, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        """argparse reports an unknown option as the top-level `seratio`'s, with no hint; this says it
+        as the command's that got it (`seratio study run`), with the nearest option it has."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        innermost = getattr(parsed, INNERMOST)
+        delattr(parsed, INNERMOST)
+        if extras:
+            innermost.unrecognized(extras)
+        return parsed
+
+    def unrecognized(self, extras: list[str]) -> NoReturn:
+        options = [option for action in self._actions for option in action.option_strings]
+        hints = [match[0] for extra in extras if extra.startswith("-")
+                 if (match := difflib.get_close_matches(extra.split("=")[0], options, n=1, cutoff=0.6))]
+        hint = f"; did you mean {', '.join(hints)}?" if hints else f"; {self.prog} -h lists what it takes"
+        self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
