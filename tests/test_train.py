@@ -204,24 +204,29 @@ def test_a_checkpoint_from_another_device_type_resumes_with_a_notice(
 
 
 def test_an_auto_precision_run_resumes_in_the_precision_it_started_in(
-    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A run that `--precision auto` started in bf16 (as `fast` does on CUDA) finishes in bf16 on a
-    CPU, where auto picks fp32: it used to switch precision halfway."""
+    CPU, where auto picks fp32: it used to switch precision halfway. (A smaller run than TINY: bf16
+    is about 10x slower than fp32 on a CPU without bf16 instructions.)"""
+    small = ["train", "--depth", "8", "--rr", "4,4,4", "--train-subset", "400", "--test-subset", "200",
+             "--val-size", "100", "--epochs", "2", "--data-dir", str(cifar_dir), "--quiet", "--out"]
+    fp32 = tmp_path / "fp32"
+    assert main([*small, str(fp32)]) == 0
     out = tmp_path / "bf16-start"
     out.mkdir()
-    record = json.loads((finished_run / "config.json").read_text())
+    record = json.loads((fp32 / "config.json").read_text())
     assert record["run"]["precision"] == "auto" and record["autocast"] is None
     (out / "config.json").write_text(json.dumps({**record, "autocast": "torch.bfloat16"}))
-    (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in read_rows(finished_run)[:2]))
-    shutil.copy(finished_run / "checkpoint.prev.pt", out / "checkpoint.pt")
-    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    (out / "metrics.jsonl").write_text(json.dumps(read_rows(fp32)[0]) + "\n")
+    shutil.copy(fp32 / "checkpoint.prev.pt", out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main([*small, str(out), "--resume"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "this run started in bf16 under --precision auto and keeps it" in err
     assert json.loads((out / "config.json").read_text())["autocast"] == "torch.bfloat16"
-    rows = read_rows(out)
-    assert deterministic(rows[2:]) != deterministic(read_rows(finished_run)[2:])  # epoch 3 in bf16, not fp32
-    assert json.loads((out / "result.json").read_text())["test_accuracy"] > 0.30
+    assert json.loads((out / "result.json").read_text())["precision"] == "bf16"
+    assert deterministic(read_rows(out)[1:]) != deterministic(read_rows(fp32)[1:])  # epoch 2 in bf16, not fp32
 
 
 def test_a_recipe_with_test_time_augmentation_reports_it_once_at_the_end(
