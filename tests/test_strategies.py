@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 
 import optuna
@@ -11,13 +12,14 @@ import pytest
 from optuna.trial import TrialState
 
 from seratio import strategies
+from seratio.cli import main
 from seratio.ledger import Ledger
 from seratio.overview import progress, trial_row
 from seratio.records import load_study
 from seratio.report.content import build_content
 from seratio.store import Patience
-from seratio.study import pruner
-from study_fakes import TABLE3, TINY, FakeTrainer, create, smooth_accuracy, table3_accuracy, work
+from seratio.study import pruner, run_name
+from study_fakes import TABLE3, TINY, FakeTrainer, _result, create, smooth_accuracy, table3_accuracy, work
 
 
 def _study(tmp_path: Path, strategy: str, trainer: FakeTrainer, **request: object) -> tuple[Ledger, strategies.Plan]:
@@ -201,3 +203,29 @@ def test_halving_judges_a_retried_run_once_at_a_cut_not_as_its_failed_trial_and_
         arrive(rr, accuracy)
     _, cut = arrive((2, 2, 2), 0.8)
     assert cut
+
+
+def test_status_counts_the_plan_and_estimates_the_training_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two of greedy's four first runs finished (600 s each), the third interrupted: the plan has 2 of
+    4 ended, and the whole search trains at most 3 constants + 3 stages x 2 new + the baseline."""
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", "greedy", tmp_path / "runs", candidates=(2, 4, 8))
+    for r in (2, 4):
+        finished = tmp_path / "runs" / run_name((r, r, r), 0)
+        finished.mkdir(parents=True)
+        (finished / "result.json").write_text(json.dumps(_result(TINY, 0.5) | {"seconds": 600.0}))
+
+    def interrupted(rr: tuple, seed: int) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        work(url, "s", FakeTrainer(interrupted))
+    state = progress(definition, store.trials())
+    assert (state.planned, state.ended, state.most, state.run_seconds) == (4, 2, 10, (600.0, 600.0))
+    assert main(["study", "status", "--name", "s", "--storage", url]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "runs: 2 of the 4 planned so far have ended; the whole search trains at most 10" in out
+    assert ("about 20 min of training left for the plan, at most 80 min for the whole search, at 10 min per run "
+            "(mean of 2)") in out

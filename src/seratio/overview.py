@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from seratio import strategies
 from seratio.errors import SeratioError
-from seratio.ledger import RR, Ledger
+from seratio.ledger import RR, Ledger, Status
 from seratio.models import format_rr
 
 EXPORT_ATTRS = (
@@ -34,6 +34,10 @@ class Progress:
     best: RR | None
     best_score: float | None
     baseline_score: float | None
+    planned: int  # runs the current plan wants
+    ended: int  # of those, finished or failed for good (diverged, pruned)
+    most: int  # runs the whole search trains at most
+    run_seconds: tuple[float, ...]  # training time of each run finished here (not reused ones)
 
 
 def _category(trial: FrozenTrial) -> str:
@@ -56,8 +60,9 @@ def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
     try:
         current = strategies.plan(definition, ledger)
         phase, best = current.phase, current.best or _best_measured(ledger, current, seeds)
+        units = current.units
     except SeratioError as error:
-        phase, best = f"blocked: {error}", None
+        phase, best, units = f"blocked: {error}", None, ()
     retried = ledger.retried()
     counts = Counter("retried" if t.number in retried else _category(t) for t in trials)
     return Progress(
@@ -66,6 +71,11 @@ def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
         best=best,
         best_score=strategies.score(ledger, best, seeds) if best else None,
         baseline_score=strategies.score(ledger, baseline, seeds),
+        planned=len(units),
+        ended=sum(ledger.status(u.key) in (Status.COMPLETE, Status.FINAL) for u in units),
+        most=strategies.most_runs(definition),
+        run_seconds=tuple(float(v.attrs["seconds"]) for v in ledger.views if v.state == TrialState.COMPLETE
+                          and v.counts and v.reused_from is None and isinstance(v.attrs.get("seconds"), (int, float))),
     )
 
 

@@ -150,6 +150,24 @@ def _tpe(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
     return Plan(tuple(units), DONE if done else "tpe", slots, best)
 
 
+def most_runs(definition: Mapping[str, Any]) -> int:
+    """The runs the whole search trains at most, for `study status`'s estimate: greedy's later
+    stages and TPE's later draws are in no plan yet. A greedy stage whose list holds every constant
+    candidate repeats the incumbent, measured once; TPE may draw a configuration twice."""
+    strategy, phases = definition["strategy"], definition["phases"]
+    if strategy in ("greedy", "paper"):
+        constant = set(phases["constant"])
+        configs = [(r, r, r) for r in constant]
+        extra = sum(len(phases[name]) - (constant <= set(phases[name])) for name in STAGES)
+    elif strategy == "tpe":
+        configs, extra = [], definition["n_trials"]
+    else:
+        configs, extra = ([(r, r, r) for r in phases["constant"]] if strategy == "constant"
+                          else _all_configs(definition)), 0
+    baseline = tuple(definition["baseline"]) not in configs
+    return (len(configs) + extra + baseline) * definition["seeds"]
+
+
 PLANNERS = {
     "constant": _constant,
     "greedy": _greedy,

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,27 @@ def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> N
     if state.baseline_score is not None:
         baseline = format_rr(tuple(definition["baseline"]))
         out.print(f"baseline rr {baseline}: {metric} {state.baseline_score:.4f}{mean}")
+    out.print(_plan_line(state))
+
+
+def _plan_line(state: Progress) -> str:
+    """How far the study is and, from the runs finished so far, how much training is left: the
+    paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it."""
+    whole = "" if state.most == state.planned else f"; the whole search trains at most {state.most}"
+    line = f"runs: {state.ended} of the {state.planned} planned so far have ended{whole}"
+    if not state.run_seconds:
+        return line + "; a time estimate follows the first finished run"
+    per_run = statistics.mean(state.run_seconds)
+    left, most_left = (max(total - state.ended, 0) * per_run for total in (state.planned, state.most))
+    whole_left = "" if state.most == state.planned else f", at most {_duration(most_left)} for the whole search"
+    return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, at {_duration(per_run)} "
+            f"per run (mean of {len(state.run_seconds)}); workers training at once divide it")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def export(args: argparse.Namespace) -> int:
