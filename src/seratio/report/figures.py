@@ -195,13 +195,16 @@ def draw_pareto(content: ReportContent, out_dir: Path) -> FigureSet:
             ax.scatter(cost[base], acc[base], marker="s", facecolor="none", edgecolor="black", s=70,
                        label="baseline", zorder=5)
         for x, y, c in zip(cost, acc, group):
-            ax.annotate(ratios_text(c.rr), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+            label = "no SE" if all(r is None for r in c.rr) else ratios_text(c.rr)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Test accuracy against cost (error bars: std over seeds)", fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=7)  # never on a point
+    several = any(c.test_accuracy.n > 1 for c in configs)
+    fig.suptitle(f"Test accuracy against cost ({'error bars: std over seeds' if several else 'one seed each'})",
+                 fontsize=10)
     path = out_dir / "pareto.png"
     fig.savefig(path, dpi=DPI)
     result.paths.append(path)
