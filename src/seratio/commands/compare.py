@@ -6,9 +6,9 @@ import argparse
 import json
 from dataclasses import asdict
 
-from rich.console import Console
 from rich.table import Table
 
+from seratio.commands.console import stdout_console
 from seratio.commands.options import path_arg
 from seratio.errors import SeratioError
 from seratio.report.labels import fmt_p
@@ -33,7 +33,7 @@ def _name(run: RunSummary) -> str:
 
 
 def _print(result: PairComparison) -> None:
-    console = Console(highlight=False)
+    console = stdout_console()
     a, b, m = result.a, result.b, result.mcnemar
     console.print(f"A  {_name(a)}: test accuracy {100 * a.accuracy:.2f}%"
                   + (f", loss {a.loss:.4f}" if a.loss is not None else ""))

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from seratio.commands.console import stdout_console
 from seratio.commands.options import add_threads_option, checked_threads, path_arg, path_text
 from seratio.config import resolve_device
 from seratio.errors import SeratioError, user_message
@@ -65,7 +66,7 @@ def _show_one(scores: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(scores))
         return
-    console = Console(highlight=False)
+    console = stdout_console()
     for warning in scores["warnings"]:
         console.print(f"warning: {warning}; scored the previous checkpoint instead")
     console.print(f"{scores['run']}: rr {_rr(scores)}, seed {scores['seed']}, weights after epoch {scores['epoch']} "
@@ -100,10 +101,7 @@ def _score_many(runs: list[Path], args: argparse.Namespace) -> int:
             print(json.dumps(scores), flush=True)
         scored.append(scores)
     if not args.json:
-        console = Console(highlight=False)
-        if not console.is_terminal:  # a file has no width to fit: keep run names whole
-            console.width = max(console.width, 160)
-        console.print(_table(scored))
+        stdout_console().print(_table(scored))
     if skipped:
         notes.print(f"{skipped} of {len(runs)} runs skipped")
     return 1 if skipped else 0

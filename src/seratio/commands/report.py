@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from seratio.commands.console import stdout_console
 from seratio.commands.options import add_read_patience_option, path_arg
 from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.errors import SeratioError
@@ -54,7 +55,7 @@ TERMINAL_DROPS = ("Experiment", "Model", "Ratios", "MACs", "Epochs")
 
 def _print(written: Written, out: Path) -> None:
     """The table in a terminal's width: phase key and ratios up front, MACs and epochs left to the files."""
-    console = Console(highlight=False)
+    console = stdout_console()
     content = written.content
     header = display_header(content)
     keep = [i for i, column in enumerate(header) if column not in TERMINAL_DROPS]

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.__main__ import INTERRUPTED
+from seratio.commands.console import stdout_console
 from seratio.commands.options import (
     add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_cpu_count, path_arg,
     path_text, run_config_from_args,
@@ -58,7 +59,7 @@ TEST_LABEL = "selected on the TEST set, as the paper did"
 MAX_DURATION = 7 * 24 * 3600.0
 """A week, far beyond any useful heartbeat; at 1e10 s the heartbeat thread's clock arithmetic overflowed."""
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+out = stdout_console()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
