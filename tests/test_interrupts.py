@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 from optuna.trial import TrialState
 
-from seratio.commands.signals import stop_signals_held
+from seratio import rundir
+from seratio.cli import main
+from seratio.interrupts import stop_signals_held
 from seratio.overview import progress
 from seratio.store import StudyStore
 from study_fakes import TINY_CLI, FakeTrainer, create, open_store, work
@@ -173,3 +175,24 @@ def test_sigterm_while_a_command_waits_for_its_storage_is_one_line(tmp_path: Pat
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130 and err.endswith("seratio: interrupted\n") and "Traceback" not in err, err
+
+
+def test_a_sigterm_while_an_epoch_is_saved_keeps_that_epoch(
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal waits until the metrics and the checkpoint are written: it used to abort the write,
+    and the resumed run trained the finished epoch again."""
+    save = rundir.save_checkpoint
+
+    def signalled_mid_save(run_dir: Path, state: dict) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # an unheld KeyboardInterrupt lands here, before the checkpoint is written
+        save(run_dir, state)
+
+    monkeypatch.setattr(rundir, "save_checkpoint", signalled_mid_save)
+    out = tmp_path / "run"
+    small = ["--train-subset", "200", "--test-subset", "200", "--val-size", "100"]
+    assert main(train_args(cifar_dir, out, *small)) == 130
+    state, _ = rundir.load_checkpoint(out)
+    assert state is not None and state["epoch"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

@@ -4,13 +4,17 @@ Python raises a handler's KeyboardInterrupt wherever the main thread happens to 
 that catches BaseException there (a database driver mid-connect, a finalizer) can swallow it. A
 loop that waits only for the exception, like the storage retry loop, would then go on for its
 whole patience after the user asked it to stop; once it ran on for a minute after a SIGTERM. The
-count lets such a loop see that a stop arrived while it was busy. Only `signal` is imported:
-`seratio.__main__` installs the handler before anything else loads.
+count lets such a loop see that a stop arrived while it was busy. Only small standard modules are
+imported: `seratio.__main__` installs the handler before anything else loads.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -26,3 +30,25 @@ def raise_interrupt(signum: int, frame: object) -> None:
 def received() -> int:
     """How many stop signals this process has taken so far; compare two readings around a call."""
     return _received[0]
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then arrive as if sent that moment, so a
+    round of spawns or of forwarded signals, or an epoch's metrics and checkpoint, is never cut in half.
+
+    Handlers, not the signal mask: a process-directed signal goes to any thread that does not
+    block it, and a mask set in one thread would not hold it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda number, frame: caught.append(number)) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+    for number in dict.fromkeys(caught):
+        os.kill(os.getpid(), number)

@@ -30,6 +30,7 @@ from seratio.cpu_compile import CompiledForward, forget_compiled_graphs
 from seratio.cuda_step import GraphedStep
 from seratio.data import CifarData, Split, load_cifar
 from seratio.errors import SeratioError
+from seratio.interrupts import stop_signals_held
 from seratio.models import (
     build_model, count_macs, count_params, format_rr, kernel_parameters, se_hidden, set_bn_momentum,
 )
@@ -146,8 +147,9 @@ def _train(
     with EpochProgress(enabled=show_progress) as progress:
         while state["epoch"] < session.recipe.epochs:
             row = _run_epoch(session, state, progress)
-            rundir.write_metrics(out / rundir.METRICS, state["history"])
-            rundir.save_checkpoint(out, _snapshot(session, state))
+            with stop_signals_held():  # a SIGTERM here used to lose the epoch just trained
+                rundir.write_metrics(out / rundir.METRICS, state["history"])
+                rundir.save_checkpoint(out, _snapshot(session, state))
             if show_progress:
                 log(_epoch_line(row, session.recipe.epochs))
             if on_epoch is not None:

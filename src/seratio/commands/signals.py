@@ -1,5 +1,5 @@
-"""How commands meet the stop signals: SIGTERM stops them exactly like Ctrl-C, and a few steps
-hold both until they are done.
+"""How commands meet the stop signals: SIGTERM stops them exactly like Ctrl-C (the steps that hold
+both until they are done are in `seratio.interrupts`).
 
 Batch schedulers and service managers stop jobs with SIGTERM, whose default action ends the process
 where it stands: a study trial would stay RUNNING until another worker called it stale, and a
@@ -9,13 +9,12 @@ same cleanup as Ctrl-C, and the command ends with "interrupted" and exit code 13
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from seratio.interrupts import STOP_SIGNALS, raise_interrupt
+from seratio.interrupts import raise_interrupt
 
 
 @contextmanager
@@ -31,25 +30,3 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-@contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done, then arrive as if sent that moment, so a
-    round of spawns or of forwarded signals is never cut in half.
-
-    Handlers, not the signal mask: a process-directed signal goes to any thread that does not
-    block it, and a mask set in one thread would not hold it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {number: signal.signal(number, lambda number, frame: caught.append(number)) for number in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
-    for number in dict.fromkeys(caught):
-        os.kill(os.getpid(), number)

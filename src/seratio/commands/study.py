@@ -25,11 +25,12 @@ from seratio.commands.options import (
     add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_cpu_count, path_arg,
     path_text, run_config_from_args,
 )
-from seratio.commands.signals import sigterm_as_ctrl_c, stop_signals_held
+from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.concurrent import threads_per_trial
 from seratio.config import resolve_device
 from seratio.datasets import resolve_data_dir
 from seratio.errors import SeratioError
+from seratio.interrupts import stop_signals_held
 from seratio.models import format_rr, parse_rr
 from seratio.overview import Progress, progress, trial_row
 from seratio.rundir import write_atomic
