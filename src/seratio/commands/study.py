@@ -8,8 +8,8 @@ import io
 import json
 import os
 import signal
-import subprocess
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
