@@ -3,7 +3,7 @@
 A Ctrl-C or SIGTERM at any instant must end in one line. Python spends some 50 ms importing
 `seratio.cli` (twice, with the tcmalloc re-exec), and an interrupt there used to print a
 traceback, so that import happens inside the guard. Only `signal` and `sys`, built into the
-interpreter, and `seratio.interrupts`, which imports only `signal`, are imported before it.
+interpreter, and `seratio.interrupts`, which imports only small standard modules, are imported before it.
 SIGTERM, what batch schedulers and service managers stop jobs with, is turned into the same
 KeyboardInterrupt first of all, so that every command (a report waiting for its storage, `study
 status`) unwinds and says so instead of dying silently; both signals are counted

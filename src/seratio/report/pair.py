@@ -46,8 +46,7 @@ class PairComparison:
     differences: tuple[str, ...]  # settings besides ratios and seed, e.g. "epochs 3 vs 5"
 
 
-def _summary(path: Path, correct: np.ndarray) -> tuple[RunSummary, list[str] | None]:
-    result = read_result(path)
+def _summary(path: Path, result: dict[str, Any], correct: np.ndarray) -> RunSummary:
     rr = result.get("rr")
     summary = RunSummary(
         path=path,
@@ -57,13 +56,12 @@ def _summary(path: Path, correct: np.ndarray) -> tuple[RunSummary, list[str] | N
         loss=result.get("test_loss"),
         epochs=result.get("epochs"),
     )
-    return summary, result.get("class_names")
+    return summary
 
 
-def _settings(path: Path) -> dict[str, Any]:
+def _settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """What besides the ratios and the seed shapes a run's accuracy. A run whose config.json cannot be
     read is still compared on its predictions, only without this list."""
-    result = read_result(path)
     try:
         _, record = read_run_config(path)
     except SeratioError:
@@ -82,9 +80,8 @@ def _settings(path: Path) -> dict[str, Any]:
     }
 
 
-def _differences(run_a: Path, run_b: Path) -> tuple[str, ...]:
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
     """Settings known for both runs that differ: then A - B is not the ratios' and seeds' doing alone."""
-    a, b = _settings(run_a), _settings(run_b)
     return tuple(f"{key} {a[key]} vs {b[key]}" for key in a
                  if a[key] is not None and b[key] is not None and a[key] != b[key])
 
@@ -98,8 +95,9 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
     if not np.array_equal(labels, labels_b):
         raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels; they cannot be paired")
     correct_a, correct_b = pred_a == labels, pred_b == labels
-    a, names = _summary(Path(run_a), correct_a)
-    b, _ = _summary(Path(run_b), correct_b)
+    result_a, result_b = read_result(run_a), read_result(run_b)
+    a, b = _summary(Path(run_a), result_a, correct_a), _summary(Path(run_b), result_b, correct_b)
+    names = result_a.get("class_names")
     classes = np.unique(labels)
     per_class = tuple(
         ClassDifference(
@@ -110,4 +108,5 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
         )
         for k in (int(c) for c in classes)
     )
-    return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class, _differences(run_a, run_b))
+    differences = _differences(_settings(Path(run_a), result_a), _settings(Path(run_b), result_b))
+    return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class, differences)
