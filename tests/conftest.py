@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from seratio.cli import main
+from fault_tally import write_summary
 from tiny_run import train_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +33,7 @@ def tiny_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "se-4-4-4"
     assert main(train_args(cifar_dir, out)) == 0
     return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    write_summary(terminalreporter)

@@ -1,8 +1,8 @@
 """Fixtures of the fault suite: the uninterrupted reference run, and the tally of faults survived.
 
 Every test module here sets `pytestmark = pytest.mark.faults`. The tally is printed at the end
-of the session, so the numbers in GUARANTEES.md (fault, runs tried, survived, data lost) come
-from a real run.
+of the session (`fault_tally`), so the numbers in the README's "Faults injected" table (fault,
+runs tried, survived, data lost) come from a real run.
 """
 
 from __future__ import annotations
@@ -11,32 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import TALLY, Record, Tally, assert_no_traceback, run_seratio, train_argv
+from fault_tally import TALLY_PROPERTY
+from faultkit import Record, assert_no_traceback, run_seratio, train_argv
 
 
 @pytest.fixture
-def tally() -> Record:
+def tally(request: pytest.FixtureRequest) -> Record:
     """`tally(fault, tried, survived, lost)`: one row per kind of fault a test injected."""
 
     def record(fault: str, tried: int, survived: int, lost: int) -> None:
-        TALLY.append(Tally(fault, tried, survived, lost))
+        request.node.user_properties.append((TALLY_PROPERTY, (fault, tried, survived, lost)))
 
     return record
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line per kind of fault, summed over the tests (and parametrizations) that injected it."""
-    if not TALLY:
-        return
-    totals: dict[str, list[int]] = {}
-    for row in TALLY:
-        total = totals.setdefault(row.fault, [0, 0, 0])
-        for i, value in enumerate((row.tried, row.survived, row.lost)):
-            total[i] += value
-    terminalreporter.section("faults injected")
-    terminalreporter.write_line(f"{'fault':<78} {'tried':>5} {'survived':>8} {'lost':>4}")
-    for fault, (tried, survived, lost) in totals.items():
-        terminalreporter.write_line(f"{fault:<78} {tried:>5} {survived:>8} {lost:>4}")
 
 
 @pytest.fixture(scope="session")

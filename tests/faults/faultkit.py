@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,8 @@ TINY_RUN = [*TINY, "--rr", "4,4,4", "--epochs", str(EPOCHS)]
 TIMING_KEYS = {"seconds"}
 
 
-@dataclass
-class Tally:
-    """One kind of fault, as a test injected it: how often, how often recovered, what was lost."""
-
-    fault: str
-    tried: int
-    survived: int
-    lost: int
-
-
-TALLY: list[Tally] = []
-"""Filled through the `tally` fixture, printed after the session by conftest.py."""
 Record = Callable[[str, int, int, int], None]
+"""The `tally` fixture: (fault, tried, survived, lost)."""
 
 
 def one_thread_env(**extra: str) -> dict[str, str]:
