@@ -7,6 +7,8 @@ Prints one table: training images/s at batch 32 and 128 in fp32 and bf16 autocas
 measured in the same run, the ratios, the fraction of the device's peak (large matmuls timed in
 the same run), K concurrent trials on the device, the projected wall time of the paper's study,
 and the `fast` recipe's step (bf16 at its batch of 256) with the wall time of one full `fast` run.
+On a CPU without bf16 instructions (AVX512-BF16 or AMX) the bf16 rows are skipped, and the table
+says so: there bf16 falls back to reference kernels about 10x slower than fp32.
 
 Every number is the median of --repeats (default 3) timed repeats after one untimed warm-up. The
 repeats run in interleaved rounds: each round times every row once, plain and seratio side by side,
@@ -53,7 +55,7 @@ from seratio.errors import SeratioError
 from seratio.models import ModelConfig, build_model, count_macs, kernel_parameters
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
-from seratio.runtime import allocator, find_tcmalloc, reexec_with_tcmalloc, set_threads
+from seratio.runtime import allocator, cpu_has_bf16, find_tcmalloc, reexec_with_tcmalloc, set_threads
 from seratio.train import EVAL_BATCH, _train_epoch, build_session, compiles_on_cpu, evaluate
 
 RR = (8, 2, 16)
@@ -469,17 +471,25 @@ def _cpu_has(flag: str) -> bool:
         return False
 
 
+def precisions(device: torch.device) -> tuple[str, ...]:
+    """bf16 is measured where it has kernels: on a CPU without bf16 instructions its matmuls and
+    convolutions fall back to reference code about 10x slower than fp32, and the bf16 matmul peak
+    alone ran for over 20 minutes there without finishing."""
+    return ("fp32", "bf16") if device.type == "cuda" or cpu_has_bf16() else ("fp32",)
+
+
 def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     gflop_per_image = 3 * 2 * count_macs(ModelConfig(depth=DEPTH, rr=RR)) / 1e9
     env = environment(device)
     log(f"device {env['device']}; torch {env['torch']}; {env['threads']} threads; allocator {env['allocator']}")
-    peak = {
-        "fp32": matmul_peak(torch.float32, plan.matmul_n, plan.matmul_reps_fp32, repeats, device),
-        "bf16": matmul_peak(torch.bfloat16, plan.matmul_n, plan.matmul_reps_bf16, repeats, device),
-    }
-    log(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    measured = precisions(device)
+    if measured == ("fp32",):
+        log("bf16 skipped: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+    dtypes = {"fp32": (torch.float32, plan.matmul_reps_fp32), "bf16": (torch.bfloat16, plan.matmul_reps_bf16)}
+    peak = {p: matmul_peak(dtypes[p][0], plan.matmul_n, dtypes[p][1], repeats, device) for p in measured}
+    log("matmul peak: " + ", ".join(f"{p} {gflops:.0f} GFLOP/s" for p, gflops in peak.items()))
     with contextlib.ExitStack() as stack:
-        timers = build_timers(device, plan, stack)
+        timers = build_timers(device, plan, stack, measured)
         for timer in timers:
             timer.warm()
         log(f"warmed up {len(timers)} rows; timing {repeats} interleaved rounds")
@@ -498,12 +508,12 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
         "rows": [asdict(row) for row in rows],
         "concurrent_trials": plan.concurrent,
         "projection_hours": _projection(rows),
-        "fast_recipe_minutes": _fast_minutes(rows),
+        "fast_recipe_minutes": _fast_minutes(rows) if "bf16" in measured else None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
 
-def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack) -> list[Timer]:
+def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, measured: tuple[str, ...]) -> list[Timer]:
     """Every row, in the order a round times them: each batch size's plain and seratio rows together.
 
     The plain reference runs in a child process on the system allocator: it is what a plain script
@@ -514,19 +524,19 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack) 
         plain = Child(plain_runs, (str(device), plan))
     stack.callback(plain.close)
     concurrent = dict(_concurrent_children(device, plan, batch, precision, steps[batch], stack)
-                      for batch, precision in CONCURRENT[device.type])
+                      for batch, precision in CONCURRENT[device.type] if precision in measured)
     plain.ready()
     timers = []
     for batch, count in steps.items():
         timers.append(child_timer([plain], f"train {batch}", "plain", batch, "fp32", batch * count, PLAIN_SETUP))
         if batch == 128:
             timers.append(child_timer([plain], "eval", "plain", 32, "fp32", plan.eval_images, "NCHW, no_grad", "eval"))
-        for precision in ("fp32", "bf16"):
+        for precision in measured:
             session = seratio_session(batch, precision, count, plan.eval_images, device)
             timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
             if batch == 128:
                 timers.append(_eval_timer(session))
-        if batch == 128:
+        if batch == 128 and "bf16" in measured:
             timers.append(_fast_timer(device, plan))
         for (trial_batch, precision), children in concurrent.items():
             if trial_batch == batch:
@@ -636,8 +646,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['gflop_per_training_image']:.3f} GFLOP per training image",
         f"device {env['device']} | torch {env['torch']} | threads {env['threads']} (interop {env['interop_threads']})"
         f" | allocator {env['allocator']} | AMX {'yes' if env['amx'] else 'no'} | load avg {load}",
-        f"peak (matmul): fp32 {peak['fp32']:,.0f} GFLOP/s ({env['fp32_peak_math']} math), bf16 {peak['bf16']:,.0f} GFLOP/s"
-        f" | median of {result['repeats']} interleaved rounds after warm-up",
+        f"peak (matmul): fp32 {peak['fp32']:,.0f} GFLOP/s ({env['fp32_peak_math']} math), "
+        + (f"bf16 {peak['bf16']:,.0f} GFLOP/s" if "bf16" in peak else "bf16 not measured (no bf16 instructions)")
+        + f" | median of {result['repeats']} interleaved rounds after warm-up",
         "",
     ]
     runs_of = {id(r): ", ".join(f"{v:.0f}" for v in r["runs"]) for r in result["rows"]}
@@ -671,8 +682,10 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     lines += [f"  {name:<34}{hours:>8.1f} h" for name, hours in result["projection_hours"].items()]
     fast = get_recipe("fast")
+    minutes = result["fast_recipe_minutes"]
     lines.append(f"one `fast` run ({fast.epochs} epochs, batch {fast.batch_size}, bf16, "
-                 f"{len(TTA_VIEWS[fast.tta])}-view test-time augmentation once): {result['fast_recipe_minutes']:.1f} min")
+                 f"{len(TTA_VIEWS[fast.tta])}-view test-time augmentation once): "
+                 + ("not measured (no bf16)" if minutes is None else f"{minutes:.1f} min"))
     return "\n".join(lines)
 
 
