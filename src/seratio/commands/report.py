@@ -14,7 +14,7 @@ from seratio.commands.options import add_read_patience_option, path_arg
 from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.errors import SeratioError
 from seratio.models import Ratios, format_rr, parse_rr
-from seratio.records import StudyRecords, aggregate, load_study
+from seratio.records import Aggregate, StudyRecords, aggregate, load_study
 from seratio.report import FORMATS, Written, write_report
 from seratio.report.output import check_out
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
@@ -90,19 +90,19 @@ def run(args: argparse.Namespace) -> int:
     baseline = None if args.baseline is None else parse_rr(args.baseline)
     check_out(args.out)
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
+    measured = aggregate(study)
     if baseline is not None:
-        _need_measured(baseline, study)
-    _need_results(study)
+        _need_measured(baseline, study.name, measured)
+    _need_results(study, measured)
     with sigterm_as_ctrl_c():
         written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0
 
 
-def _need_results(study: StudyRecords) -> None:
+def _need_results(study: StudyRecords, measured: Aggregate) -> None:
     """A report with an empty table would look like the finished analysis of a study that has not
     finished a run yet, or whose runs are all excluded."""
-    measured = aggregate(study)
     if measured.configs:
         return
     states = Counter(t.state.lower() for t in study.trials)
@@ -114,13 +114,12 @@ def _need_results(study: StudyRecords) -> None:
                        f"`seratio study status --name {study.name}` shows where it stands")
 
 
-def _need_measured(baseline: Ratios, study: StudyRecords) -> None:
+def _need_measured(baseline: Ratios, name: str, measured: Aggregate) -> None:
     """An asked-for baseline must have a result to test against; a report of nothing but "n/a"
     would look like a finished analysis."""
-    measured = aggregate(study).configs
-    if baseline not in measured:
-        listed = " ".join(sorted(format_rr(rr) for rr in measured)) or "none yet"
+    if baseline not in measured.configs:
+        listed = " ".join(sorted(format_rr(rr) for rr in measured.configs)) or "none yet"
         raise SeratioError(
-            f"--baseline {format_rr(baseline)}: study {study.name!r} has no completed comparable run of it; "
+            f"--baseline {format_rr(baseline)}: study {name!r} has no completed comparable run of it; "
             f"configurations with results: {listed}"
         )
