@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from bench_cli import at_least
 
-from seratio.runtime import reexec_with_tcmalloc
+from seratio.runtime import cpu_has_bf16, reexec_with_tcmalloc
 
 BLOCKS = 8
 """Residual blocks per stage of SE-ResNet-52 (depth 50 = 6 x 8 + 2), the benchmarked model."""
@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=at_least(1), default=3, help="timed rounds per number (median reported)")
     args = parser.parse_args(argv)
     reexec_with_tcmalloc()
-    print(f"torch {torch.__version__} | {torch.get_num_threads()} threads | NHWC | median of {args.rounds} rounds")
+    dtypes = ((torch.float32, "fp32"), (torch.bfloat16, "bf16")) if cpu_has_bf16() else ((torch.float32, "fp32"),)
+    bf16 = "" if cpu_has_bf16() else " | fp32 only: no bf16 instructions, bf16 convs would run reference code"
+    print(f"torch {torch.__version__} | {torch.get_num_threads()} threads | NHWC | median of {args.rounds} rounds{bf16}")
     print(f"{'dtype':<6}{'batch':>6}  {'conv (in>out, side, k, stride)':<32}{'fwd ms':>8}{'dgrad ms':>10}"
           f"{'wgrad ms':>10}{'wgrad/fwd':>11}{'fwd GFLOP/s':>13}")
     totals = []
-    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+    for dtype, name in dtypes:
         for batch in (32, 128):
             step = 0.0
             for shape, count in SHAPES.items():
