@@ -47,12 +47,13 @@ import torch
 import torch.nn.functional as F
 from bench_cli import at_least, emit
 
+from seratio.architecture import ModelConfig, count_macs
 from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
 from seratio.cpu_compile import allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.errors import SeratioError
-from seratio.models import ModelConfig, build_model, count_macs, kernel_parameters
+from seratio.models import build_model, kernel_parameters
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
 from seratio.runtime import allocator, cpu_has_bf16, find_tcmalloc, reexec_with_tcmalloc, set_threads

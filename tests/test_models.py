@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seratio.architecture import ModelConfig, count_macs, count_params, parse_rr, se_hidden
 from seratio.errors import SeratioError
-from seratio.models import ModelConfig, build_model, count_macs, count_params, kernel_parameters, parse_rr, se_hidden
+from seratio.models import build_model, kernel_parameters
 
 
 def se_params(rr: tuple[int | None, ...], blocks: int = 8) -> int:
@@ -26,6 +27,16 @@ def se_params(rr: tuple[int | None, ...], blocks: int = 8) -> int:
 )
 def test_resnet52_parameter_counts(rr: tuple[int | None, ...], params: int) -> None:
     assert count_params(ModelConfig(depth=50, rr=rr)) == params
+
+
+@pytest.mark.parametrize("config", [
+    ModelConfig(depth=8), ModelConfig(depth=8, rr=(1, 32, 64), num_classes=100), ModelConfig(depth=50, rr=(8, 2, 16)),
+    ModelConfig(depth=110, rr=(3, None, 5), num_classes=2),
+], ids=str)
+def test_parameter_count_is_the_built_models(config: ModelConfig) -> None:
+    with torch.device("meta"):
+        model = build_model(config)
+    assert count_params(config) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def test_se_hidden_is_floor_without_rounding() -> None:

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seratio.architecture import STAGE_CHANNELS, ModelConfig, count_params, format_rr, parse_rr
 from seratio.errors import SeratioError
-from seratio.models import STAGE_CHANNELS, ModelConfig, count_params, format_rr, parse_rr
 
 FAST = settings(max_examples=30, deadline=None)
 Ratio = int | None

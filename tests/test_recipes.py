@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from seratio.architecture import ModelConfig
 from seratio.errors import SeratioError
-from seratio.models import ModelConfig, build_model, kernel_parameters
+from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
 from seratio.train import _optimizer
 

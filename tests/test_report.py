@@ -23,7 +23,7 @@ from fixtures.studies import NONE3, PAPER_WINNERS, TABLE3, FixtureStudy, make_st
 from seratio.cli import main
 from seratio.errors import SeratioError
 from seratio.records import aggregate, load_study, redact_url
-from seratio.report import write_report
+from seratio.report.writer import write_report
 from seratio.report.content import build_content, pareto_front
 from seratio.store import Patience
 

@@ -12,7 +12,7 @@ import pytest
 from fixtures.browser import MISSING, Chromium, PageLoad, chromium_path
 from fixtures.studies import make_study
 from seratio.records import load_study
-from seratio.report import write_report
+from seratio.report.writer import write_report
 from seratio.store import Patience
 
 PATIENCE = Patience(seconds=30)

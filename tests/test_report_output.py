@@ -140,7 +140,7 @@ def test_a_failure_mid_report_leaves_the_earlier_report_as_it_was(
     out = tmp_path / "r"
     assert main(_report(study, out)) == 0
     before = _snapshot(out)
-    monkeypatch.setattr("seratio.report.draw_pareto", _raise(error))  # after the tables and two figures
+    monkeypatch.setattr("seratio.report.writer.draw_pareto", _raise(error))  # after the tables and two figures
     capsys.readouterr()
     assert main(_report(study, out, "--baseline", "8,8,8")) == code
     assert says.format(out=out) in capsys.readouterr().err
@@ -150,8 +150,8 @@ def test_a_failure_mid_report_leaves_the_earlier_report_as_it_was(
 
 KILL_MID_REPORT = """
 import os, signal, sys
-import seratio.report
-seratio.report.draw_pareto = lambda content, out_dir: os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+import seratio.report.writer
+seratio.report.writer.draw_pareto = lambda content, out_dir: os.kill(os.getpid(), getattr(signal, sys.argv[1]))
 from seratio.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from seratio import rundir
+from seratio.architecture import parse_rr
 from seratio.augment import to_float
 from seratio.cli import main
 from seratio.config import RunConfig
 from seratio.data import Split, load_cifar
-from seratio.models import parse_rr
 from seratio.runtime import allocator
 from seratio.train import build_session, evaluate
 from tiny_run import TINY, train_args

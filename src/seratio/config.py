@@ -3,6 +3,10 @@
 A run is a pure function of this config; everything else (the device, where
 the data lives) may differ between machines without changing the result, so
 it is left out of the run's identity.
+
+torch is imported only where a device or the versions are asked for: every command's options
+are checked through this module, and `seratio --help` or `study status` should not wait two
+seconds for a library they never use.
 """
 
 from __future__ import annotations
@@ -14,16 +18,16 @@ import platform
 import subprocess
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from seratio import __version__
+from seratio.architecture import ModelConfig, Ratios, parse_rr
 from seratio.datasets import dataset_info
 from seratio.errors import SeratioError
-from seratio.models import ModelConfig, Ratios, parse_rr
 from seratio.recipes import Recipe, get_recipe
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_SEED = 2**32 - 1
@@ -152,6 +156,9 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def environment() -> dict[str, str]:
+    import numpy as np
+    import torch
+
     return {
         "seratio": __version__,
         "code_version": code_version(),
@@ -163,6 +170,8 @@ def environment() -> dict[str, str]:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

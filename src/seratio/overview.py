@@ -12,9 +12,9 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from seratio import strategies
+from seratio.architecture import format_rr
 from seratio.errors import SeratioError
 from seratio.ledger import RR, Ledger, Status
-from seratio.models import format_rr
 
 EXPORT_ATTRS = (
     "phase", "seed", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy",

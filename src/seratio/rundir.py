@@ -5,6 +5,9 @@ at any instant leaves either the old or the new file, never half of one.
 Checkpoints carry a SHA-256 of their payload and the previous one is kept, so
 a checkpoint damaged on disk is detected and the run falls back instead of
 loading garbage.
+
+torch is imported only where a checkpoint is saved or read: `study export` writes its file here
+and should not wait two seconds for torch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
@@ -194,6 +196,8 @@ def write_array(path: Path, array: np.ndarray) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -232,6 +236,8 @@ def _verified_payload(path: Path) -> bytes:
 
 
 def _read_checkpoint(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
+    import torch
+
     payload = _verified_payload(path)
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)

@@ -6,6 +6,9 @@ in a report needs a test behind it. Each function takes plain numbers and
 returns a small frozen dataclass so the report can show every ingredient, not
 only a p-value. Undefined quantities (a spread from one value, a test without
 variance) are NaN, never a made-up number.
+
+scipy (a second to import) is imported by the three functions that need a distribution, not by
+the module: `study status` and every command's `--help` import this module without using them.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -60,6 +63,8 @@ class McNemarResult:
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     """Summarise replicate runs of one configuration; needs at least one value."""
+    from scipy import stats as sps
+
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("summarize needs at least one value")
@@ -78,6 +83,8 @@ def welch_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.9
     bootstrap over 2-5 seeds was used before and covered only 67-90% instead of 95%: resampling a
     handful of values underestimates their spread, so it excluded 0 where the test saw noise.
     """
+    from scipy import stats as sps
+
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         raise ValueError(f"Welch's t-test needs at least 2 values per group, got {x.size} and {y.size}")
@@ -95,6 +102,8 @@ def welch_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.9
 
 def mcnemar_exact_counts(b: int, c: int) -> McNemarResult:
     """Exact two-sided McNemar from the discordant counts (no mid-p correction)."""
+    from scipy import stats as sps
+
     if b < 0 or c < 0:
         raise ValueError(f"discordant counts must be non-negative, got b={b}, c={c}")
     n = b + c

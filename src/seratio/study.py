@@ -16,10 +16,10 @@ from typing import Any
 
 import optuna
 
+from seratio.architecture import STAGE_CHANNELS, Ratios, format_rr, parse_rr
 from seratio.config import RunConfig, code_version, int_in
 from seratio.errors import SeratioError
 from seratio.halving import RetryAwareHalving
-from seratio.models import STAGE_CHANNELS, Ratios, format_rr, parse_rr
 from seratio.store import StudyStore
 
 STRATEGIES = ("constant", "greedy", "grid", "tpe", "halving", "paper")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seratio import rundir, runlock, runtime
+from seratio.architecture import count_macs, count_params, format_rr, se_hidden
 from seratio.augment import augment_batch, to_float, view_batch
 from seratio.config import RunConfig, code_version, environment, resolve_device
 from seratio.cpu_compile import CompiledForward, forget_compiled_graphs
@@ -31,9 +32,7 @@ from seratio.cuda_step import GraphedStep
 from seratio.data import CifarData, Split, load_cifar
 from seratio.errors import SeratioError
 from seratio.interrupts import stop_signals_held
-from seratio.models import (
-    build_model, count_macs, count_params, format_rr, kernel_parameters, se_hidden, set_bn_momentum,
-)
+from seratio.models import build_model, kernel_parameters, set_bn_momentum
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, Recipe, View
 

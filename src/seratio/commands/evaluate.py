@@ -15,7 +15,6 @@ from seratio.commands.options import add_threads_option, checked_threads, path_a
 from seratio.config import resolve_device
 from seratio.errors import SeratioError, user_message
 from seratio.recipes import TTA_VIEWS
-from seratio.rescore import find_runs, rescore_run
 from seratio.runtime import threads_for
 
 TTA_HELP = (
@@ -47,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from seratio.rescore import find_runs
+
     threads = checked_threads(args)
     if args.device:
         resolve_device(args.device)  # once, not once per run
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rescore(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from seratio.rescore import rescore_run
+
     return rescore_run(run_dir, args.tta, data_dir=args.data_dir, device=args.device)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from seratio.models import ModelConfig, count_macs, count_params, format_rr, parse_rr, se_hidden
+from seratio.architecture import ModelConfig, count_macs, count_params, format_rr, parse_rr, se_hidden
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,9 +8,9 @@ import argparse
 import os
 from pathlib import Path
 
+from seratio.architecture import parse_rr
 from seratio.config import PRECISIONS, RunConfig
 from seratio.errors import SeratioError
-from seratio.models import parse_rr
 from seratio.recipes import RECIPES
 
 

@@ -5,20 +5,24 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+from seratio.architecture import Ratios, format_rr, parse_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import add_read_patience_option, path_arg
 from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.errors import SeratioError
-from seratio.models import Ratios, format_rr, parse_rr
 from seratio.records import Aggregate, StudyRecords, aggregate, load_study
-from seratio.report import FORMATS, Written, write_report
+from seratio.report import FORMATS
 from seratio.report.output import check_out
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
 from seratio.store import DEFAULT_STORAGE, STORAGE_HELP, read_patience
+
+if TYPE_CHECKING:
+    from seratio.report.writer import Written
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if baseline is not None:
         _need_measured(baseline, study.name, measured)
     _need_results(study, measured)
+    from seratio.report.writer import write_report  # matplotlib: not for a study that is missing or empty
+
     with sigterm_as_ctrl_c():
         written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from seratio.__main__ import INTERRUPTED
+from seratio.architecture import format_rr, parse_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import (
     add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_cpu_count, path_arg,
@@ -31,7 +31,6 @@ from seratio.config import resolve_device
 from seratio.datasets import resolve_data_dir
 from seratio.errors import SeratioError
 from seratio.interrupts import stop_signals_held
-from seratio.models import format_rr, parse_rr
 from seratio.overview import Progress, progress, trial_row
 from seratio.rundir import write_atomic
 from seratio.runtime import threads_for
@@ -43,7 +42,6 @@ from seratio.study import (
     SELECT_ON, STRATEGIES, StudyRequest, build_definition, code_warnings, create_or_join, load_definition,
     stored_definition,
 )
-from seratio.worker import Worker, WorkerOptions
 
 STRATEGY_HELP = (
     "constant: the same r in all stages; greedy: the paper's search (best constant, then stage 1, 2, 3 in turn); "
@@ -193,13 +191,6 @@ def _check_artifacts(artifacts: Path) -> None:
         raise SeratioError(f"--artifacts {str(artifacts)!r} is a file, not a directory")
 
 
-def _options(args: argparse.Namespace, artifacts: Path, device: str, sole: bool = False) -> WorkerOptions:
-    return WorkerOptions(
-        artifacts=artifacts, device=device, data_dir=args.data_dir,
-        heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after, sole=sole,
-    )
-
-
 def _quiet_optuna() -> None:
     """Optuna's INFO lines would interleave with ours; its warnings still show."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         for warning in warnings:
             _log(f"warning: {warning}")
         if workers == 1:
-            _work(store, definition, _options(args, artifacts, args.device, sole))
+            _work(store, definition, args, artifacts, sole)
         else:
             threads = args.threads or threads_per_trial(workers)
             _spawn_workers(args, artifacts, _devices(args.device, workers), threads)
@@ -260,8 +251,13 @@ def _refuse_parallel_sqlite(storage: str, workers: int, asked: str) -> None:
 
 
 def _device_count(device: str) -> int:
-    count = torch.cuda.device_count()
-    return count if device == "auto" and count > 1 else 1
+    return max(_gpu_count(), 1) if device == "auto" else 1
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -281,14 +277,20 @@ def _worker(args: argparse.Namespace) -> int:
         for warning in code_warnings(definition):
             _log(f"warning: {warning}")
         if trials == 1:
-            _work(store, definition, _options(args, args.artifacts or artifacts, args.device, sole))
+            _work(store, definition, args, args.artifacts or artifacts, sole)
         else:
             _spawn_workers(args, args.artifacts or artifacts, _devices(args.device, trials),
                            args.threads or threads_per_trial(trials))
     return 0
 
 
-def _work(store: StudyStore, definition: dict[str, Any], options: WorkerOptions) -> None:
+def _work(store: StudyStore, definition: dict[str, Any], args: argparse.Namespace, artifacts: Path, sole: bool) -> None:
+    from seratio.worker import Worker, WorkerOptions
+
+    options = WorkerOptions(
+        artifacts=artifacts, device=args.device, data_dir=args.data_dir,
+        heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after, sole=sole,
+    )
     summary = Worker(store, definition, options, log=_log).run()
     _log(
         f"worker done: {summary.trained} trained, {summary.pruned} pruned, {summary.reused} reused, "
@@ -340,8 +342,8 @@ def _check_worker_codes(codes: list[int]) -> None:
 
 def _devices(device: str, workers: int) -> list[str]:
     """One device per worker: with several GPUs and --device auto, worker i gets GPU i mod count."""
-    count = torch.cuda.device_count()
-    if device != "auto" or count <= 1:
+    count = _gpu_count() if device == "auto" else 1
+    if count <= 1:
         return [device] * workers
     return [f"cuda:{index % count}" for index in range(workers)]
 

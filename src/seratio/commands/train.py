@@ -13,7 +13,6 @@ from seratio.commands.options import (
 from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.rundir import RESULT_KEYS
 from seratio.runtime import threads_for
-from seratio.train import train_run
 
 SUMMARY_KEYS = RESULT_KEYS  # every finished result.json holds them, so a reused run's summary reads like a new one's
 # Only runs of a recipe with test-time augmentation have these.
@@ -35,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from seratio.train import train_run
+
     config = run_config_from_args(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log line stays one line when piped
     with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable

@@ -2,72 +2,11 @@
 
 `content` decides what the report says (with `significance` for the tests against the baseline
 and `labels` for how models are named); `tables`, `figures` and `html` only render it, and
-`output` decides where it may go and swaps it in whole. A report reads the study storage and run
-directories and never trains.
+`output` decides where it may go and swaps it in whole; `writer` puts them together. A report
+reads the study storage and run directories and never trains.
+
+The package itself holds only the format names, which `seratio report --help` lists: the writer
+imports matplotlib and scipy, so the command loads it only when it runs.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
-
-from seratio.records import RR, StudyRecords
-from seratio.report.content import ReportContent, build_content
-from seratio.report.figures import draw_confusions, draw_curves, draw_pareto
-from seratio.report.html import render_html
-from seratio.report.output import MARKER, check_out, marker_text, staged
-from seratio.report.tables import to_csv, to_json, to_latex, to_markdown
-
 FORMATS = ("md", "csv", "json", "latex", "html")
-TABLE_FILES = {"md": "table.md", "csv": "table.csv", "json": "table.json", "latex": "table.tex"}
-TABLE_WRITERS = {"md": to_markdown, "csv": to_csv, "json": to_json, "latex": to_latex}
-
-
-@dataclass(frozen=True)
-class Written:
-    """What a report run produced: the content it rendered, the files, and what it had to skip."""
-
-    content: ReportContent
-    paths: tuple[Path, ...]
-    notes: tuple[str, ...]
-
-
-def write_report(
-    study: StudyRecords, out_dir: Path, formats: tuple[str, ...] = FORMATS, baseline: RR | None = None
-) -> Written:
-    """Write the chosen table formats, all figures, and (with "html") index.html as the new `out_dir`.
-
-    `out_dir` must be new, empty or an earlier report (see `output`); it is replaced whole, so no
-    file of an earlier report with other formats or another baseline survives, and a report that
-    fails or is interrupted leaves the earlier one as it was.
-    """
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown report formats {unknown}; allowed: {', '.join(FORMATS)}")
-    check_out(out_dir)
-    content = build_content(study, baseline)
-    with staged(out_dir) as stage:
-        paths, notes = _write_files(content, stage, formats)
-    return Written(content, tuple(out_dir / path.relative_to(stage) for path in paths), tuple(notes))
-
-
-def _write_files(content: ReportContent, out_dir: Path, formats: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    (out_dir / MARKER).write_text(marker_text(content.study.name), encoding="utf-8")
-    paths: list[Path] = []
-    for fmt, name in TABLE_FILES.items():
-        if fmt in formats:
-            path = out_dir / name
-            path.write_text(TABLE_WRITERS[fmt](content), encoding="utf-8")
-            paths.append(path)
-    figures: list[Path] = []
-    notes: list[str] = []
-    for draw in (draw_curves, draw_confusions, draw_pareto):
-        drawn = draw(content, out_dir)
-        figures += drawn.paths
-        notes += drawn.notes
-    paths += figures
-    if "html" in formats:
-        path = out_dir / "index.html"
-        path.write_text(render_html(content, figures, notes), encoding="utf-8")
-        paths.append(path)
-    return paths, notes

@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from seratio import __version__
-from seratio.models import format_rr
+from seratio.architecture import format_rr
 from seratio.records import RR, TrialRecord, redact_url
 from seratio.report.content import ReportContent, Row, completed_as
 from seratio.report.labels import fmt_p, model_label, model_name, phase_title, ratios_text, short_label

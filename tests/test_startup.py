@@ -1,0 +1,65 @@
+"""Commands that neither train nor draw start without torch, scipy or matplotlib.
+
+Importing those three takes 3-4 s here, which `seratio --help` and `study status` used to pay on
+every call. Each case runs in a fresh interpreter, since this test process has imported all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study_fakes import FakeTrainer, create, work
+
+HEAVY = ("torch", "scipy", "matplotlib")
+PROBE = """
+import contextlib, io, json, sys
+from seratio.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as stop:
+        code = stop.code
+print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def _probe(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["train", "--help"], ["study", "run", "--help"], ["report", "--help"], ["evaluate", "--help"],
+    ["compare", "--help"], ["info", "--help"], ["train", "--no-such-option"], ["info", "--rr", "8,2,16"],
+])
+def test_help_parse_errors_and_info_load_no_heavy_library(argv: list[str]) -> None:
+    probe = _probe(*argv)
+    assert probe["code"] in (0, 2)
+    assert probe["loaded"] == []
+
+
+def test_study_status_and_export_load_no_heavy_library(tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    create(storage, "s", "constant", tmp_path / "runs", candidates=(4, 8))
+    work(storage, "s", FakeTrainer())
+    status = _probe("study", "status", "--name", "s", "--storage", storage)
+    export = _probe("study", "export", "--name", "s", "--storage", storage, "--out", str(tmp_path / "trials.csv"))
+    assert status == {"code": 0, "loaded": []}
+    assert export == {"code": 0, "loaded": []}
+    with (tmp_path / "trials.csv").open(newline="") as rows:
+        exported = {row["rr"]: row["state"] for row in csv.DictReader(rows)}
+    assert exported == {"4,4,4": "COMPLETE", "8,8,8": "COMPLETE", "none,none,none": "COMPLETE"}
+
+
+def test_report_of_a_missing_study_fails_before_loading_matplotlib(tmp_path: Path) -> None:
+    probe = _probe("report", "--name", "nope", "--storage", f"sqlite:///{tmp_path / 'none.db'}",
+                   "--out", str(tmp_path / "report"))
+    assert probe["code"] == 2
+    assert "matplotlib" not in probe["loaded"]
