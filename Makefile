@@ -27,7 +27,7 @@ demo: venv
 # Two pytest processes with one torch thread each: on a 2-core machine they finish the suite sooner
 # than one process with two threads, which spends much of each tiny step synchronising its threads.
 test: venv
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 bash scripts/test-services.sh $(BIN)/pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 bash scripts/test-services.sh $(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 benchmark: venv
 	$(BIN)/python benchmarks/train_throughput.py

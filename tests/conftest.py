@@ -12,6 +12,15 @@ from fault_tally import write_summary
 from tiny_run import train_args
 
 REPO = Path(__file__).resolve().parents[1]
+LONGEST_FIRST = (
+    "test_study_workers.py", "faults/test_study_faults.py", "test_bf16.py", "test_train.py",
+    "test_report_output.py", "test_speed_equivalence.py", "faults/test_kill.py",
+)
+"""The files that take longest, longest first (65-155 s each in a two-worker run on 2026-11-27;
+`--junitxml` gives each test's seconds). `make test` hands whole files to two pytest-xdist workers
+in collection order (`--no-loadscope-reorder`: by default xdist puts the files with the most tests
+first), so a long file collected last ran alone at the end; these go first, and the short files
+fill in behind them."""
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +42,14 @@ def tiny_run(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "se-4-4-4"
     assert main(train_args(cifar_dir, out)) == 0
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(REPO / "tests").as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every file keeps its tests together and in order
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
