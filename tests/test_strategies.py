@@ -227,5 +227,28 @@ def test_status_counts_the_plan_and_estimates_the_training_left(
     assert main(["study", "status", "--name", "s", "--storage", url]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "runs: 2 of the 4 planned so far have ended; the whole search trains at most 10" in out
-    assert ("about 20 min of training left for the plan, at most 80 min for the whole search, at 10 min per run "
-            "(mean of 2)") in out
+    assert ("about 20 min of training left for the plan, at most 80 min for the whole search, at 10 min per "
+            "finished run (mean of 2); workers") in out
+
+
+def test_status_under_halving_says_its_estimate_is_an_upper_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The mean is of runs that trained every epoch, and halving cuts most of the others early."""
+    url = f"journal:{tmp_path / 'study.log'}"
+    run = dataclasses.replace(TINY, epochs=9)
+    store, definition = create(url, "s", "halving", tmp_path / "runs", candidates=(2, 4), halving_min_epochs=1, run=run)
+    finished = tmp_path / "runs" / run_name((2, 2, 2), 0)
+    finished.mkdir(parents=True)
+    (finished / "result.json").write_text(json.dumps(_result(run, 0.5) | {"seconds": 600.0}))
+
+    def interrupted(rr: tuple, seed: int) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        work(url, "s", FakeTrainer(interrupted))
+    assert progress(definition, store.trials()).run_seconds == (600.0,)
+    assert main(["study", "status", "--name", "s", "--storage", url]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("of training left for the plan, at 10 min per finished run (mean of 1); halving stops most runs early, "
+            "so at most that; workers") in out

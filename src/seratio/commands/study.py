@@ -377,12 +377,13 @@ def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> N
     if state.baseline_score is not None:
         baseline = format_rr(tuple(definition["baseline"]))
         out.print(f"baseline rr {baseline}: {metric} {state.baseline_score:.4f}{mean}")
-    out.print(_plan_line(state))
+    out.print(_plan_line(state, definition["strategy"]))
 
 
-def _plan_line(state: Progress) -> str:
+def _plan_line(state: Progress, strategy: str) -> str:
     """How far the study is and, from the runs finished so far, how much training is left: the
-    paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it."""
+    paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it.
+    Under halving the mean is of runs that trained all their epochs, and most runs are cut early."""
     whole = "" if state.most == state.planned else f"; the whole search trains at most {state.most}"
     line = f"runs: {state.ended} of the {state.planned} planned so far have ended{whole}"
     if not state.run_seconds:
@@ -390,8 +391,9 @@ def _plan_line(state: Progress) -> str:
     per_run = statistics.mean(state.run_seconds)
     left, most_left = (max(total - state.ended, 0) * per_run for total in (state.planned, state.most))
     whole_left = "" if state.most == state.planned else f", at most {_duration(most_left)} for the whole search"
+    cut = "; halving stops most runs early, so at most that" if strategy == "halving" else ""
     return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, at {_duration(per_run)} "
-            f"per run (mean of {len(state.run_seconds)}); workers training at once divide it")
+            f"per finished run (mean of {len(state.run_seconds)}){cut}; workers training at once divide it")
 
 
 def _duration(seconds: float) -> str:
