@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from seratio import strategies
 from seratio.cli import main
+from seratio.config import RunConfig
 from seratio.ledger import Ledger
 from seratio.overview import progress, trial_row
 from seratio.records import load_study
@@ -205,6 +206,21 @@ def test_halving_judges_a_retried_run_once_at_a_cut_not_as_its_failed_trial_and_
     assert cut
 
 
+def _reuse_then_interrupt(url: str, runs: Path, finished: list[tuple], run: RunConfig) -> None:
+    """Finished results of 600 s each for `finished` on disk; a worker reuses them, then its next
+    training run is interrupted, so the study holds those runs and one stopped trial."""
+    for rr in finished:
+        directory = runs / run_name(rr, 0)
+        directory.mkdir(parents=True)
+        (directory / "result.json").write_text(json.dumps(_result(run, 0.5) | {"seconds": 600.0}))
+
+    def interrupted(rr: tuple, seed: int) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        work(url, "s", FakeTrainer(interrupted))
+
+
 def test_status_counts_the_plan_and_estimates_the_training_left(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,16 +228,7 @@ def test_status_counts_the_plan_and_estimates_the_training_left(
     4 ended, and the whole search trains at most 3 constants + 3 stages x 2 new + the baseline."""
     url = f"journal:{tmp_path / 'study.log'}"
     store, definition = create(url, "s", "greedy", tmp_path / "runs", candidates=(2, 4, 8))
-    for r in (2, 4):
-        finished = tmp_path / "runs" / run_name((r, r, r), 0)
-        finished.mkdir(parents=True)
-        (finished / "result.json").write_text(json.dumps(_result(TINY, 0.5) | {"seconds": 600.0}))
-
-    def interrupted(rr: tuple, seed: int) -> float:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        work(url, "s", FakeTrainer(interrupted))
+    _reuse_then_interrupt(url, tmp_path / "runs", [(2, 2, 2), (4, 4, 4)], TINY)
     state = progress(definition, store.trials())
     assert (state.planned, state.ended, state.most, state.run_seconds) == (4, 2, 10, (600.0, 600.0))
     assert main(["study", "status", "--name", "s", "--storage", url]) == 0
@@ -238,15 +245,7 @@ def test_status_under_halving_says_its_estimate_is_an_upper_bound(
     url = f"journal:{tmp_path / 'study.log'}"
     run = dataclasses.replace(TINY, epochs=9)
     store, definition = create(url, "s", "halving", tmp_path / "runs", candidates=(2, 4), halving_min_epochs=1, run=run)
-    finished = tmp_path / "runs" / run_name((2, 2, 2), 0)
-    finished.mkdir(parents=True)
-    (finished / "result.json").write_text(json.dumps(_result(run, 0.5) | {"seconds": 600.0}))
-
-    def interrupted(rr: tuple, seed: int) -> float:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        work(url, "s", FakeTrainer(interrupted))
+    _reuse_then_interrupt(url, tmp_path / "runs", [(2, 2, 2)], run)
     assert progress(definition, store.trials()).run_seconds == (600.0,)
     assert main(["study", "status", "--name", "s", "--storage", url]) == 0
     out = " ".join(capsys.readouterr().out.split())
