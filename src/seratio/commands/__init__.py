@@ -1,7 +1,7 @@
 """One module per `seratio` command: `register` adds its parser, and the function it registers runs it.
 
-A command module imports torch (through `seratio.train`, `seratio.models`, `seratio.rescore` or
-`seratio.worker`) inside the function that trains or scores, not at its top: `seratio --help`, a
-mistyped option, `study status` and `study export` need no torch, and importing it takes about
-two seconds. For the same reason `seratio.report.writer` (matplotlib) is imported only by `report`'s run.
+A command module imports torch (through `seratio.train`, `seratio.rescore` or `seratio.worker`)
+inside the function that trains or scores, not at its top: `seratio --help`, a mistyped option,
+`info`, `study status` and `study export` need no torch, and importing it takes about two seconds.
+For the same reason `seratio.report.writer` (matplotlib) is imported only by `report`'s run.
 """
