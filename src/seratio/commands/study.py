@@ -342,8 +342,8 @@ def _check_worker_codes(codes: list[int]) -> None:
 
 def _devices(device: str, workers: int) -> list[str]:
     """One device per worker: with several GPUs and --device auto, worker i gets GPU i mod count."""
-    count = _gpu_count() if device == "auto" else 1
-    if count <= 1:
+    count = _device_count(device)
+    if count == 1:
         return [device] * workers
     return [f"cuda:{index % count}" for index in range(workers)]
 
