@@ -11,8 +11,9 @@ same width and collapse the search space this tool exists to explore.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from seratio.errors import SeratioError
 
@@ -103,37 +104,52 @@ def se_hidden(config: ModelConfig) -> list[int | None]:
     return widths
 
 
+class Block(NamedTuple):
+    """One basic block: input and output channels, stride, and SE hidden width (None: no SE)."""
+
+    cin: int
+    cout: int
+    stride: int
+    se_width: int | None
+
+    @property
+    def projects(self) -> bool:
+        """Whether the shortcut is a 1x1 conv with BN instead of the identity."""
+        return self.stride != 1 or self.cin != self.cout
+
+
+def blocks(config: ModelConfig) -> Iterator[Block]:
+    """The residual blocks in order, the one layout that the torch model and both counts below follow."""
+    cin = STEM_CHANNELS
+    for stage, (cout, width) in enumerate(zip(STAGE_CHANNELS, se_hidden(config))):
+        for index in range(config.blocks_per_stage):
+            yield Block(cin, cout, 2 if stage > 0 and index == 0 else 1, width)
+            cin = cout
+
+
 def count_params(config: ModelConfig) -> int:
     """Trainable parameters, counted from the shapes: convs have no bias, BN has a scale and a shift
     per channel, the SE and classifier FCs have biases. `tests/test_models.py` checks the count
     against the built torch model; counting here keeps `seratio info` free of torch."""
     params = 9 * 3 * STEM_CHANNELS + 2 * STEM_CHANNELS
-    cin = STEM_CHANNELS
-    for stage, (cout, width) in enumerate(zip(STAGE_CHANNELS, se_hidden(config))):
-        for index in range(config.blocks_per_stage):
-            stride = 2 if stage > 0 and index == 0 else 1
-            params += 9 * (cin * cout + cout * cout) + 4 * cout
-            if stride != 1 or cin != cout:
-                params += cin * cout + 2 * cout
-            if width is not None:
-                params += 2 * cout * width + width + cout
-            cin = cout
-    return params + (cin + 1) * config.num_classes
+    for block in blocks(config):
+        params += 9 * (block.cin * block.cout + block.cout * block.cout) + 4 * block.cout
+        if block.projects:
+            params += block.cin * block.cout + 2 * block.cout
+        if block.se_width is not None:
+            params += 2 * block.cout * block.se_width + block.se_width + block.cout
+    return params + (STAGE_CHANNELS[-1] + 1) * config.num_classes
 
 
 def count_macs(config: ModelConfig, image_size: int = 32) -> int:
     """Multiply-accumulates of one forward pass of one image, convs and FCs only."""
     size = image_size
     macs = size * size * 9 * 3 * STEM_CHANNELS
-    cin = STEM_CHANNELS
-    for stage, (cout, width) in enumerate(zip(STAGE_CHANNELS, se_hidden(config))):
-        for index in range(config.blocks_per_stage):
-            stride = 2 if stage > 0 and index == 0 else 1
-            size //= stride
-            macs += size * size * 9 * (cin * cout + cout * cout)
-            if stride != 1 or cin != cout:
-                macs += size * size * cin * cout
-            if width is not None:
-                macs += 2 * cout * width
-            cin = cout
-    return macs + cin * config.num_classes
+    for block in blocks(config):
+        size //= block.stride
+        macs += size * size * 9 * (block.cin * block.cout + block.cout * block.cout)
+        if block.projects:
+            macs += size * size * block.cin * block.cout
+        if block.se_width is not None:
+            macs += 2 * block.cout * block.se_width
+    return macs + STAGE_CHANNELS[-1] * config.num_classes

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from seratio.architecture import STAGE_CHANNELS, STEM_CHANNELS, ModelConfig, se_hidden
+from seratio.architecture import STAGE_CHANNELS, STEM_CHANNELS, Block, ModelConfig, blocks
 
 # Keras BatchNormalization's epsilon, as the paper's TensorFlow code used; the running-average
 # momentum is the recipe's (see `set_bn_momentum`).
@@ -39,15 +39,16 @@ class SqueezeExcite(nn.Module):
 class BasicBlock(nn.Module):
     """conv-BN-ReLU-conv-BN, SE on the residual branch, add the shortcut, ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, se_width: int | None) -> None:
+    def __init__(self, block: Block) -> None:
         super().__init__()
+        cin, cout, stride, se_width = block
         self.conv1 = _conv3x3(cin, cout, stride)
         self.bn1 = _bn(cout)
         self.conv2 = _conv3x3(cout, cout)
         self.bn2 = _bn(cout)
         self.se = SqueezeExcite(cout, se_width) if se_width is not None else nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
+        if block.projects:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _bn(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +62,8 @@ class CifarResNet(nn.Module):
         super().__init__()
         self.config = config
         self.stem = nn.Sequential(_conv3x3(3, STEM_CHANNELS), _bn(STEM_CHANNELS), nn.ReLU())
-        blocks: list[nn.Module] = []
-        cin = STEM_CHANNELS
-        for stage, (cout, width) in enumerate(zip(STAGE_CHANNELS, se_hidden(config))):
-            for index in range(config.blocks_per_stage):
-                stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(BasicBlock(cin, cout, stride, width))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, config.num_classes)
+        self.blocks = nn.Sequential(*(BasicBlock(block) for block in blocks(config)))
+        self.fc = nn.Linear(STAGE_CHANNELS[-1], config.num_classes)
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
