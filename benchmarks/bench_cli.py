@@ -25,9 +25,12 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def emit(table: str, result: dict[str, Any], json_path: Path | None) -> int:
-    """Print the table for people; also write every number as JSON when asked (`--json`), for RESULTS.md."""
-    print(table)
+def emit(table: Callable[[dict[str, Any]], str], result: dict[str, Any], json_path: Path | None) -> int:
+    """Print the table for people; also write every number as JSON when asked (`--json`), for RESULTS.md.
+
+    The JSON is written before the table is formatted, so a formatting bug cannot lose minutes of
+    measurement (on a lent GPU, a rerun may not fit the time left)."""
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
+    print(table(result))
     return 0

@@ -360,7 +360,7 @@ def main(argv: list[str]) -> int:
     env["load_end"] = os.getloadavg()[0]
     command = " ".join([Path(sys.executable).name, *sys.argv])
     result = {"environment": env, "rounds": args.rounds, "groups": results, "command": command}
-    return emit(format_table(result), result, args.json)
+    return emit(format_table, result, args.json)
 
 
 if __name__ == "__main__":

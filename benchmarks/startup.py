@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
             for label, command in runs.items():
                 times[label].append(seconds(command))
     result = {"repeats": args.repeats, "seconds": times, "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    return emit(format_table(result), result, args.json)
+    return emit(format_table, result, args.json)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
         "epochs": args.epochs, "train_subset": args.train_subset, "allocator": allocator(),
         "threads": torch.get_num_threads(), "modes": {mode: run_mode(mode, args) for mode in MODES.values()},
     }
-    return emit(format_table(result), result, args.json)
+    return emit(format_table, result, args.json)
 
 
 if __name__ == "__main__":
