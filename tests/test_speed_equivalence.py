@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,10 +235,14 @@ class _FakeStream:
         pass
 
 
-def _session_and_batches() -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Warm-up and capture batches, two replays, a partial batch (eager), two more replays."""
-    config = RunConfig(rr=(4, 4, 4), depth=8, batch_size=BATCH, device="cpu", seed=5)
+def _session_and_batches(recipe: str) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Warm-up and capture batches, two replays, a partial batch (eager), two more replays; the
+    optimizer built as on CUDA (tensor learning rate; Adam capturable, SGD fused)."""
+    config = RunConfig(rr=(4, 4, 4), depth=8, recipe=recipe, batch_size=BATCH, device="cpu", seed=5)
     session = build_session(config, _data(BATCH), torch.device("cpu"))
+    assert not train._capturable(session.optimizer)  # the CPU's own optimizer: steps stay eager
+    session.optimizer = _optimizer(session.model, session.recipe, torch.device("cpu"), for_graphs=True)
+    assert train._capturable(session.optimizer)
     generator = torch.Generator().manual_seed(9)
     batches = []
     for size in [BATCH] * (cuda_step.WARMUP_STEPS + 3) + [BATCH // 2] + [BATCH] * 2:
@@ -246,16 +251,26 @@ def _session_and_batches() -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]
     return session, batches
 
 
-def test_graphed_step_performs_exactly_the_eager_updates(monkeypatch: pytest.MonkeyPatch) -> None:
-    eager_session, batches = _session_and_batches()
-    eager = [_eager_step(eager_session, x, y)[0].item() for x, y in batches]
+def _steps_at_changing_rates(session: Any, step: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Each step at its own learning rate, filled in before it as `fast`'s schedule does every step."""
+    losses = []
+    for index, (x, y) in enumerate(batches):
+        train._set_lr(session.optimizer, session.recipe.lr * (index + 1) / len(batches))
+        losses.append(step(x, y)[0].item())
+    return losses
 
-    session, batches = _session_and_batches()
+
+@pytest.mark.parametrize("recipe", ["paper", "fast"])
+def test_graphed_step_performs_exactly_the_eager_updates(recipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager_session, batches = _session_and_batches(recipe)
+    eager = _steps_at_changing_rates(eager_session, functools.partial(_eager_step, eager_session), batches)
+
+    session, batches = _session_and_batches(recipe)
     second_gpu = torch.device("cuda", 1)  # not the default device: the capture must still record there
     fake = _FakeCuda(session, second_gpu)
     fake.install(monkeypatch)
     graphed_step = cuda_step.GraphedStep(fake.step, session.optimizer, BATCH, second_gpu)
-    graphed = [graphed_step(x, y)[0].item() for x, y in batches]
+    graphed = _steps_at_changing_rates(session, graphed_step, batches)
 
     assert fake.captures == 1 and graphed_step.eager_steps == cuda_step.WARMUP_STEPS
     assert graphed == eager
