@@ -1,0 +1,148 @@
+"""On a CUDA device: the CUDA-graph training step follows the eager step's loss trajectory.
+
+    python3 benchmarks/cuda_equivalence.py [--epochs 4] [--json out.json]
+
+The CPU tests drive `GraphedStep` through fake CUDA primitives; only a real GPU shows that a
+replayed graph performs the whole update (forward, backward, fused Adam with its device-side
+step count and learning rate) on the parameters the session owns. A replay that silently did
+nothing would still time well in `train_throughput.py`, so this is checked apart from speed.
+
+Three sessions per case start from the same seed and train on the same synthetic batches (8
+batches at the recipe's batch size, repeated for --epochs epochs, the recipe's schedule squeezed
+into them, so the loss falls as the network memorises them): graphed, as every run on CUDA
+trains (the `paper` recipe with capturable Adam, `fast` with fused SGD), and two eager ones. The two eager sessions
+give the noise floor of the GPU's own nondeterminism (atomic adds in the convolutions' backward,
+amplified by the optimizer). The script prints, per case, the largest relative gap between per-step
+losses of graphed and eager and of eager and eager, and exits 1 if the loss did not fall or the
+graphed gap exceeds both the precision's tolerance and twice the noise floor. A replay that
+skipped the update would leave the loss where it started, tens of percent from the eager run.
+
+On an H100 (torch 2.11, `paper` only: `fast` was not graphed yet) bf16 was bit-identical over 32
+steps, graphed and eager alike, while fp32 (convolutions in TF32) drifted by 3% between two eager
+runs: there the noise floor decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_cli import at_least, emit
+from train_throughput import DEPTH, RR, synthetic_data
+
+from seratio.config import RunConfig, resolve_device
+from seratio.errors import SeratioError
+from seratio.train import _train_epoch, build_session
+
+BATCHES = 8
+CASES = (("paper", "fp32"), ("paper", "bf16"), ("fast", "bf16"))
+"""(recipe, precision): the paper's recipe in both precisions, and `fast` as it trains on CUDA."""
+TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2}
+"""The least relative gap allowed between per-step losses; twice the measured noise floor raises it.
+fp32 as the CPU equivalence test (tests/test_speed_equivalence.py); bf16 rounds every activation
+to 8 mantissa bits, so where its kernels are not deterministic two runs drift apart faster."""
+
+
+class StepLosses:
+    """Stands in for the progress bar and reads each step's loss (a host sync per step, fine here)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self._previous = 0.0
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self._previous = 0.0
+
+    def advance(self, step: int, batch: int, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        total = loss_sum.item()
+        self.losses.append((total - self._previous) / batch)
+        self._previous = total
+
+
+def trajectory(recipe: str, precision: str, graphed: bool, epochs: int, device: torch.device) -> list[float]:
+    """Per-step losses of one session; `graphed` False drops the CUDA graph, so every step is eager."""
+    config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, epochs=epochs, precision=precision, device=str(device))
+    data = synthetic_data(config.resolved_recipe().batch_size * BATCHES, 0, device)
+    session = build_session(config, data, device, compile_cpu=False)
+    if graphed and session.graphed is None:
+        raise SystemExit(f"no CUDA graph on {device}: the {recipe} recipe should capture its step there")
+    if not graphed:
+        session.graphed = None
+    recorder = StepLosses()
+    for epoch in range(epochs):
+        _train_epoch(session, epoch, recorder)
+    return recorder.losses
+
+
+def largest_gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
+
+
+def same_update(row: dict[str, Any]) -> bool:
+    """The graphed step trains like the eager one: within the GPU's own noise, and the loss fell."""
+    allowed = max(row["tolerance"], 2 * row["eager_vs_eager"])
+    return row["graphed_vs_eager"] <= allowed and row["last_epoch_loss"] < row["first_epoch_loss"]
+
+
+def measure(device: torch.device, epochs: int) -> dict[str, Any]:
+    rows = {}
+    for recipe, precision in CASES:
+        graphed, eager, again = (trajectory(recipe, precision, g, epochs, device) for g in (True, False, False))
+        rows[f"{recipe} {precision}"] = {
+            "batch": config_batch(recipe),
+            "graphed_vs_eager": largest_gap(graphed, eager),
+            "eager_vs_eager": largest_gap(again, eager),
+            "tolerance": TOLERANCE[precision],
+            "first_epoch_loss": sum(eager[:BATCHES]) / BATCHES,
+            "last_epoch_loss": sum(eager[-BATCHES:]) / BATCHES,
+            "graphed_losses": graphed,
+            "eager_losses": eager,
+        }
+        rows[f"{recipe} {precision}"]["ok"] = same_update(rows[f"{recipe} {precision}"])
+    return {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "steps": BATCHES * epochs,
+            "cases": rows}
+
+
+def config_batch(recipe: str) -> int:
+    return RunConfig(recipe=recipe).resolved_recipe().batch_size
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"CUDA graph against eager steps: SE-ResNet-52 rr {','.join(map(str, RR))}, "
+        f"{result['steps']} steps | {result['device']} | torch {result['torch']}",
+        f"{'recipe':<14}{'batch':>6}{'graphed vs eager':>18}{'eager vs eager':>16}{'tolerance':>11}"
+        f"{'loss epoch 1':>14}{'loss last':>11}  verdict",
+    ]
+    for case, row in result["cases"].items():
+        lines.append(
+            f"{case:<14}{row['batch']:>6}{row['graphed_vs_eager']:>18.2e}{row['eager_vs_eager']:>16.2e}{row['tolerance']:>11.0e}"
+            f"{row['first_epoch_loss']:>14.4f}{row['last_epoch_loss']:>11.4f}  {'same' if row['ok'] else 'DIFFERENT'}"
+        )
+    lines.append("gaps: the largest relative difference between two sessions' losses at the same step; 'same'")
+    lines.append("when graphed vs eager is within the tolerance or twice eager vs eager, and the loss fell.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda or cuda:K")
+    parser.add_argument("--epochs", type=at_least(2), default=4, help=f"passes over the {BATCHES} batches")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except SeratioError as error:
+        parser.error(str(error))
+    if device.type != "cuda":
+        parser.error(f"device {args.device!r} is not a CUDA device; this check is about CUDA graphs")
+    result = measure(device, args.epochs)
+    emit(format_table, result, args.json)
+    return 0 if all(row["ok"] for row in result["cases"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
