@@ -7,6 +7,9 @@
 #                                     benchmark's table (issue 5: one command, under 8 minutes)
 #   bash scripts/gpu-check.sh fast    one real `fast` run (SE-ResNet-52, rr 8,2,16) on CIFAR-10 at
 #                                     $SERATIO_DATA, for the goal of >= 93% in under 5 minutes
+#   bash scripts/gpu-check.sh mps     the throughput benchmark again under an NVIDIA MPS daemon of its
+#                                     own, started here and stopped at the end: without MPS, 4 trials
+#                                     in 4 processes ran 0.93x one trial on an H100
 #
 # --device cuda makes a machine whose torch cannot see the GPU fail at once instead of measuring
 # its CPU. Each step has its own time limit (EQUIVALENCE_LIMIT, BENCH_LIMIT, FAST_LIMIT seconds),
@@ -45,8 +48,18 @@ case "$mode" in
     cp "$run/result.json" "$out/" 2>/dev/null || echo "gpu-check: no result.json (exit $status)" >&2
     exit "$status"
     ;;
+  mps)
+    command -v nvidia-cuda-mps-control >/dev/null || { echo "gpu-check: no nvidia-cuda-mps-control here" >&2; exit 3; }
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/seratio-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/seratio-mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d || { echo "gpu-check: the MPS daemon did not start" >&2; exit 3; }
+    trap 'echo quit | nvidia-cuda-mps-control; cp "$CUDA_MPS_LOG_DIRECTORY/control.log" "$out/mps-control.log" 2>/dev/null' EXIT
+    timeout "${BENCH_LIMIT:-420}" "$python" benchmarks/train_throughput.py --device cuda --json "$out/bench-mps.json" \
+      2>&1 | tee "$out/bench-mps.log"
+    exit "${PIPESTATUS[0]}"
+    ;;
   *)
-    echo "gpu-check: unknown mode '$mode'; use bench or fast" >&2
+    echo "gpu-check: unknown mode '$mode'; use bench, fast or mps" >&2
     exit 2
     ;;
 esac
