@@ -176,7 +176,7 @@ def test_trials_per_device_spreads_workers_over_every_gpu_in_study_run_and_study
 ) -> None:
     """On a machine with two GPUs, `--device auto --trials-per-device 2` means two trials on each, in
     both commands; `study worker` used to put all of them on the first GPU."""
-    from seratio.commands import study as study_command
+    from seratio.commands import study_actions as study_command
 
     spawned: list[list[str]] = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

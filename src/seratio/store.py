@@ -34,15 +34,10 @@ from optuna.trial import FrozenTrial, TrialState
 from seratio import interrupts
 from seratio.errors import SeratioError
 from seratio.runlock import Lock, lock_or_warn
+from seratio.study_choices import STORAGE_HELP
 
-DEFAULT_STORAGE = "sqlite:///seratio.db"
 JOURNAL_PREFIX = "journal:"
 HEARTBEAT_ATTR = "seratio_heartbeat"
-STORAGE_HELP = (
-    "where the study lives: sqlite:///PATH.db (one process; default sqlite:///seratio.db), "
-    "journal:PATH (Optuna journal file; several processes on one machine), or "
-    "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (many machines)"
-)
 T = TypeVar("T")
 Log = Callable[[str], None]
 

@@ -21,11 +21,10 @@ from seratio.config import RunConfig, code_version, int_in
 from seratio.errors import SeratioError
 from seratio.halving import RetryAwareHalving
 from seratio.store import StudyStore
+from seratio.study_choices import SELECT_ON, STRATEGIES
 
-STRATEGIES = ("constant", "greedy", "grid", "tpe", "halving", "paper")
 DEFAULT_CANDIDATES = (2, 4, 8, 16, 32)
 PAPER_PHASES = {"constant": [2, 4, 8, 16], "stage1": [2, 4, 8], "stage2": [2, 4, 8, 16], "stage3": [2, 4, 8, 16, 32]}
-SELECT_ON = ("val", "test")
 DEFINITION_ATTR = "seratio_definition"
 ARTIFACTS_ATTR = "seratio_artifacts"
 WARN_ONLY = ("code_version",)

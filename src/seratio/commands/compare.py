@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -12,7 +13,9 @@ from seratio.commands.console import stdout_console
 from seratio.commands.options import path_arg
 from seratio.errors import SeratioError
 from seratio.report.labels import fmt_p
-from seratio.report.pair import PairComparison, RunSummary, compare_runs
+
+if TYPE_CHECKING:
+    from seratio.report.pair import PairComparison, RunSummary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +61,8 @@ def _print(result: PairComparison) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.run_a.resolve() == args.run_b.resolve():
         raise SeratioError(f"{args.run_a} and {args.run_b} are the same run directory; give two different runs")
+    from seratio.report.pair import compare_runs  # reads runs through `records`, which loads optuna
+
     result = compare_runs(args.run_a, args.run_b)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))

@@ -1,28 +1,16 @@
-"""`seratio report`: tables, statistics, figures and one HTML page from a stored study. Never trains."""
+"""`seratio report`: the parser; the work is in `report_actions`.
+
+Reading a study needs optuna and SQLAlchemy, about half a second to import, so `report_actions`
+is imported only when the command runs: `seratio --help` and every parse error build this parser.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from seratio.architecture import Ratios, format_rr, parse_rr
-from seratio.commands.console import stdout_console
 from seratio.commands.options import add_read_patience_option, path_arg
-from seratio.commands.signals import sigterm_as_ctrl_c
-from seratio.errors import SeratioError
-from seratio.records import Aggregate, StudyRecords, aggregate, load_study
 from seratio.report import FORMATS
-from seratio.report.output import check_out
-from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
-from seratio.store import DEFAULT_STORAGE, STORAGE_HELP, read_patience
-
-if TYPE_CHECKING:
-    from seratio.report.writer import Written
+from seratio.study_choices import DEFAULT_STORAGE, STORAGE_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,88 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_formats(spec: str) -> tuple[str, ...]:
-    formats = tuple(f.strip() for f in spec.split(",") if f.strip())
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise SeratioError(
-            f"--format {spec!r}: unknown {', '.join(unknown) or 'empty list'}; allowed: {', '.join(FORMATS)}"
-        )
-    return formats
-
-
-TERMINAL_DROPS = ("Experiment", "Model", "Ratios", "MACs", "Epochs")
-
-
-def _print(written: Written, out: Path) -> None:
-    """The table in a terminal's width: phase key and ratios up front, MACs and epochs left to the files."""
-    console = stdout_console()
-    content = written.content
-    header = display_header(content)
-    keep = [i for i, column in enumerate(header) if column not in TERMINAL_DROPS]
-    table = Table(title=f"Study {content.study.name} (bold: phase winner)", title_justify="left")
-    table.add_column("phase")
-    table.add_column("model", no_wrap=True)
-    for i in keep:
-        table.add_column(header[i], justify="right")
-    for row, first in all_rows(content):
-        if first and table.row_count:
-            table.add_section()
-        cells = display_cells(content, row, first)
-        table.add_row(row.phase if first else "", short_model(content, row.config.rr), *(cells[i] for i in keep),
-                      style="bold" if row.winner else None)
-    console.print(table)
-    console.print(content.selection_note)
-    console.print(content.conclusion)
-    for note in (*content.notes, *written.notes):
-        console.print(f"note: {note}")
-    for excluded in content.excluded:  # never averaged in, so never left unsaid
-        console.print(f"excluded from averages: {trial_label(excluded.trial)}: {excluded.reason}")
-    if content.incomplete:
-        console.print(
-            f"{len(content.incomplete)} trial(s) without a result (failed, pruned, running or waiting) listed in the report."
-        )
-    index = out / "index.html"
-    console.print(f"report: {index if index in written.paths else out}")
-
-
 def run(args: argparse.Namespace) -> int:
-    formats = parse_formats(args.format)
-    baseline = None if args.baseline is None else parse_rr(args.baseline)
-    check_out(args.out)
-    study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
-    measured = aggregate(study)
-    if baseline is not None:
-        _need_measured(baseline, study.name, measured)
-    _need_results(study, measured)
-    from seratio.report.writer import write_report  # matplotlib: not for a study that is missing or empty
+    from seratio.commands import report_actions
 
-    with sigterm_as_ctrl_c():
-        written = write_report(study, args.out, formats, baseline)
-    _print(written, args.out)
-    return 0
-
-
-def _need_results(study: StudyRecords, measured: Aggregate) -> None:
-    """A report with an empty table would look like the finished analysis of a study that has not
-    finished a run yet, or whose runs are all excluded."""
-    if measured.configs:
-        return
-    states = Counter(t.state.lower() for t in study.trials)
-    held = ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "no trials yet"
-    excluded = "" if not measured.excluded else (
-        f"; every finished one is excluded from averages, e.g. trial #{measured.excluded[0].trial.number}: "
-        f"{measured.excluded[0].reason}")
-    raise SeratioError(f"study {study.name!r} has no finished run to report ({held}{excluded}); "
-                       f"`seratio study status --name {study.name}` shows where it stands")
-
-
-def _need_measured(baseline: Ratios, name: str, measured: Aggregate) -> None:
-    """An asked-for baseline must have a result to test against; a report of nothing but "n/a"
-    would look like a finished analysis."""
-    if baseline not in measured.configs:
-        listed = " ".join(sorted(format_rr(rr) for rr in measured.configs)) or "none yet"
-        raise SeratioError(
-            f"--baseline {format_rr(baseline)}: study {name!r} has no completed comparable run of it; "
-            f"configurations with results: {listed}"
-        )
+    return report_actions.run(args)

@@ -1,47 +1,16 @@
-"""`seratio study run|worker|status|export`: searches over stage ratios on Optuna storage."""
+"""`seratio study run|worker|status|export`: the parsers; the actions are in `study_actions`.
+
+The actions need optuna and SQLAlchemy, about half a second to import, so they are imported only
+when one runs: `seratio --help` and every parse error build these parsers too.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import os
-import signal
-import statistics
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import optuna
-from rich.console import Console
-from rich.table import Table
-
-from seratio.__main__ import INTERRUPTED
-from seratio.architecture import format_rr, parse_rr
-from seratio.commands.console import stdout_console
-from seratio.commands.options import (
-    add_read_patience_option, add_run_options, add_threads_option, checked_threads, need_cpu_count, path_arg,
-    path_text, run_config_from_args,
-)
-from seratio.commands.signals import sigterm_as_ctrl_c
-from seratio.concurrent import threads_per_trial
-from seratio.config import resolve_device
-from seratio.datasets import resolve_data_dir
-from seratio.errors import SeratioError
-from seratio.interrupts import stop_signals_held
-from seratio.overview import Progress, progress, trial_row
-from seratio.rundir import write_atomic
-from seratio.runtime import threads_for
-from seratio.store import (
-    DEFAULT_STORAGE, STORAGE_HELP, Patience, StudyStore, check_url, is_sqlite, open_storage, read_patience,
-    sqlite_parallel_message, sqlite_worker_lock,
-)
-from seratio.study import (
-    SELECT_ON, STRATEGIES, StudyRequest, build_definition, code_warnings, create_or_join, load_definition,
-    stored_definition,
-)
+from seratio.commands.options import add_read_patience_option, add_run_options, add_threads_option, path_arg, path_text
+from seratio.study_choices import DEFAULT_STORAGE, SELECT_ON, STORAGE_HELP, STRATEGIES
 
 STRATEGY_HELP = (
     "constant: the same r in all stages; greedy: the paper's search (best constant, then stage 1, 2, 3 in turn); "
@@ -55,11 +24,6 @@ TRIALS_PER_DEVICE_HELP = (
     "unless NVIDIA MPS runs (4 on an H100 without MPS: 0.93x the images/s of one)"
 )
 TRIAL_THREADS_HELP = "CPU threads for torch in each trial (default: torch's; with K trials at once, the cores / K)"
-TEST_LABEL = "selected on the TEST set, as the paper did"
-MAX_DURATION = 7 * 24 * 3600.0
-"""A week, far beyond any useful heartbeat; at 1e10 s the heartbeat thread's clock arithmetic overflowed."""
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = stdout_console()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,7 +80,7 @@ def _register_run(actions: argparse._SubParsersAction) -> None:
     add_threads_option(parser, TRIAL_THREADS_HELP)
     add_run_options(parser, with_rr=False, with_seed=False)
     _add_worker_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_action("run"))
 
 
 def _register_worker(actions: argparse._SubParsersAction) -> None:
@@ -134,14 +98,14 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
         help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU (default: one trial at a time)",
     )
     _add_worker_options(parser)
-    parser.set_defaults(func=worker)
+    parser.set_defaults(func=_action("worker"))
 
 
 def _register_status(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser("status", help="phase, trial counts and best configuration so far")
     _add_store_options(parser)
     add_read_patience_option(parser)
-    parser.set_defaults(func=status)
+    parser.set_defaults(func=_action("status"))
 
 
 def _register_export(actions: argparse._SubParsersAction) -> None:
@@ -150,279 +114,15 @@ def _register_export(actions: argparse._SubParsersAction) -> None:
     add_read_patience_option(parser)
     parser.add_argument("--out", type=path_arg, required=True, help="output file, .csv or .json")
     parser.add_argument("--force", action="store_true", help="replace --out if it is an existing file (default: refuse)")
-    parser.set_defaults(func=export)
+    parser.set_defaults(func=_action("export"))
 
 
-# -- actions ------------------------------------------------------------------------------------
+def _action(name: str) -> Callable[[argparse.Namespace], int]:
+    """`study_actions.<name>`, imported when the command runs."""
 
+    def act(args: argparse.Namespace) -> int:
+        from seratio.commands import study_actions
 
-def _log(message: str) -> None:
-    err.print(f"[{os.getpid()}] {message}", markup=False)
+        return getattr(study_actions, name)(args)
 
-
-def _candidates(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(token) for token in text.split(","))
-    except ValueError:
-        raise SeratioError(f"--candidates {text!r} must be comma-separated integers, e.g. 2,4,8,16,32") from None
-
-
-def _check_worker_args(args: argparse.Namespace, *, create: bool) -> None:
-    """Refuse a bad worker option before any storage is touched, not in every trial or after creating the study."""
-    check_url(args.storage, create=create)
-    if not 0 < args.heartbeat_interval <= MAX_DURATION or not 3 * args.heartbeat_interval <= args.stale_after <= MAX_DURATION:
-        raise SeratioError(
-            f"--stale-after {args.stale_after:g} must be at least 3 heartbeats "
-            f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0), both at most {MAX_DURATION:g} s"
-        )
-    read_patience(args.db_patience)
-    resolve_device(args.device)
-    if args.artifacts is not None:
-        _check_artifacts(args.artifacts)
-
-
-def _check_artifacts(artifacts: Path) -> None:
-    try:
-        artifacts.resolve()
-    except RuntimeError as error:  # pathlib's symlink loop, found before a study is created around it
-        raise SeratioError(f"--artifacts {str(artifacts)!r} cannot be resolved: {error}") from None
-    if artifacts.exists() and not artifacts.is_dir():
-        raise SeratioError(f"--artifacts {str(artifacts)!r} is a file, not a directory")
-
-
-def _quiet_optuna() -> None:
-    """Optuna's INFO lines would interleave with ours; its warnings still show."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def run(args: argparse.Namespace) -> int:
-    with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: the trial stays resumable
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    _quiet_optuna()
-    _check_worker_args(args, create=True)
-    workers = _local_workers(args)
-    paper_split = {"val_size": 0} if args.strategy == "paper" and args.val_size is None else {}
-    request = StudyRequest(
-        strategy=args.strategy, run=run_config_from_args(args, rr="none", seed=0, **paper_split),
-        candidates=_candidates(args.candidates), seeds=args.seeds, baseline=parse_rr(args.baseline),
-        select_on=args.select_on, n_trials=args.n_trials, halving_min_epochs=args.halving_min_epochs,
-    )
-    definition = build_definition(request)
-    resolve_data_dir(args.data_dir, request.run.dataset)
-    patience = Patience(seconds=args.db_patience)
-    with sqlite_worker_lock(args.storage, create=True, log=_log) as sole:
-        storage = open_storage(args.storage, create=True, patience=patience, log=_log)
-        store = StudyStore.create_or_join(storage, args.name, patience, _log)
-        artifacts, warnings = create_or_join(store, definition, args.artifacts)
-        for warning in warnings:
-            _log(f"warning: {warning}")
-        if workers == 1:
-            _work(store, definition, args, artifacts, sole)
-        else:
-            threads = args.threads or threads_per_trial(workers)
-            _spawn_workers(args, artifacts, _devices(args.device, workers), threads)
-    _print_progress(store.name, definition, progress(definition, store.trials()))
-    return 0
-
-
-def _local_workers(args: argparse.Namespace) -> int:
-    """`--workers W` as given, or `--trials-per-device K` as `_trials_on_devices` counts it."""
-    if args.trials_per_device is not None:
-        return _trials_on_devices(args)
-    workers = 1 if args.workers is None else need_cpu_count("--workers", args.workers)
-    _refuse_parallel_sqlite(args.storage, workers, f"--workers {args.workers}")
-    return workers
-
-
-def _trials_on_devices(args: argparse.Namespace) -> int:
-    """K trials on each device that `--device` names (every GPU for `auto`), in `study run` and `study worker` alike."""
-    trials = need_cpu_count("--trials-per-device", args.trials_per_device) * _device_count(args.device)
-    _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {args.trials_per_device}")
-    return trials
-
-
-def _refuse_parallel_sqlite(storage: str, workers: int, asked: str) -> None:
-    if workers > 1 and is_sqlite(storage):
-        raise SeratioError(sqlite_parallel_message(storage, f"{asked} asks for {workers} parallel workers"))
-
-
-def _device_count(device: str) -> int:
-    return max(_gpu_count(), 1) if device == "auto" else 1
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def worker(args: argparse.Namespace) -> int:
-    with threads_for(checked_threads(args)), sigterm_as_ctrl_c():
-        return _worker(args)
-
-
-def _worker(args: argparse.Namespace) -> int:
-    trials = 1 if args.trials_per_device is None else _trials_on_devices(args)
-    _check_worker_args(args, create=False)
-    _quiet_optuna()
-    patience = Patience(seconds=args.db_patience)
-    with sqlite_worker_lock(args.storage, create=False, log=_log) as sole:
-        store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
-        definition, artifacts = load_definition(store)
-        resolve_data_dir(args.data_dir, definition["dataset"])
-        for warning in code_warnings(definition):
-            _log(f"warning: {warning}")
-        if trials == 1:
-            _work(store, definition, args, args.artifacts or artifacts, sole)
-        else:
-            _spawn_workers(args, args.artifacts or artifacts, _devices(args.device, trials),
-                           args.threads or threads_per_trial(trials))
-    return 0
-
-
-def _work(store: StudyStore, definition: dict[str, Any], args: argparse.Namespace, artifacts: Path, sole: bool) -> None:
-    from seratio.worker import Worker, WorkerOptions
-
-    options = WorkerOptions(
-        artifacts=artifacts, device=args.device, data_dir=args.data_dir,
-        heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after, sole=sole,
-    )
-    summary = Worker(store, definition, options, log=_log).run()
-    _log(
-        f"worker done: {summary.trained} trained, {summary.pruned} pruned, {summary.reused} reused, "
-        f"{summary.duplicates} duplicate claims dropped"
-    )
-
-
-def _spawn_workers(args: argparse.Namespace, artifacts: Path, devices: list[str], threads: int) -> None:
-    """One independent `study worker` process per entry of `devices`, each with `threads` torch threads.
-
-    The threads are an equal share of the cores unless given, so W workers do not oversubscribe the CPU.
-
-    Each worker gets its own session, so a Ctrl-C reaches only this process, which passes exactly
-    one SIGINT to each worker; a second one could cut short a worker marking its trial resumable.
-    """
-    common = [
-        sys.executable, "-m", "seratio", "study", "worker", "--name", args.name, "--storage", args.storage,
-        "--artifacts", str(artifacts), "--threads", str(threads),
-        "--heartbeat-interval", str(args.heartbeat_interval), "--stale-after", str(args.stale_after),
-        "--db-patience", str(args.db_patience),
-    ] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with stop_signals_held():  # an interrupt mid-spawn would orphan the workers started so far
-            processes = [subprocess.Popen(common + ["--device", device], start_new_session=True) for device in devices]
-        codes = [p.wait() for p in processes]
-    except KeyboardInterrupt:
-        with stop_signals_held():  # a second Ctrl-C must not leave a worker without its SIGINT
-            for p in processes:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-        for p in processes:
-            p.wait()
-        raise
-    _check_worker_codes(codes)
-
-
-def _check_worker_codes(codes: list[int]) -> None:
-    """A worker interrupted on its own is not a failure: the others take its trial over and finish."""
-    failed = [c for c in codes if c not in (0, INTERRUPTED)]
-    if failed:
-        raise SeratioError(f"{len(failed)} of {len(codes)} workers failed (exit codes {codes}); see their messages above")
-    interrupted = codes.count(INTERRUPTED)
-    if interrupted == len(codes):
-        raise KeyboardInterrupt
-    if interrupted:
-        _log(f"warning: {interrupted} of {len(codes)} workers were interrupted; the others finished the study")
-
-
-def _devices(device: str, workers: int) -> list[str]:
-    """One device per worker: with several GPUs and --device auto, worker i gets GPU i mod count."""
-    count = _device_count(device)
-    if count == 1:
-        return [device] * workers
-    return [f"cuda:{index % count}" for index in range(workers)]
-
-
-def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]]:
-    patience = read_patience(args.db_patience)
-    store = StudyStore(open_storage(args.storage, create=False, patience=patience, log=_log), args.name, patience, _log)
-    return store, stored_definition(store.user_attrs(), args.name)
-
-
-def status(args: argparse.Namespace) -> int:
-    _quiet_optuna()
-    store, definition = _open_existing(args)
-    _print_progress(store.name, definition, progress(definition, store.trials()))
-    return 0
-
-
-def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> None:
-    metric = f"{definition['select_on']} accuracy"
-    label = f" ({TEST_LABEL})" if definition["select_on"] == "test" else ""
-    out.print(f"study {name}: {definition['strategy']}, {definition['seeds']} seed(s){label}")
-    out.print(f"phase: {state.phase}")
-    table = Table(title="trials")  # the phase stands above: eight count columns fit 80 characters
-    for key in state.counts:
-        table.add_column(key, justify="right")
-    table.add_row(*(str(v) for v in state.counts.values()))
-    out.print(table)
-    mean = " (mean over seeds)" if definition["seeds"] > 1 else ""
-    if state.best is not None:
-        out.print(f"best so far: rr {format_rr(state.best)}, {metric} {state.best_score:.4f}{mean}{label}")
-    if state.baseline_score is not None:
-        baseline = format_rr(tuple(definition["baseline"]))
-        out.print(f"baseline rr {baseline}: {metric} {state.baseline_score:.4f}{mean}")
-    out.print(_plan_line(state, definition["strategy"]))
-
-
-def _plan_line(state: Progress, strategy: str) -> str:
-    """How far the study is and, from the runs finished so far, how much training is left: the
-    paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it.
-    Under halving the mean is of runs that trained all their epochs, and most runs are cut early."""
-    whole = "" if state.most == state.planned else f"; the whole search trains at most {state.most}"
-    line = f"runs: {state.ended} of the {state.planned} planned so far have ended{whole}"
-    if not state.run_seconds:
-        return line + "; a time estimate follows the first finished run"
-    per_run = statistics.mean(state.run_seconds)
-    left, most_left = (max(total - state.ended, 0) * per_run for total in (state.planned, state.most))
-    whole_left = "" if state.most == state.planned else f", at most {_duration(most_left)} for the whole search"
-    cut = "; halving stops most runs early, so at most that" if strategy == "halving" else ""
-    return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, at {_duration(per_run)} "
-            f"per finished run (mean of {len(state.run_seconds)}){cut}; workers training at once divide it")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def export(args: argparse.Namespace) -> int:
-    suffix = args.out.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise SeratioError(f"--out {str(args.out)!r} must be a file name ending in .csv or .json, e.g. trials.csv")
-    if (args.out.exists() or args.out.is_symlink()) and not (args.force and args.out.is_file()):
-        what = "a file; pass --force to replace it" if args.out.is_file() else "not a file"
-        raise SeratioError(f"--out {str(args.out)!r} already exists and is {what}")
-    _quiet_optuna()
-    store, definition = _open_existing(args)
-    rows = [trial_row(t) for t in store.trials()]
-    for row in rows:
-        row["select_on"] = definition["select_on"]
-    write_atomic(args.out, (json.dumps(rows, indent=2) + "\n" if suffix == ".json" else _csv(rows)).encode())
-    out.print(f"wrote {len(rows)} trials to {args.out}")
-    return 0
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["number"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
+    return act

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from seratio.records import RR
+from seratio.architecture import Ratios
 
 PHASE_TITLES = {
     "baseline": "Baseline",
@@ -18,29 +18,29 @@ PHASE_TITLES = {
 }
 
 
-def ratios_text(rr: RR) -> str:
+def ratios_text(rr: Ratios) -> str:
     """Paper style "(8, 2, 16)"; a stage without SE shows as "-"; no SE at all as "-"."""
     if all(r is None for r in rr):
         return "-"
     return "(" + ", ".join("-" if r is None else str(r) for r in rr) + ")"
 
 
-def model_name(rr: RR, depth: int) -> str:
+def model_name(rr: Ratios, depth: int) -> str:
     return f"ResNet-{depth}" if all(r is None for r in rr) else f"SE-ResNet-{depth}"
 
 
-def model_label(rr: RR, depth: int) -> str:
+def model_label(rr: Ratios, depth: int) -> str:
     ratios = ratios_text(rr)
     return model_name(rr, depth) + ("" if ratios == "-" else f" {ratios}")
 
 
-def short_label(rr: RR, depth: int) -> str:
+def short_label(rr: Ratios, depth: int) -> str:
     """Ratios alone identify an SE model once a caption names the network; the plain one keeps its name."""
     ratios = ratios_text(rr)
     return model_name(rr, depth) if ratios == "-" else ratios
 
 
-def model_slug(rr: RR) -> str:
+def model_slug(rr: Ratios) -> str:
     """File-name-safe model id: `resnet` or `se_8_2_16` (`none` for a stage without SE)."""
     if all(r is None for r in rr):
         return "resnet"
