@@ -9,13 +9,13 @@ nothing would still time well in `train_throughput.py`, so this is checked apart
 
 Three sessions per case start from the same seed and train on the same synthetic batches (8
 batches at the recipe's batch size, repeated for --epochs epochs, the recipe's schedule squeezed
-into them, so the loss falls as the network memorises them): graphed, as every run on CUDA
-trains (the `paper` recipe with capturable Adam, `fast` with fused SGD), and two eager ones. The two eager sessions
-give the noise floor of the GPU's own nondeterminism (atomic adds in the convolutions' backward,
-amplified by the optimizer). The script prints, per case, the largest relative gap between per-step
-losses of graphed and eager and of eager and eager, and exits 1 if the loss did not fall or the
-graphed gap exceeds both the precision's tolerance and twice the noise floor. A replay that
-skipped the update would leave the loss where it started, tens of percent from the eager run.
+into them, so the loss falls): graphed, as every run on CUDA trains (`paper` with capturable
+Adam, `fast` with fused SGD), and two eager ones. The two eager sessions give the noise floor of
+the GPU's own nondeterminism (atomic adds in the convolutions' backward, amplified by the
+optimizer). The script prints, per case, the largest relative gap between per-step losses of
+graphed and eager and of eager and eager, and exits 1 if the loss did not fall or the graphed gap
+exceeds both the precision's tolerance and twice the noise floor. A replay that skipped the
+update would leave the loss where it started, tens of percent from the eager run.
 
 On an H100 (torch 2.11, `paper` only: `fast` was not graphed yet) bf16 was bit-identical over 32
 steps, graphed and eager alike, while fp32 (convolutions in TF32) drifted by 3% between two eager
@@ -65,8 +65,7 @@ class StepLosses:
 def trajectory(recipe: str, precision: str, graphed: bool, epochs: int, device: torch.device) -> list[float]:
     """Per-step losses of one session; `graphed` False drops the CUDA graph, so every step is eager."""
     config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, epochs=epochs, precision=precision, device=str(device))
-    data = synthetic_data(config.resolved_recipe().batch_size * BATCHES, 0, device)
-    session = build_session(config, data, device, compile_cpu=False)
+    session = build_session(config, synthetic_data(batch_size(recipe) * BATCHES, 0, device), device, compile_cpu=False)
     if graphed and session.graphed is None:
         raise SystemExit(f"no CUDA graph on {device}: the {recipe} recipe should capture its step there")
     if not graphed:
@@ -75,6 +74,10 @@ def trajectory(recipe: str, precision: str, graphed: bool, epochs: int, device: 
     for epoch in range(epochs):
         _train_epoch(session, epoch, recorder)
     return recorder.losses
+
+
+def batch_size(recipe: str) -> int:
+    return RunConfig(recipe=recipe).resolved_recipe().batch_size
 
 
 def largest_gap(a: list[float], b: list[float]) -> float:
@@ -91,8 +94,8 @@ def measure(device: torch.device, epochs: int) -> dict[str, Any]:
     rows = {}
     for recipe, precision in CASES:
         graphed, eager, again = (trajectory(recipe, precision, g, epochs, device) for g in (True, False, False))
-        rows[f"{recipe} {precision}"] = {
-            "batch": config_batch(recipe),
+        row = {
+            "batch": batch_size(recipe),
             "graphed_vs_eager": largest_gap(graphed, eager),
             "eager_vs_eager": largest_gap(again, eager),
             "tolerance": TOLERANCE[precision],
@@ -101,13 +104,9 @@ def measure(device: torch.device, epochs: int) -> dict[str, Any]:
             "graphed_losses": graphed,
             "eager_losses": eager,
         }
-        rows[f"{recipe} {precision}"]["ok"] = same_update(rows[f"{recipe} {precision}"])
+        rows[f"{recipe} {precision}"] = row | {"ok": same_update(row)}
     return {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "steps": BATCHES * epochs,
             "cases": rows}
-
-
-def config_batch(recipe: str) -> int:
-    return RunConfig(recipe=recipe).resolved_recipe().batch_size
 
 
 def format_table(result: dict[str, Any]) -> str:

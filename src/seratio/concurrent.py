@@ -1,9 +1,10 @@
 """Several trials at once on one device, each in its own process: the library form of `--trials-per-device K`.
 
 Why processes: on a CPU two single-threaded trials waste less time in thread synchronisation than
-one trial on two threads, and a batch-32 step of a small CIFAR ResNet leaves most of a GPU idle. Separate processes keep every run exactly what `train_run` makes of it alone: its own
-RNG, model, optimizer and run directory, so K concurrent runs equal K sequential ones (bit for bit
-on CPU at the same thread count). On a GPU the processes share the device by time slicing, which
+one trial on two threads, and a batch-32 step of a small CIFAR ResNet leaves most of a GPU idle.
+Separate processes keep every run exactly what `train_run` makes of it alone: its own RNG, model,
+optimizer and run directory, so K concurrent runs equal K sequential ones (bit for bit on CPU at
+the same thread count). On a GPU the processes share the device by time slicing, which
 does not fill it: on an H100, 4 batch-32 trials trained 0.93x the images/s of one alone
 (benchmarks/RESULTS.md, "GPU"). With NVIDIA MPS running (`nvidia-cuda-mps-control -d`) their
 kernels can overlap; that is not measured yet.
