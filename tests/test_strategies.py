@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -238,16 +239,38 @@ def test_status_counts_the_plan_and_estimates_the_training_left(
             "finished run (mean of 2); workers") in out
 
 
-def test_status_under_halving_says_its_estimate_is_an_upper_bound(
+class _MinuteEpochs(FakeTrainer):
+    """Finished runs took a minute per epoch, so the status estimate has real durations to show."""
+
+    def __call__(self, config: RunConfig, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
+        return super().__call__(config, out_dir, **kwargs) | {"seconds": 60.0 * self.epochs}
+
+
+def test_status_under_halving_estimates_from_where_the_ended_runs_stopped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The mean is of runs that trained every epoch, and halving cuts most of the others early."""
+    """Halving cuts most runs early, so a run to come costs the mean epochs the ended runs trained
+    (cut ones included) at the finished runs' seconds per epoch, not a full run."""
     url = f"journal:{tmp_path / 'study.log'}"
     run = dataclasses.replace(TINY, epochs=9)
     store, definition = create(url, "s", "halving", tmp_path / "runs", candidates=(2, 4), halving_min_epochs=1, run=run)
-    _reuse_then_interrupt(url, tmp_path / "runs", [(2, 2, 2)], run)
-    assert progress(definition, store.trials()).run_seconds == (600.0,)
+    trained = []
+
+    def until_six(rr: tuple, seed: int) -> float:
+        if len(trained) == 6:
+            raise KeyboardInterrupt
+        trained.append(rr)
+        return smooth_accuracy(rr, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        work(url, "s", _MinuteEpochs(until_six, epochs=9))
+    state = progress(definition, store.trials())
+    assert state.epoch_seconds == 60.0 and len(state.run_epochs) == 6 and state.ended == 6
+    assert min(state.run_epochs) < 9 and max(state.run_epochs) == 9  # some were cut, some trained to the end
     assert main(["study", "status", "--name", "s", "--storage", url]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert ("of training left for the plan, at 10 min per finished run (mean of 1); halving stops most runs early, "
-            "so at most that; workers") in out
+    epochs = sum(state.run_epochs) / 6
+    left = (state.planned - 6) * epochs
+    assert (f"about {left:.0f} min of training left for the plan, if the runs to come stop where the 6 ended ones "
+            f"did ({epochs:.1f} epochs on average, at 60 s an epoch); at most {(state.planned - 6) * 9} min if "
+            "halving cuts none; workers") in out

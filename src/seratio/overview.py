@@ -38,6 +38,8 @@ class Progress:
     ended: int  # of those, finished or failed for good (diverged, pruned)
     most: int  # runs the whole search trains at most
     run_seconds: tuple[float, ...]  # training time of each run finished here (not reused ones)
+    run_epochs: tuple[int, ...]  # epochs each run that ended here trained: all, or up to halving's cut
+    epoch_seconds: float | None  # training time per epoch over the runs finished here
 
 
 def _category(trial: FrozenTrial) -> str:
@@ -74,9 +76,25 @@ def progress(definition: dict[str, Any], trials: list[FrozenTrial]) -> Progress:
         planned=len(units),
         ended=sum(ledger.status(u.key) in (Status.COMPLETE, Status.FINAL) for u in units),
         most=strategies.most_runs(definition),
-        run_seconds=tuple(float(v.attrs["seconds"]) for v in ledger.views if v.state == TrialState.COMPLETE
-                          and v.counts and v.reused_from is None and isinstance(v.attrs.get("seconds"), (int, float))),
+        **_training_time(ledger, trials),
     )
+
+
+def _training_time(ledger: Ledger, trials: list[FrozenTrial]) -> dict[str, Any]:
+    """What the runs trained here took: seconds per finished run, epochs per ended run (a run that
+    halving cut ended at its last reported epoch), and seconds per epoch. Reused results trained
+    elsewhere and say nothing about this study's machines."""
+    reported = {t.number: t.intermediate_values for t in trials}
+    own = [v for v in ledger.views if v.counts and v.reused_from is None]
+    finished = [v for v in own if v.state == TrialState.COMPLETE and isinstance(v.attrs.get("seconds"), (int, float))
+                and isinstance(v.attrs.get("epochs"), int) and v.attrs["epochs"] > 0]
+    cut = [max(reported[v.number]) for v in own if v.state == TrialState.PRUNED and reported[v.number]]
+    epochs = sum(v.attrs["epochs"] for v in finished)
+    return {
+        "run_seconds": tuple(float(v.attrs["seconds"]) for v in finished),
+        "run_epochs": tuple(v.attrs["epochs"] for v in finished) + tuple(cut),
+        "epoch_seconds": sum(float(v.attrs["seconds"]) for v in finished) / epochs if epochs else None,
+    }
 
 
 def _best_measured(ledger: Ledger, current: strategies.Plan, seeds: int) -> RR | None:

@@ -273,18 +273,30 @@ def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> N
 
 def _plan_line(state: Progress, strategy: str) -> str:
     """How far the study is and, from the runs finished so far, how much training is left: the
-    paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it.
-    Under halving the mean is of runs that trained all their epochs, and most runs are cut early."""
+    paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it."""
     whole = "" if state.most == state.planned else f"; the whole search trains at most {state.most}"
     line = f"runs: {state.ended} of the {state.planned} planned so far have ended{whole}"
     if not state.run_seconds:
         return line + "; a time estimate follows the first finished run"
-    per_run = statistics.mean(state.run_seconds)
+    full_run = statistics.mean(state.run_seconds)
+    per_run, basis = full_run, f"at {_duration(full_run)} per finished run (mean of {len(state.run_seconds)})"
+    if strategy == "halving" and state.epoch_seconds is not None:
+        per_run, basis = _halving_basis(state, full_run, state.epoch_seconds)
     left, most_left = (max(total - state.ended, 0) * per_run for total in (state.planned, state.most))
     whole_left = "" if state.most == state.planned else f", at most {_duration(most_left)} for the whole search"
-    cut = "; halving stops most runs early, so at most that" if strategy == "halving" else ""
-    return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, at {_duration(per_run)} "
-            f"per finished run (mean of {len(state.run_seconds)}){cut}; workers training at once divide it")
+    return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, {basis}; workers "
+            "training at once divide it")
+
+
+def _halving_basis(state: Progress, full_run: float, epoch_seconds: float) -> tuple[float, str]:
+    """Halving cuts most runs early, so a run costs the mean epochs that ended runs trained, not a
+    full run. Early runs meet fewer rivals at each cut, so this errs high, not low."""
+    epochs = statistics.mean(state.run_epochs)
+    runs_left = max(state.planned - state.ended, 0)
+    return epochs * epoch_seconds, (
+        f"if the runs to come stop where the {len(state.run_epochs)} ended ones did ({epochs:.1f} epochs on "
+        f"average, at {_duration(epoch_seconds)} an epoch); at most {_duration(runs_left * full_run)} if "
+        "halving cuts none")
 
 
 def _duration(seconds: float) -> str:
