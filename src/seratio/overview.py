@@ -89,11 +89,12 @@ def _training_time(ledger: Ledger, trials: list[FrozenTrial]) -> dict[str, Any]:
     finished = [v for v in own if v.state == TrialState.COMPLETE and isinstance(v.attrs.get("seconds"), (int, float))
                 and isinstance(v.attrs.get("epochs"), int) and v.attrs["epochs"] > 0]
     cut = [max(reported[v.number]) for v in own if v.state == TrialState.PRUNED and reported[v.number]]
-    epochs = sum(v.attrs["epochs"] for v in finished)
+    seconds = tuple(float(v.attrs["seconds"]) for v in finished)
+    epochs = tuple(v.attrs["epochs"] for v in finished)
     return {
-        "run_seconds": tuple(float(v.attrs["seconds"]) for v in finished),
-        "run_epochs": tuple(v.attrs["epochs"] for v in finished) + tuple(cut),
-        "epoch_seconds": sum(float(v.attrs["seconds"]) for v in finished) / epochs if epochs else None,
+        "run_seconds": seconds,
+        "run_epochs": epochs + tuple(cut),
+        "epoch_seconds": sum(seconds) / sum(epochs) if epochs else None,
     }
 
 

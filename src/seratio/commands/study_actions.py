@@ -279,24 +279,24 @@ def _plan_line(state: Progress, strategy: str) -> str:
     if not state.run_seconds:
         return line + "; a time estimate follows the first finished run"
     full_run = statistics.mean(state.run_seconds)
+    runs_left = max(state.planned - state.ended, 0)
     per_run, basis = full_run, f"at {_duration(full_run)} per finished run (mean of {len(state.run_seconds)})"
     if strategy == "halving" and state.epoch_seconds is not None:
-        per_run, basis = _halving_basis(state, full_run, state.epoch_seconds)
-    left, most_left = (max(total - state.ended, 0) * per_run for total in (state.planned, state.most))
+        per_run, basis = _halving_basis(state, state.epoch_seconds, uncut=runs_left * full_run)
+    left, most_left = runs_left * per_run, max(state.most - state.ended, 0) * per_run
     whole_left = "" if state.most == state.planned else f", at most {_duration(most_left)} for the whole search"
     return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, {basis}; workers "
             "training at once divide it")
 
 
-def _halving_basis(state: Progress, full_run: float, epoch_seconds: float) -> tuple[float, str]:
+def _halving_basis(state: Progress, epoch_seconds: float, *, uncut: float) -> tuple[float, str]:
     """Halving cuts most runs early, so a run costs the mean epochs that ended runs trained, not a
-    full run. Early runs meet fewer rivals at each cut, so this errs high, not low."""
+    full run; `uncut` is the plan's time if every run trained in full. Early runs meet fewer rivals
+    at each cut, so this errs high, not low."""
     epochs = statistics.mean(state.run_epochs)
-    runs_left = max(state.planned - state.ended, 0)
     return epochs * epoch_seconds, (
         f"if the runs to come stop where the {len(state.run_epochs)} ended ones did ({epochs:.1f} epochs on "
-        f"average, at {_duration(epoch_seconds)} an epoch); at most {_duration(runs_left * full_run)} if "
-        "halving cuts none")
+        f"average, at {_duration(epoch_seconds)} an epoch); at most {_duration(uncut)} if halving cuts none")
 
 
 def _duration(seconds: float) -> str:
