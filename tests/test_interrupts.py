@@ -138,12 +138,39 @@ def test_an_interrupt_right_after_a_claim_fails_the_trial_instead_of_leaving_it_
     assert (counts["done"], counts["failed"], counts["retried"], counts["running"]) == (2, 0, 1, 0)
 
 
+def test_an_interrupt_while_the_claim_is_recorded_fails_the_trial_instead_of_leaving_it_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage has recorded the claim but not yet answered when Ctrl-C lands: the worker does
+    not know that the trial is its own, yet no one else can take it for --stale-after."""
+    storage = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(storage, "c", "constant", tmp_path / "runs", candidates=(4,))
+    real_claim = StudyStore.claim
+
+    def interrupted_once(self: StudyStore, trial_id: int) -> bool:
+        monkeypatch.setattr(StudyStore, "claim", real_claim)
+        real_claim(self, trial_id)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StudyStore, "claim", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        work(storage, "c", FakeTrainer(), stale_after=600)
+    states = [(t.state, t.user_attrs.get("fail_kind")) for t in open_store(storage, "c").trials()]
+    assert states == [(TrialState.FAIL, "interrupted"), (TrialState.WAITING, None)]
+    started = time.monotonic()
+    work(storage, "c", FakeTrainer(), stale_after=600)
+    assert time.monotonic() - started < 30
+    counts = progress(definition, store.trials()).counts
+    assert (counts["done"], counts["failed"], counts["retried"], counts["running"]) == (2, 0, 1, 0)
+
+
 def test_one_worker_interrupted_on_its_own_is_not_a_failed_study(cifar_dir: Path, tmp_path: Path) -> None:
     """The other worker takes its trial over and finishes; `study run` says so and exits 0."""
     storage, log = f"journal:{tmp_path / 'study.log'}", tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "seratio", "study", "run", "constant", "--name", "w", "--storage", storage,
                "--candidates", "2,4,8", "--epochs", "2", "--workers", "2", "--artifacts", str(tmp_path / "runs"),
-               "--data-dir", str(cifar_dir), *TINY_CLI]
+               "--data-dir", str(cifar_dir), *TINY_CLI,
+               "--stale-after", "30"]  # the interrupted worker fails its trial itself; no one need wait for it
     with open(log, "w") as stderr:
         parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
         victim = _a_training_worker(parent, log)
