@@ -36,10 +36,20 @@ def test_lr_override_scales_whole_schedule() -> None:
 
 
 def test_fast_recipe_warms_up_then_decays_to_zero() -> None:
-    recipe = get_recipe("fast", epochs=10)
+    recipe = get_recipe("fast")
     assert recipe.lr_at(0, 0.5) == pytest.approx(recipe.lr * 0.25)
     assert recipe.lr_at(1, 1.0) == pytest.approx(recipe.lr)
-    assert recipe.lr_at(9, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert recipe.lr_at(25, 1.0) == pytest.approx(recipe.lr * 24 / 48)
+    assert recipe.lr_at(49, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(("epochs", "warmup"), [(2, 0.08), (10, 0.4), (50, 2.0), (100, 4.0)])
+def test_fast_warm_up_scales_with_the_run_so_a_short_run_still_decays(epochs: int, warmup: float) -> None:
+    recipe = get_recipe("fast", epochs=epochs)
+    assert recipe.warmup_epochs == pytest.approx(warmup)
+    assert recipe.lr_at(0, warmup / 2) == pytest.approx(recipe.lr / 2)
+    assert recipe.lr_at(0, warmup) == pytest.approx(recipe.lr)
+    assert recipe.lr_at(epochs - 1, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_metrics_lr_is_the_mean_over_the_epochs_updates() -> None:

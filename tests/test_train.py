@@ -137,6 +137,23 @@ def test_a_resume_before_the_first_checkpoint_says_it_trains_from_epoch_0(
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
 
 
+def test_a_checkpoint_does_not_continue_under_a_changed_recipe(
+    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Code that trains the recipe differently (its hash moved) would switch schedules mid-run."""
+    out = tmp_path / "other-recipe"
+    out.mkdir()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"):
+        shutil.copy(finished_run / name, out / name)
+    record = json.loads((finished_run / "config.json").read_text())
+    current, record["recipe_hash"] = record["recipe_hash"], "0123456789ab"
+    (out / "config.json").write_text(json.dumps(record))
+    assert main(train_args(cifar_dir, out, "--resume")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"this code trains recipe 'paper' differently (hash {current}) than the run started with (hash 0123456789ab" in err
+    assert not (out / "result.json").exists()
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "corrupt"
     for name in ("config.json", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from seratio.errors import SeratioError
 
@@ -163,7 +164,9 @@ MAX_LR = 1e6
 def get_recipe(
     name: str, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None
 ) -> Recipe:
-    """The named recipe with user overrides; a shortened paper schedule scales its boundaries."""
+    """The named recipe with user overrides. A shorter or longer run scales its schedule: the paper
+    schedule's boundaries, and `fast`'s warm-up (2 of 50 epochs), which would otherwise fill a
+    2-epoch run and leave it no decay."""
     if name not in RECIPES:
         raise SeratioError(f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}")
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
@@ -173,5 +176,7 @@ def get_recipe(
     if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr <= MAX_LR):
         raise SeratioError(f"learning rate {lr!r} must be a finite number > 0 and <= {MAX_LR:g}")
     recipe = RECIPES[name]
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    overrides: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    if epochs is not None:
+        overrides["warmup_epochs"] = recipe.warmup_epochs * epochs / recipe.epochs
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

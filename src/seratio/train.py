@@ -207,6 +207,7 @@ def _checkpoint_to_resume(
         return None
     if not resume:
         raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+    _check_same_recipe(config, out)
     for path in checkpoints:
         if path.exists() and not path.is_file():  # checked before training: the epoch's checkpoint goes there
             raise SeratioError(f"{path} is not a file, so the run cannot write its checkpoints; move it away and resume")
@@ -218,6 +219,20 @@ def _checkpoint_to_resume(
     else:
         log(f"resuming {out} after epoch {checkpoint['epoch']}")
     return checkpoint
+
+
+def _check_same_recipe(config: RunConfig, out: Path) -> None:
+    """A checkpoint continues only under the recipe it started with: code whose recipe changed
+    (its hash) would switch schedules mid-run, and the result would show no trace of it."""
+    _, record = rundir.read_run_config(out)
+    stored, current = record.get("recipe_hash"), config.resolved_recipe().fingerprint()
+    if stored is not None and stored != current:
+        started_by = record.get("versions", {}).get("code_version", "an earlier version")
+        raise SeratioError(
+            f"cannot continue {out}: this code trains recipe {config.recipe!r} differently (hash {current}) than "
+            f"the run started with (hash {stored}, code {started_by}); finish it with that code or train into "
+            "another --out"
+        )
 
 
 def _session_for(
