@@ -22,6 +22,7 @@ STEM_CHANNELS = 16
 
 Ratio = int | None
 Ratios = tuple[Ratio, ...]
+"""Reduction ratio per stage; None means no SE block in that stage."""
 
 
 def _parse_one(token: str | int | None, stage: int) -> Ratio:

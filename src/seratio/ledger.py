@@ -17,9 +17,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from seratio.architecture import Ratios as RR
 from seratio.store import HEARTBEAT_ATTR
 
-RR = tuple[int | None, ...]
 RunKey = tuple[RR, int]
 
 FINAL_FAILURES = frozenset({"diverged"})

@@ -23,13 +23,11 @@ import numpy as np
 import optuna
 
 from seratio import rundir
+from seratio.architecture import Ratios as RR
 from seratio.config import int_in
 from seratio.errors import SeratioError
 from seratio.stats import Summary, summarize
 from seratio.store import Patience, StudyStore, open_storage
-
-RR = tuple[int | None, ...]
-"""Reduction ratio per stage; None means no SE block in that stage."""
 
 PROVENANCE_FIELDS = ("code_version", "recipe_hash", "epochs", "precision")
 
