@@ -3,8 +3,9 @@
 # they need only torch, numpy and rich, which a CUDA image usually has). Results go to $OUT where
 # the device tool sets it, else ./gpu-out; every log is written as it goes.
 #
-#   bash scripts/gpu-check.sh bench   the CUDA-graph equivalence check, then the throughput
-#                                     benchmark's table (issue 5: one command, under 8 minutes)
+#   bash scripts/gpu-check.sh bench   the CUDA-graph equivalence check, the throughput benchmark's
+#                                     table (issue 5: one command, under 8 minutes), then K models
+#                                     stacked into one vmapped step (does stacking fill the GPU?)
 #   bash scripts/gpu-check.sh fast    one real `fast` run (SE-ResNet-52, rr 8,2,16) on CIFAR-10 at
 #                                     $SERATIO_DATA, for the goal of >= 93% in under 5 minutes
 #   bash scripts/gpu-check.sh mps     the throughput benchmark again under an NVIDIA MPS daemon of its
@@ -12,7 +13,7 @@
 #                                     in 4 processes ran 0.93x one trial on an H100
 #
 # --device cuda makes a machine whose torch cannot see the GPU fail at once instead of measuring
-# its CPU. Each step has its own time limit (EQUIVALENCE_LIMIT, BENCH_LIMIT, FAST_LIMIT seconds),
+# its CPU. Each step has its own time limit (EQUIVALENCE_LIMIT, BENCH_LIMIT, STACKED_LIMIT, FAST_LIMIT seconds),
 # so one that hangs leaves time for the next; QUICK=1 runs the benchmark's smoke plan first.
 set -uo pipefail
 mode="${1:-bench}"
@@ -34,8 +35,11 @@ case "$mode" in
     timeout "${BENCH_LIMIT:-420}" "$python" benchmarks/train_throughput.py --device cuda --json "$out/bench.json" \
       2>&1 | tee "$out/bench.log"
     bench=${PIPESTATUS[0]}
-    echo "gpu-check: equivalence exit $equivalence, benchmark exit $bench" >&2
-    [ "$equivalence" -eq 0 ] && [ "$bench" -eq 0 ]
+    timeout "${STACKED_LIMIT:-240}" "$python" benchmarks/stacked_models.py --device cuda --json "$out/stacked.json" \
+      2>&1 | tee "$out/stacked.log"
+    stacked=${PIPESTATUS[0]}
+    echo "gpu-check: equivalence exit $equivalence, benchmark exit $bench, stacked exit $stacked" >&2
+    [ "$equivalence" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$stacked" -eq 0 ]
     ;;
   fast)
     : "${SERATIO_DATA:?set SERATIO_DATA to a directory holding cifar-10-batches-py/}"
