@@ -8,6 +8,9 @@
 #                                     stacked into one vmapped step (does stacking fill the GPU?)
 #   bash scripts/gpu-check.sh fast    one real `fast` run (SE-ResNet-52, rr 8,2,16) on CIFAR-10 at
 #                                     $SERATIO_DATA, for the goal of >= 93% in under 5 minutes
+#                                     (CIFAR-10's 186 MB exceed one device call's 64 MiB: carry two
+#                                     batch files per call in an ignored folder and copy them out of
+#                                     the checkout; a warm machine keeps them between calls)
 #   bash scripts/gpu-check.sh mps     the throughput benchmark again under an NVIDIA MPS daemon of its
 #                                     own, started here and stopped at the end: without MPS, 4 trials
 #                                     in 4 processes ran 0.93x one trial on an H100
