@@ -10,17 +10,15 @@ each K times wider. This measures whether that pays before the study worker is b
 training images/s per model and over all K, through seratio's CUDA-graph step (`GraphedStep`) on
 CUDA, and the paper study's projected hours at each K.
 
-Before timing, it checks on the device that the stacked step trains each model as a separate step
-would: K=2 small models from two seeds, 4 steps on the same batches, in fp32 (TF32 off), per-model
-losses against the same models trained alone. A stacked step that mixed the models up would be
-fast and useless.
+A study's models differ in their SE widths, so the stack pads each model to the widest SE block of
+each stage with zero weights. The timed stacks cycle through the paper study's widest phase,
+(8, 2, 16), (8, 2, 2), (8, 2, 4) and (8, 2, 32); the no-SE baseline has other parameters and would
+train alone. All K models see the same batches, as the paper study's runs do (they all use seed 0).
 
-What this leaves out, and a study worker would need: every stacked model here has the ratios
-(8, 2, 16), so their parameters have one shape. A study's models differ in their SE widths (a
-fraction of a percent of the arithmetic): padded to the widest with zero weights, the extra units
-output 0 and get zero gradients, so each model would still train exactly its own width. The no-SE
-baseline has other parameters and would train alone. All K models see the same batches, as the
-paper study's runs do (they all use seed 0).
+Before timing, it checks on the device that stacking trains each model as it would train alone:
+three small models whose ratios differ in every stage, padded and stacked, 4 steps against the
+same models trained alone, in fp32 (TF32 off). Their per-step losses must agree and every padding
+weight must still be exactly 0. A stacked step that mixed the models up would be fast and useless.
 
 A CPU is bound by arithmetic, not launches: there stacking gained nothing (0.95-1.04x at K = 2 and
 4, benchmarks/RESULTS.md), so on a CPU this is a smoke run of the script and its check.
@@ -46,9 +44,9 @@ import torch.nn.functional as F
 from bench_cli import at_least, emit
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
-from train_throughput import DEPTH, PAPER, RR, environment, timed
+from train_throughput import DEPTH, PAPER, environment, timed
 
-from seratio.architecture import ModelConfig
+from seratio.architecture import ModelConfig, Ratios
 from seratio.augment import augment_batch, to_float
 from seratio.config import resolve_device
 from seratio.cuda_step import GraphedStep
@@ -60,6 +58,11 @@ PAPER_PHASES = (4, 2, 3, 4)
 """New runs per phase of the paper's greedy search (Table 3): the constant ratios 2, 4, 8, 16; stage
 1 at 2 and 4; stage 2 at 2, 4 and 16; stage 3 at 2, 4, 16 and 32. A phase waits for the one before,
 so at most its width can be stacked; the no-SE baseline depends on nothing and joins any phase."""
+PHASE_3 = ((8, 2, 16), (8, 2, 2), (8, 2, 4), (8, 2, 32))
+"""The paper study's widest phase (stage 3 of Table 3), which a stack of K models cycles through;
+(8, 2, 16) first, so that K = 1 is the benchmarks' usual model."""
+CHECKED = ((8, 2, 16), (2, 8, 8), (16, 16, 16))
+"""Ratios that differ in every stage, for the check: each stacked model is padded in every stage."""
 RECIPE = get_recipe("paper")
 CHECK_TOLERANCE = 1e-3
 """Largest relative gap allowed between a stacked model's and its lone twin's per-step losses."""
@@ -69,11 +72,12 @@ class Stack:
     """K models' parameters and buffers stacked on a leading dimension, and one step that trains all K."""
 
     def __init__(self, models: list[nn.Module], device: torch.device, precision: str) -> None:
-        self.params, self.buffers = stack_module_state([m.to(device) for m in models])
-        self.base = copy.deepcopy(models[0]).to("meta")
+        wide = build_model(ModelConfig(depth=models[0].config.depth, rr=widest([m.config.rr for m in models])))
+        self.params, self.buffers = stack_module_state([padded(m, wide).to(device) for m in models])
+        self.base = wide.to("meta")
         self.autocast = precision == "bf16"
         self.channels_last = device.type == "cuda" and self.autocast
-        self.optimizer = _optimizer(models[0], self.params, device)
+        self.optimizer = _optimizer(wide, self.params, device)
         self.losses = vmap(self._loss, in_dims=(0, 0, None, None))
         self.device = device
 
@@ -91,6 +95,25 @@ class Stack:
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach(), losses.detach()
+
+
+def widest(ratios: list[Ratios]) -> Ratios:
+    """Per stage the smallest ratio of the stack: the widest SE block, which every model fits in."""
+    return tuple(min(stage) for stage in zip(*ratios))
+
+
+def padded(model: nn.Module, wide: nn.Module) -> nn.Module:
+    """`model` in `wide`'s shapes. The SE units it lacks get zero weights and biases: they output 0
+    and receive zero gradients (ReLU'(0) = 0 in torch), and Adam and weight decay keep a zero at
+    zero, so the padded model trains exactly as `model` alone."""
+    out = copy.deepcopy(wide)
+    state = {}
+    for name, value in model.state_dict().items():
+        target = torch.zeros_like(out.state_dict()[name])
+        target[tuple(slice(0, n) for n in value.shape)] = value
+        state[name] = target
+    out.load_state_dict(state)
+    return out
 
 
 def _optimizer(model: nn.Module, params: dict[str, torch.Tensor], device: torch.device) -> torch.optim.Optimizer:
@@ -120,12 +143,17 @@ def lone_step(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor,
     return step
 
 
-def models(count: int, depth: int) -> list[nn.Module]:
+def models(ratios: tuple[Ratios, ...], depth: int) -> list[nn.Module]:
+    """One model per ratios, the i-th initialised from seed i."""
     out = []
-    for seed in range(count):
+    for seed, rr in enumerate(ratios):
         torch.manual_seed(seed)
-        out.append(build_model(ModelConfig(depth=depth, rr=RR)))
+        out.append(build_model(ModelConfig(depth=depth, rr=rr)))
     return out
+
+
+def stack_ratios(count: int) -> tuple[Ratios, ...]:
+    return tuple(PHASE_3[i % len(PHASE_3)] for i in range(count))
 
 
 def batches(count: int, batch: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -139,15 +167,31 @@ def batches(count: int, batch: int, device: torch.device) -> list[tuple[torch.Te
 
 
 def check(device: torch.device, steps: int = 4) -> dict[str, Any]:
-    """Largest relative gap between a stacked model's per-step losses and its lone twin's."""
+    """Three models of other SE widths, stacked, against the same three trained alone: the largest
+    relative gap between per-step losses, and the largest weight in any model's padding (exactly 0
+    if the padding trains as it should; a loss gap alone would miss a small leak)."""
     data = batches(steps, 32, device)
     with _tf32(False):
-        stack = Stack(models(2, 8), device, "fp32")
+        stack = Stack(models(CHECKED, 8), device, "fp32")
         stacked = [stack.step(to_float(images), labels)[0].tolist() for images, labels in data]
-        lone = [lone_step(model, device) for model in models(2, 8)]
+        lone_models = models(CHECKED, 8)
+        lone = [lone_step(model, device) for model in lone_models]
         alone = [[step(to_float(images), labels).item() for images, labels in data] for step in lone]
-    gap = max(abs(stacked[s][k] - alone[k][s]) / abs(alone[k][s]) for s in range(steps) for k in range(2))
-    return {"steps": steps, "max_relative_gap": gap, "tolerance": CHECK_TOLERANCE, "same": gap <= CHECK_TOLERANCE}
+    gap = max(abs(stacked[s][k] - alone[k][s]) / abs(alone[k][s]) for s in range(steps) for k in range(len(CHECKED)))
+    leak = padding_leak(stack, lone_models)
+    return {"steps": steps, "ratios": [list(rr) for rr in CHECKED], "max_relative_gap": gap,
+            "tolerance": CHECK_TOLERANCE, "padding_max": leak, "same": gap <= CHECK_TOLERANCE and leak == 0.0}
+
+
+def padding_leak(stack: Stack, lone_models: list[nn.Module]) -> float:
+    """The largest magnitude in the stacked parameters outside each model's own shapes."""
+    largest = 0.0
+    for k, model in enumerate(lone_models):
+        for name, param in model.named_parameters():
+            outside = stack.params[name][k].detach().clone()
+            outside[tuple(slice(0, n) for n in param.shape)] = 0
+            largest = max(largest, outside.abs().max().item())
+    return largest
 
 
 @contextlib.contextmanager
@@ -170,7 +214,7 @@ class Timer:
 
     def __init__(self, count: int, precision: str, depth: int, batch: int, steps: int, device: torch.device) -> None:
         self.count, self.precision, self.batch, self.steps, self.device = count, precision, batch, steps, device
-        self.stack = Stack(models(count, depth), device, precision)
+        self.stack = Stack(models(stack_ratios(count), depth), device, precision)
         self.data = batches(8, batch, device)
         self.generator = torch.Generator(device).manual_seed(0)
         self.how = "eager"
@@ -244,7 +288,7 @@ def _seconds(run: Callable[[], None], device: torch.device) -> float:
 
 def eval_ips(depth: int, precision: str, batch: int, device: torch.device) -> float:
     """One model's test-set rate, as `seratio.train.evaluate` runs it (inference mode, large batches)."""
-    model = models(1, depth)[0].to(device).eval()
+    model = models(PHASE_3[:1], depth)[0].to(device).eval()
     images = torch.rand(batch, 3, 32, 32, device=device)
     if device.type == "cuda" and precision == "bf16":
         images = images.contiguous(memory_format=torch.channels_last)
@@ -279,7 +323,7 @@ def _count_kernels(timers: list[Timer], depth: int, device: torch.device) -> int
     images = to_float(images)
     for timer in timers:
         timer.kernels = kernels_per_step(functools.partial(timer.stack.step, images, labels), device)
-    return kernels_per_step(functools.partial(lone_step(models(1, depth)[0], device), images, labels), device)
+    return kernels_per_step(functools.partial(lone_step(models(PHASE_3[:1], depth)[0], device), images, labels), device)
 
 
 def measure(device: torch.device, counts: list[int], precisions: list[str], depth: int, steps: int,
@@ -287,7 +331,8 @@ def measure(device: torch.device, counts: list[int], precisions: list[str], dept
     env = environment(device)
     log("checking that a stacked step trains each model as a lone step would ...")
     checked = check(device)
-    log(f"  largest relative loss gap {checked['max_relative_gap']:.2e} (allowed {CHECK_TOLERANCE:g})")
+    log(f"  largest relative loss gap {checked['max_relative_gap']:.2e} (allowed {CHECK_TOLERANCE:g}), "
+        f"largest padding weight {checked['padding_max']:g}")
     timers = [Timer(k, p, depth, 32, steps, device) for p in precisions for k in counts]
     lone_kernels = _count_kernels(timers, depth, device)
     for timer in timers:
@@ -305,7 +350,7 @@ def measure(device: torch.device, counts: list[int], precisions: list[str], dept
         row["stacks"] = study_groups(row["models"])
         row["projected_hours"] = projected_hours(row, eval_rates[row["precision"]])
     env["load_average_end"] = os.getloadavg()[0]
-    return {"environment": env, "depth": depth, "rr": list(RR), "steps": steps, "repeats": repeats,
+    return {"environment": env, "depth": depth, "ratios": [list(rr) for rr in PHASE_3], "steps": steps, "repeats": repeats,
             "check": checked, "eval_ips": eval_rates, "lone_kernels": lone_kernels, "rows": rows}
 
 
@@ -314,11 +359,13 @@ def format_table(result: dict[str, Any]) -> str:
     first = result["rows"][0]["models"]
     verdict = "same" if checked["same"] else "DIFFERENT"
     lines = [
-        f"stacked SE-ResNet (--depth {result['depth']}) rr {','.join(map(str, result['rr']))}, batch 32 per model, "
+        f"stacked SE-ResNets (--depth {result['depth']}), K models cycling through rr "
+        f"{' '.join(','.join(map(str, rr)) for rr in result['ratios'])}, batch 32 per model, "
         f"paper recipe's Adam | {env['device']} | torch {env['torch']} | median of {result['repeats']} rounds "
         f"of {result['steps']} steps",
-        f"check: stacked vs lone steps, largest relative loss gap {checked['max_relative_gap']:.1e} over "
-        f"{checked['steps']} steps (allowed {checked['tolerance']:g}): {verdict}",
+        f"check: {len(checked['ratios'])} models padded and stacked vs alone, largest relative loss gap "
+        f"{checked['max_relative_gap']:.1e} over {checked['steps']} steps (allowed {checked['tolerance']:g}), "
+        f"largest padding weight {checked['padding_max']:g} (must be 0): {verdict}",
         "",
         f"{'K':>3}{'prec':>6}{'step ms':>9}{'img/s per model':>17}{'img/s all':>11}{f'x K={first}':>11}"
         f"{'kernels':>9}{'stacks':>8}{'study h':>9}  how",
@@ -360,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
-        ModelConfig(depth=args.depth, rr=RR)
+        ModelConfig(depth=args.depth, rr=PHASE_3[0])
     except SeratioError as error:
         parser.error(str(error))
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
