@@ -169,8 +169,7 @@ def test_one_worker_interrupted_on_its_own_is_not_a_failed_study(cifar_dir: Path
     storage, log = f"journal:{tmp_path / 'study.log'}", tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "seratio", "study", "run", "constant", "--name", "w", "--storage", storage,
                "--candidates", "2,4,8", "--epochs", "2", "--workers", "2", "--artifacts", str(tmp_path / "runs"),
-               "--data-dir", str(cifar_dir), *TINY_CLI,
-               "--stale-after", "30"]  # the interrupted worker fails its trial itself; no one need wait for it
+               "--data-dir", str(cifar_dir), *TINY_CLI]
     with open(log, "w") as stderr:
         parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
         victim = _a_training_worker(parent, log)
