@@ -137,8 +137,9 @@ def test_a_resume_before_the_first_checkpoint_says_it_trains_from_epoch_0(
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
 
 
+@pytest.mark.parametrize("versions", ["recorded", "damaged"])
 def test_a_checkpoint_does_not_continue_under_a_changed_recipe(
-    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], versions: str
 ) -> None:
     """Code that trains the recipe differently (its hash moved) would switch schedules mid-run."""
     out = tmp_path / "other-recipe"
@@ -147,10 +148,14 @@ def test_a_checkpoint_does_not_continue_under_a_changed_recipe(
         shutil.copy(finished_run / name, out / name)
     record = json.loads((finished_run / "config.json").read_text())
     current, record["recipe_hash"] = record["recipe_hash"], "0123456789ab"
+    started_by = record["versions"]["code_version"]
+    if versions == "damaged":
+        record["versions"], started_by = "not a mapping", "unrecorded"
     (out / "config.json").write_text(json.dumps(record))
     assert main(train_args(cifar_dir, out, "--resume")) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"this code trains recipe 'paper' differently (hash {current}) than the run started with (hash 0123456789ab" in err
+    assert (f"this code trains recipe 'paper' differently (hash {current}) than the run started with "
+            f"(hash 0123456789ab, code {started_by}); finish it with that code") in err
     assert not (out / "result.json").exists()
 
 

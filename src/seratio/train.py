@@ -227,11 +227,12 @@ def _check_same_recipe(config: RunConfig, out: Path) -> None:
     _, record = rundir.read_run_config(out)
     stored, current = record.get("recipe_hash"), config.resolved_recipe().fingerprint()
     if stored is not None and stored != current:
-        started_by = record.get("versions", {}).get("code_version", "an earlier version")
+        versions = record.get("versions")
+        started_by = versions.get("code_version") if isinstance(versions, dict) else None
         raise SeratioError(
             f"cannot continue {out}: this code trains recipe {config.recipe!r} differently (hash {current}) than "
-            f"the run started with (hash {stored}, code {started_by}); finish it with that code or train into "
-            "another --out"
+            f"the run started with (hash {stored}, code {started_by or 'unrecorded'}); finish it with that code "
+            "or train into another --out"
         )
 
 
