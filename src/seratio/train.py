@@ -195,7 +195,7 @@ def _checkpoint_to_resume(
         if not _holds_no_run(out):
             raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")
         return None
-    stored, _ = rundir.read_run_config(out)
+    stored, record = rundir.read_run_config(out)
     difference = _difference(stored, config)
     if difference:
         raise SeratioError(f"cannot continue {out}: its configuration differs ({difference})")
@@ -207,7 +207,7 @@ def _checkpoint_to_resume(
         return None
     if not resume:
         raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
-    _check_same_recipe(config, out)
+    _check_same_recipe(config, record, out)
     for path in checkpoints:
         if path.exists() and not path.is_file():  # checked before training: the epoch's checkpoint goes there
             raise SeratioError(f"{path} is not a file, so the run cannot write its checkpoints; move it away and resume")
@@ -221,10 +221,10 @@ def _checkpoint_to_resume(
     return checkpoint
 
 
-def _check_same_recipe(config: RunConfig, out: Path) -> None:
-    """A checkpoint continues only under the recipe it started with: code whose recipe changed
-    (its hash) would switch schedules mid-run, and the result would show no trace of it."""
-    _, record = rundir.read_run_config(out)
+def _check_same_recipe(config: RunConfig, record: dict[str, Any], out: Path) -> None:
+    """A checkpoint continues only under the recipe it started with (`record`: its config.json):
+    code whose recipe changed (its hash) would switch schedules mid-run, and the result would show
+    no trace of it."""
     stored, current = record.get("recipe_hash"), config.resolved_recipe().fingerprint()
     if stored is not None and stored != current:
         versions = record.get("versions")
