@@ -172,26 +172,24 @@ class Worker:
 
     def _claim(self, ledger: Ledger) -> TrialView | None:
         for view in ledger.views:
-            if view.state == TrialState.WAITING and view.key not in self.excluded and self._claimed(view):
+            if view.state == TrialState.WAITING and view.key not in self.excluded:
                 try:
-                    return TrialView.of(self.store.trial(view.trial_id))
-                except KeyboardInterrupt:  # claimed but not yet ours to process: it would wait out --stale-after
-                    self._fail(view, "interrupted", INTERRUPTED_REASON)
+                    if self.store.claim(view.trial_id):
+                        return TrialView.of(self.store.trial(view.trial_id))
+                except KeyboardInterrupt:
+                    self._fail_unstamped(view)
                     raise
         return None
 
-    def _claimed(self, view: TrialView) -> bool:
-        """A Ctrl-C can land after the storage recorded our claim but before it answered. Unstamped,
-        the trial would wait out --stale-after; failed, it is retried at once. A trial that another
-        worker claimed in the same instant has its heartbeat within moments, and failing it would
-        cost only a retry, so only a trial without one is failed."""
-        try:
-            return self.store.claim(view.trial_id)
-        except KeyboardInterrupt:
-            current = TrialView.of(self.store.trial(view.trial_id))
-            if current.state == TrialState.RUNNING and current.heartbeat is None:
-                self._fail(view, "interrupted", INTERRUPTED_REASON)
-            raise
+    def _fail_unstamped(self, view: TrialView) -> None:
+        """Ctrl-C between the storage recording our claim and `_process` starting the heartbeat:
+        the trial would wait out --stale-after; failed, it is retried at once. The claim may have
+        been recorded without the call returning, so the trial may be another worker's, claimed in
+        the same instant: that one has its heartbeat within moments, and failing it would cost
+        only a retry, so only a trial without one is failed."""
+        current = TrialView.of(self.store.trial(view.trial_id))
+        if current.state == TrialState.RUNNING and current.heartbeat is None:
+            self._fail(view, "interrupted", INTERRUPTED_REASON)
 
     def _blocked(self, ledger: Ledger) -> bool:
         """Nobody is running anything and nothing left is ours to take: waiting would be forever."""
