@@ -53,6 +53,7 @@ from seratio.cuda_step import GraphedStep
 from seratio.errors import SeratioError
 from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
+from seratio.train import recipe_optimizer
 
 PAPER_PHASES = (4, 2, 3, 4)
 """New runs per phase of the paper's greedy search (Table 3): the constant ratios 2, 4, 8, 16; stage
@@ -117,15 +118,12 @@ def padded(model: nn.Module, wide: nn.Module) -> nn.Module:
 
 
 def _optimizer(model: nn.Module, params: dict[str, torch.Tensor], device: torch.device) -> torch.optim.Optimizer:
-    """The paper recipe's fused Adam over `params` (stacked or not), decay on kernels only as in
-    `seratio.train`; capturable, with its rate in a device tensor, on CUDA."""
+    """The paper recipe's optimizer as `seratio.train` builds it, over `params` (stacked or not),
+    which carry the names of `model`'s parameters."""
     kernel_ids = {id(p) for p in kernel_parameters(model)}
     kernels = {name for name, p in model.named_parameters() if id(p) in kernel_ids}
-    graphs = device.type == "cuda"
-    groups = [{"params": [p for n, p in params.items() if n in kernels], "weight_decay": RECIPE.weight_decay},
-              {"params": [p for n, p in params.items() if n not in kernels], "weight_decay": 0.0}]
-    lr = torch.tensor(RECIPE.lr, device=device) if graphs else RECIPE.lr
-    return torch.optim.Adam(groups, lr=lr, eps=RECIPE.adam_eps, fused=True, capturable=graphs)
+    return recipe_optimizer([p for n, p in params.items() if n in kernels],
+                            [p for n, p in params.items() if n not in kernels], RECIPE, device)
 
 
 def lone_step(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -359,13 +359,22 @@ def _autocast_dtype(
 def _optimizer(
     model: nn.Module, recipe: Recipe, device: torch.device | None = None, *, for_graphs: bool | None = None
 ) -> torch.optim.Optimizer:
-    """Weight decay on conv/FC kernels only: Keras L2 never touched BN parameters or biases.
-
-    `for_graphs` (default: on CUDA) builds the optimizer so that a CUDA graph can capture its step.
-    """
+    """Weight decay on conv/FC kernels only: Keras L2 never touched BN parameters or biases."""
     kernels = kernel_parameters(model)
     kernel_ids = {id(p) for p in kernels}
     others = [p for p in model.parameters() if id(p) not in kernel_ids]
+    return recipe_optimizer(kernels, others, recipe, device, for_graphs=for_graphs)
+
+
+def recipe_optimizer(
+    kernels: list[torch.Tensor], others: list[torch.Tensor], recipe: Recipe, device: torch.device | None = None,
+    *, for_graphs: bool | None = None,
+) -> torch.optim.Optimizer:
+    """The recipe's optimizer, decaying `kernels` and not `others`; apart from `_optimizer` for
+    parameters that no module holds (benchmarks/stacked_models.py stacks K models' tensors).
+
+    `for_graphs` (default: on CUDA) builds the optimizer so that a CUDA graph can capture its step.
+    """
     groups = [
         {"params": kernels, "weight_decay": recipe.weight_decay},
         {"params": others, "weight_decay": 0.0},
