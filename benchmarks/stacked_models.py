@@ -42,9 +42,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from bench_cli import at_least, emit
+from cuda_equivalence import largest_gap
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
-from train_throughput import DEPTH, PAPER, environment, timed
+from train_throughput import DEPTH, PAPER, _sync, environment, synthetic_data, timed
 
 from seratio.architecture import ModelConfig, Ratios
 from seratio.augment import augment_batch, to_float
@@ -155,10 +156,9 @@ def stack_ratios(count: int) -> tuple[Ratios, ...]:
 
 
 def batches(count: int, batch: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, batch, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 10, (count, batch), generator=generator)
-    return [(images[i].to(device), labels[i].to(device)) for i in range(count)]
+    """`count` batches of the throughput benchmark's synthetic images."""
+    split = synthetic_data(count * batch, 0, device).train
+    return [(split.images[i * batch:(i + 1) * batch], split.labels[i * batch:(i + 1) * batch]) for i in range(count)]
 
 
 # ------------------------------------------------------------------ the check
@@ -175,7 +175,7 @@ def check(device: torch.device, steps: int = 4) -> dict[str, Any]:
         lone_models = models(CHECKED, 8)
         lone = [lone_step(model, device) for model in lone_models]
         alone = [[step(to_float(images), labels).item() for images, labels in data] for step in lone]
-    gap = max(abs(stacked[s][k] - alone[k][s]) / abs(alone[k][s]) for s in range(steps) for k in range(len(CHECKED)))
+    gap = max(largest_gap([losses[k] for losses in stacked], alone[k]) for k in range(len(CHECKED)))
     leak = padding_leak(stack, lone_models)
     return {"steps": steps, "ratios": [list(rr) for rr in CHECKED], "max_relative_gap": gap,
             "tolerance": CHECK_TOLERANCE, "padding_max": leak, "same": gap <= CHECK_TOLERANCE and leak == 0.0}
@@ -275,12 +275,10 @@ def kernels_per_step(step: Callable[[], Any], device: torch.device) -> int:
 
 def _seconds(run: Callable[[], None], device: torch.device) -> float:
     """One timed call, the device drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     started = time.perf_counter()
     run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     return time.perf_counter() - started
 
 
