@@ -35,7 +35,8 @@ from train_throughput import DEPTH, RR, synthetic_data
 
 from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError
-from seratio.train import _train_epoch, build_session
+from seratio.session import build_session
+from seratio.train import _train_epoch
 
 BATCHES = 8
 CASES = (("paper", "fp32"), ("paper", "bf16"), ("fast", "bf16"))

@@ -54,7 +54,7 @@ from seratio.cuda_step import GraphedStep
 from seratio.errors import SeratioError
 from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
-from seratio.train import recipe_optimizer
+from seratio.session import recipe_optimizer
 
 PAPER_PHASES = (4, 2, 3, 4)
 """New runs per phase of the paper's greedy search (Table 3): the constant ratios 2, 4, 8, 16; stage

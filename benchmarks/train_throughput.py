@@ -57,7 +57,8 @@ from seratio.models import build_model, kernel_parameters
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
 from seratio.runtime import allocator, cpu_has_bf16, find_tcmalloc, reexec_with_tcmalloc, set_threads
-from seratio.train import EVAL_BATCH, _train_epoch, build_session, compiles_on_cpu, evaluate
+from seratio.session import EVAL_BATCH, build_session, compiles_on_cpu
+from seratio.train import _train_epoch, evaluate
 
 RR = (8, 2, 16)
 DEPTH = 50

@@ -43,10 +43,10 @@ def child_main(mode: str, epochs: int, train_subset: int, data_dir: str) -> dict
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from seratio import train
+    from seratio import session, train
     from seratio.cli import main
 
-    train.CPU_COMPILE_MIN_IMAGES = 0  # short trials compile like paper-length ones
+    session.CPU_COMPILE_MIN_IMAGES = 0  # short trials compile like paper-length ones
     if mode == "keep":
         train.forget_compiled_graphs = lambda: None
     with tempfile.TemporaryDirectory(prefix="worker-compile-") as tmp:

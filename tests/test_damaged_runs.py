@@ -141,7 +141,7 @@ def test_resume_treats_an_unusable_checkpoint_like_a_corrupt_one(
     run = _copy(tiny_run, tmp_path, finished=False)
     make, reason = CHECKPOINT_DAMAGE[damage]
     make(run / rundir.CHECKPOINT, monkeypatch)
-    monkeypatch.setattr("seratio.train.start_session", _stop_before_data)
+    monkeypatch.setattr("seratio.session.start_session", _stop_before_data)
     with pytest.raises(Stopped):
         main(train_args(cifar_dir, run, "--resume"))
     err = " ".join(capsys.readouterr().err.split())

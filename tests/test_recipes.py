@@ -11,7 +11,7 @@ from seratio.architecture import ModelConfig
 from seratio.errors import SeratioError
 from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
-from seratio.train import _optimizer
+from seratio.session import optimizer_for
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_keras_l2_equals_coupled_weight_decay_on_kernels() -> None:
     coupled = build_model(ModelConfig(depth=8, rr=(4, 4, 4)))
     coupled.load_state_dict(explicit.state_dict())
     plain_adam = torch.optim.Adam(explicit.parameters(), lr=recipe.lr, eps=recipe.adam_eps)
-    ours = _optimizer(coupled, recipe)
+    ours = optimizer_for(coupled, recipe)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
     for _ in range(3):
         loss = torch.nn.functional.cross_entropy(explicit(x), y)

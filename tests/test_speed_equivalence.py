@@ -22,17 +22,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seratio import cpu_compile, cuda_step, train
+from seratio import cpu_compile, cuda_step, session as run_session
 from seratio.augment import augment_batch, to_float
 from seratio.concurrent import train_concurrently
 from seratio.config import RunConfig
 from seratio.data import CifarData, Split
 from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
-from seratio.train import (
-    EVAL_BATCH, _eager_step, _optimizer, _portable_optimizer_state, _train_epoch, build_session, compiles_on_cpu,
-    evaluate, train_run,
+from seratio.session import (
+    EVAL_BATCH, build_session, capturable, compiles_on_cpu, eager_step, optimizer_for, portable_optimizer_state, set_lr,
 )
+from seratio.train import _train_epoch, evaluate, train_run
 
 STEPS, BATCH = 6, 16
 # Loss tolerance over STEPS updates. channels_last convolutions sum in another order (~1e-7
@@ -155,7 +155,7 @@ def test_every_run_in_a_process_compiles_however_many_came_before(
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(train, "CPU_COMPILE_MIN_IMAGES", 0)
+    monkeypatch.setattr(run_session, "CPU_COMPILE_MIN_IMAGES", 0)
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     base = dict(depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64, data_dir=str(cifar_dir), device="cpu")
     for index, rr in enumerate([(4, 4, 4), (2, 8, 16)]):
@@ -179,7 +179,7 @@ class _FakeCuda:
         self.recording: list[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = _eager_step(self.session, images, labels)
+        out = eager_step(self.session, images, labels)
         if self.recording is not None:
             self.recording.append((images, labels, out))
         return out
@@ -208,7 +208,7 @@ class _FakeCuda:
         self.captures += 1
 
         def replay() -> None:
-            new_loss, new_logits = _eager_step(self.session, images, labels)
+            new_loss, new_logits = eager_step(self.session, images, labels)
             loss.copy_(new_loss)
             logits.copy_(new_logits)
 
@@ -240,9 +240,9 @@ def _session_and_batches(recipe: str) -> tuple[Any, list[tuple[torch.Tensor, tor
     optimizer built as on CUDA (tensor learning rate; Adam capturable, SGD fused)."""
     config = RunConfig(rr=(4, 4, 4), depth=8, recipe=recipe, batch_size=BATCH, device="cpu", seed=5)
     session = build_session(config, _data(BATCH), torch.device("cpu"))
-    assert not train._capturable(session.optimizer)  # the CPU's own optimizer: steps stay eager
-    session.optimizer = _optimizer(session.model, session.recipe, torch.device("cpu"), for_graphs=True)
-    assert train._capturable(session.optimizer)
+    assert not capturable(session.optimizer)  # the CPU's own optimizer: steps stay eager
+    session.optimizer = optimizer_for(session.model, session.recipe, torch.device("cpu"), for_graphs=True)
+    assert capturable(session.optimizer)
     generator = torch.Generator().manual_seed(9)
     batches = []
     for size in [BATCH] * (cuda_step.WARMUP_STEPS + 3) + [BATCH // 2] + [BATCH] * 2:
@@ -255,7 +255,7 @@ def _steps_at_changing_rates(session: Any, step: Any, batches: list[tuple[torch.
     """Each step at its own learning rate, filled in before it as `fast`'s schedule does every step."""
     losses = []
     for index, (x, y) in enumerate(batches):
-        train._set_lr(session.optimizer, session.recipe.lr * (index + 1) / len(batches))
+        set_lr(session.optimizer, session.recipe.lr * (index + 1) / len(batches))
         losses.append(step(x, y)[0].item())
     return losses
 
@@ -263,7 +263,7 @@ def _steps_at_changing_rates(session: Any, step: Any, batches: list[tuple[torch.
 @pytest.mark.parametrize("recipe", ["paper", "fast"])
 def test_graphed_step_performs_exactly_the_eager_updates(recipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
     eager_session, batches = _session_and_batches(recipe)
-    eager = _steps_at_changing_rates(eager_session, functools.partial(_eager_step, eager_session), batches)
+    eager = _steps_at_changing_rates(eager_session, functools.partial(eager_step, eager_session), batches)
 
     session, batches = _session_and_batches(recipe)
     second_gpu = torch.device("cuda", 1)  # not the default device: the capture must still record there
@@ -284,17 +284,17 @@ def test_gpu_optimizer_state_resumes_on_cpu() -> None:
     config = RunConfig(rr=(4, 4, 4), depth=8, batch_size=BATCH, device="cpu")
     session = build_session(config, _data(BATCH), torch.device("cpu"))
     x, y = torch.rand(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
-    _eager_step(session, x, y)
+    eager_step(session, x, y)
     saved = session.optimizer.state_dict()
     for group in saved["param_groups"]:
         group.update(fused=None, capturable=True, foreach=True, lr=torch.tensor(group["lr"]))
-    restored = _optimizer(session.model, session.recipe, torch.device("cpu"))
-    restored.load_state_dict(_portable_optimizer_state(restored, saved))
+    restored = optimizer_for(session.model, session.recipe, torch.device("cpu"))
+    restored.load_state_dict(portable_optimizer_state(restored, saved))
     for group in restored.param_groups:
         assert group["fused"] and not group["capturable"] and not group["foreach"]
         assert isinstance(group["lr"], float) and group["lr"] == pytest.approx(session.recipe.lr)
     session.optimizer = restored
-    _eager_step(session, x, y)  # steps without complaining about capturable on a CPU
+    eager_step(session, x, y)  # steps without complaining about capturable on a CPU
 
 
 def test_concurrent_trials_equal_sequential_ones(cifar_dir: Path, tmp_path: Path) -> None:

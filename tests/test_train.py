@@ -23,7 +23,8 @@ from seratio.cli import main
 from seratio.config import RunConfig
 from seratio.data import Split, load_cifar
 from seratio.runtime import allocator
-from seratio.train import build_session, evaluate
+from seratio.session import build_session
+from seratio.train import evaluate
 from tiny_run import TINY, train_args
 
 RESULT_KEYS = {

@@ -5,7 +5,7 @@ residual additions, each a full pass over memory in eager mode, about half of a 
 Inductor fuses them into a few C++ loops: measured here +22% training images/s in fp32 at batch
 32 and +38% in bf16 at batch 128, +15% / +8% evaluation images/s (benchmarks/RESULTS.md).
 Compiling costs about a minute per process (seconds with inductor's warm on-disk cache), so only
-long runs compile; see `train.CPU_COMPILE_MIN_IMAGES`. Inductor's `aggressive_fusion` also
+long runs compile; see `session.CPU_COMPILE_MIN_IMAGES`. Inductor's `aggressive_fusion` also
 merges loops that share no buffer, so a step has fewer parallel regions: +0.5 to +3.2% bf16
 training at batch 128 in four A/B runs, fp32 unchanged, about 10% longer to compile cold.
 

@@ -10,7 +10,7 @@ partial one of an epoch) runs eagerly on the same parameters, so no image is dro
 Correctness rests on the captured step touching only tensors whose storage never changes:
 parameters, BN buffers, the optimizer state (capturable fused Adam keeps its step count on the
 device, fused SGD its momentum buffers, and both read the learning rate from a device tensor
-that `train._set_lr` fills in place, every step under `fast`'s schedule), and the static input
+that `session.set_lr` fills in place, every step under `fast`'s schedule), and the static input
 buffers this class copies each batch into.
 
 Every CUDA call here runs under `torch.cuda.device(self.device)`, and the capture records on this

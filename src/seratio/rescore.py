@@ -15,7 +15,9 @@ from seratio import rundir
 from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
-from seratio.train import CHECKPOINT_KEYS, load_weights, score, start_session
+from seratio.resume import CHECKPOINT_KEYS
+from seratio.session import start_session
+from seratio.train import load_weights, score
 
 RUN_HINT = "give a run directory made by 'seratio train' or a study, or a folder that holds such directories"
 

@@ -1,0 +1,125 @@
+"""What a run directory already holds decides what `train` does: reuse a finished run, resume an
+unfinished one, start afresh, or refuse.
+
+A run directory is identified by its resolved configuration, so a rerun never retrains or
+overwrites a finished run, never continues another configuration's checkpoint, and never
+continues one under a recipe that this code would train differently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from seratio import rundir, runlock
+from seratio.config import RunConfig, code_version
+from seratio.errors import SeratioError
+
+CHECKPOINT_KEYS = ("epoch", "history", "seconds", "model", "optimizer", "generator", "torch_rng", "test_predictions")
+"""What `train._snapshot` writes, and every seratio checkpoint has held."""
+
+
+def remove_unused(created: list[Path]) -> None:
+    """Take back the directories (run directory first) that this call created for a run refused
+    before it wrote anything, so a typo leaves no trace. Only under the lock, and only while the run
+    directory holds nothing but the lock and temp files: a directory that existed before, or that
+    holds a run, is never touched."""
+    if not created or not _holds_no_run(created[0]):
+        return
+    for path in created[0].iterdir():
+        path.unlink()
+    with contextlib.suppress(OSError):  # a parent that something else has meanwhile put files into stays
+        for path in created:
+            path.rmdir()
+
+
+def _holds_no_run(out: Path) -> bool:
+    """Empty, or only the lock and the temp file of a first write that a kill interrupted."""
+    return all(rundir.is_temp_file(path) or path.name == runlock.LOCK_FILE for path in out.iterdir())
+
+
+def reused(finished: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"{out} already holds the finished run; nothing retrained or overwritten{_other_code(finished)}")
+    return finished
+
+
+def finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
+    if not (out / rundir.RESULT).exists():
+        return None
+    stored, _ = rundir.read_run_config(out)
+    difference = _difference(stored, config)
+    if difference:
+        raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); choose another --out")
+    return rundir.read_result(out)
+
+
+def _other_code(result: dict[str, Any]) -> str:
+    """A reused result from other code is still the same configuration, but a reader should know."""
+    stored, current = result.get("code_version"), code_version()
+    if stored == current:
+        return ""
+    return f" (warning: trained by code {stored}, this is {current}; delete the directory to retrain)"
+
+
+def _difference(stored: RunConfig, wanted: RunConfig) -> str:
+    """What makes `wanted` another run than `stored`; empty when it is the same run."""
+    a, b = _resolved_identity(stored), _resolved_identity(wanted)
+    return ", ".join(f"{k}: stored {a[k]!r}, asked {b[k]!r}" for k in a if a[k] != b[k])
+
+
+def _resolved_identity(config: RunConfig) -> dict[str, Any]:
+    """The identity with the recipe's own epochs, batch size and lr where no override was given:
+    `--batch-size 32` on the paper recipe trains exactly the run that leaving it out trains (and a
+    study always stores them resolved), so the two must count as one run."""
+    recipe = config.resolved_recipe()
+    return config.identity() | {"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr}
+
+
+def checkpoint_to_resume(
+    config: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    if not (out / rundir.CONFIG).exists():
+        if not _holds_no_run(out):
+            raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")
+        return None
+    stored, record = rundir.read_run_config(out)
+    difference = _difference(stored, config)
+    if difference:
+        raise SeratioError(f"cannot continue {out}: its configuration differs ({difference})")
+    checkpoints = (out / rundir.CHECKPOINT, out / rundir.PREVIOUS_CHECKPOINT)
+    if not any(path.exists() for path in checkpoints):
+        if resume:
+            log(f"{out} holds no checkpoint yet (the run stopped before its first one was written); "
+                "training from epoch 0")
+        return None
+    if not resume:
+        raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+    _check_same_recipe(config, record, out)
+    for path in checkpoints:
+        if path.exists() and not path.is_file():  # checked before training: the epoch's checkpoint goes there
+            raise SeratioError(f"{path} is not a file, so the run cannot write its checkpoints; move it away and resume")
+    checkpoint, notes = rundir.load_checkpoint(out, CHECKPOINT_KEYS)
+    for note in notes:
+        log(f"warning: {note}; falling back")
+    if checkpoint is None:
+        log(f"no usable checkpoint in {out}; restarting the run from epoch 0")
+    else:
+        log(f"resuming {out} after epoch {checkpoint['epoch']}")
+    return checkpoint
+
+
+def _check_same_recipe(config: RunConfig, record: dict[str, Any], out: Path) -> None:
+    """A checkpoint continues only under the recipe it started with (`record`: its config.json):
+    code whose recipe changed (its hash) would switch schedules mid-run, and the result would show
+    no trace of it."""
+    stored, current = record.get("recipe_hash"), config.resolved_recipe().fingerprint()
+    if stored is not None and stored != current:
+        versions = record.get("versions")
+        started_by = versions.get("code_version") if isinstance(versions, dict) else None
+        raise SeratioError(
+            f"cannot continue {out}: this code trains recipe {config.recipe!r} differently (hash {current}) than "
+            f"the run started with (hash {stored}, code {started_by or 'unrecorded'}); finish it with that code "
+            "or train into another --out"
+        )
