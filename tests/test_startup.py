@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.studies import write_run_dir
 from study_fakes import FakeTrainer, create, work
 
 HEAVY = ("torch", "scipy", "matplotlib")
@@ -59,6 +60,13 @@ def test_study_status_and_export_load_no_heavy_library(tmp_path: Path) -> None:
     with (tmp_path / "trials.csv").open(newline="") as rows:
         exported = {row["rr"]: row["state"] for row in csv.DictReader(rows)}
     assert exported == {"4,4,4": "COMPLETE", "8,8,8": "COMPLETE", "none,none,none": "COMPLETE"}
+
+
+def test_compare_loads_scipy_for_its_test_and_nothing_else(tmp_path: Path) -> None:
+    """`compare` reads two run directories, never a study: McNemar's exact test needs scipy only."""
+    write_run_dir(tmp_path / "a", (8, 2, 16), 0, 0.9153, 0.4652, run_seed=1)
+    write_run_dir(tmp_path / "b", (None, None, None), 0, 0.9097, 0.4803, run_seed=2)
+    assert _probe("compare", str(tmp_path / "a"), str(tmp_path / "b")) == {"code": 0, "loaded": ["scipy"]}
 
 
 def test_report_of_a_missing_study_fails_before_loading_matplotlib(tmp_path: Path) -> None:

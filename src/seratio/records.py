@@ -1,6 +1,7 @@
-"""Stored results as plain typed records: one per trial, grouped and aggregated per configuration.
+"""A study's stored results as plain typed records: one per trial, grouped and aggregated per
+configuration (what each run directory holds is read, checked, in `report.run_files`).
 
-Reports and comparisons read only what studies and runs stored and never train.
+Reports read only what studies and runs stored and never train.
 Everything here is read-only: opening a study must never create a database or
 change a trial. Trials whose code version, recipe hash or epoch budget differ
 from the study's majority are kept out of the averages and listed with the
@@ -9,8 +10,6 @@ reason, because averaging runs of different programs would hide the difference.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -19,12 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 import optuna
 
-from seratio import rundir
 from seratio.architecture import Ratios as RR
-from seratio.config import int_in
 from seratio.errors import SeratioError
 from seratio.stats import Summary, summarize
 from seratio.store import Patience, StudyStore, open_storage
@@ -303,121 +299,3 @@ def _config(rr: RR, runs: list[TrialRecord]) -> ConfigResult:
         macs=runs[0].macs,
         epochs=runs[0].epochs,
     )
-
-
-# -- run directories ---------------------------------------------------------------------------
-
-
-def _need(run_dir: Path, name: str) -> Path:
-    path = Path(run_dir) / name
-    if not path.is_file():
-        raise SeratioError(f"{path} not found (run directory missing or incomplete on this machine)")
-    return path
-
-
-MAX_COUNT = 10**9
-"""Largest confusion count accepted: no test set holds a billion images, and pooling seeds must not overflow."""
-
-
-def _shown(value: Any) -> str:
-    """A damaged value as it can appear in a one-line message."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_count(value: Any) -> bool:
-    return int_in(value, 0, MAX_COUNT)
-
-
-def read_result(run_dir: Path) -> dict[str, Any]:
-    """The run's final evaluation (`result.json`), with every value a report or comparison reads
-    checked here, so that a damaged file is one message naming it rather than a crash where it is used."""
-    path = _need(run_dir, rundir.RESULT)
-    result = rundir.read_result(Path(run_dir))
-    problem = _result_problem(result)
-    if problem:
-        raise SeratioError(f"{path} has {problem}; it is not the result of a finished seratio run")
-    return result
-
-
-def _result_problem(result: dict[str, Any]) -> str | None:
-    """What is wrong with the fields beyond rundir's checks, in words, or None."""
-    rr, seed, names = result.get("rr"), result.get("seed"), result.get("class_names")
-    if rr is not None and not (isinstance(rr, list) and all(
-            r is None or (isinstance(r, int) and not isinstance(r, bool) and r >= 1) for r in rr)):
-        return f"rr {_shown(rr)}, not a list of reduction ratios (integers >= 1 or null)"
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
-        return f"seed {_shown(seed)}, not an integer"
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        return f"class_names {_shown(names)}, not a list of strings"
-    matrix = result.get("confusion_matrix")
-    if not matrix:  # absent or empty: the report draws no confusion figure for this run
-        return None
-    k = len(matrix) if isinstance(matrix, list) else 0
-    if not (k and all(isinstance(row, list) and len(row) == k and all(map(_is_count, row)) for row in matrix)):
-        return (f"confusion_matrix {_shown(matrix)}, not a square matrix of counts "
-                f"(whole numbers from 0 to {MAX_COUNT:,})")
-    if names is not None and len(names) != k:
-        return f"{len(names)} class_names for a {k}x{k} confusion_matrix"
-    return None
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch metrics (`metrics.jsonl`), in epoch order, with the test accuracy that the
-    report's curves read checked to be a fraction (or null)."""
-    path = _need(run_dir, rundir.METRICS)
-    rows = []
-    for line_no, line in enumerate(rundir.read_text(path).splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SeratioError(f"{path}:{line_no} is not valid JSON: {error}") from error
-            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-                raise SeratioError(f"{path}:{line_no} is not an object with an integer 'epoch'")
-            accuracy = row.get("test_accuracy")
-            if accuracy is not None and not (_is_number(accuracy) and 0 <= accuracy <= 1):
-                raise SeratioError(f"{path}:{line_no} has test_accuracy {_shown(accuracy)}, "
-                                   "not a fraction from 0 to 1 or null")
-            rows.append(row)
-    return sorted(rows, key=lambda row: row["epoch"])
-
-
-def read_correctness(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, labels) of the test set, checked to be paired one to one."""
-    predictions = _read_classes(run_dir, rundir.PREDICTIONS)
-    labels = _read_classes(run_dir, rundir.LABELS)
-    if predictions.shape != labels.shape or predictions.ndim != 1:
-        raise SeratioError(
-            f"{run_dir}: test_predictions.npy {predictions.shape} and test_labels.npy {labels.shape} do not pair up"
-        )
-    return predictions, labels
-
-
-def _read_classes(run_dir: Path, name: str) -> np.ndarray:
-    """One class index per test image; never unpickled, since a run directory may come from anywhere."""
-    path = _need(run_dir, name)
-    data = rundir.read_bytes(path)
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise SeratioError(f"{path} is not a .npy array of class indices ({error})") from error
-    if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        shape = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else "an .npz archive"
-        raise SeratioError(f"{path} holds {shape}, not a 1-D integer array of class indices")
-    if array.size == 0:
-        raise SeratioError(f"{path} holds no class indices; a finished run predicts every test image")
-    return array
-
-
-def paired_correctness(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image correctness of two runs on the same test images, for McNemar's test."""
-    pred_a, labels_a = read_correctness(run_a)
-    pred_b, labels_b = read_correctness(run_b)
-    if not np.array_equal(labels_a, labels_b):
-        raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels; they cannot be paired")
-    return pred_a == labels_a, pred_b == labels_b
