@@ -58,6 +58,27 @@ from seratio.__main__ import run
 sys.exit(run())
 """
 
+SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, time, weakref
+import seratio.cli
+class Finalized:
+    pass
+def stop_inside_callback(ref):
+    os.kill(os.getpid(), signal.SIG)
+    for _ in range(100_000):  # the handler runs here, where Python discards what it raises
+        pass
+def long_command(only=None):
+    finalized = Finalized()
+    ref = weakref.ref(finalized, stop_inside_callback)
+    del finalized
+    time.sleep(20)
+    raise SystemExit(0)
+seratio.cli.build_parser = long_command
+sys.argv = ["seratio", "info"]
+from seratio.__main__ import run
+sys.exit(run())
+"""
+
 
 def _python(script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=QUIET_ENV)
@@ -72,6 +93,16 @@ def test_ctrl_c_while_seratio_loads_is_one_line_not_a_traceback() -> None:
 def test_a_second_signal_during_exit_after_an_interrupt_prints_nothing_more(second: str) -> None:
     done = _python(SECOND_SIGNAL_AT_EXIT.replace("signal.SIG)", f"signal.{second})"))
     assert (done.returncode, done.stderr) == (130, "seratio: interrupted\n")
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_stop_that_python_discards_in_a_weakref_callback_is_sent_again(stop: str) -> None:
+    """importlib's module locks have weakref callbacks, so a Ctrl-C early in `study run` could land
+    in one; the command then went on for the whole study (20 s here) and ended with exit code 0."""
+    started = time.monotonic()
+    done = _python(SIGNAL_IN_A_WEAKREF_CALLBACK.replace("signal.SIG)", f"signal.{stop})"))
+    assert (done.returncode, done.stderr) == (130, "seratio: interrupted\n")
+    assert time.monotonic() - started < 15
 
 
 def test_a_signal_held_while_workers_spawn_arrives_once_the_spawning_is_done() -> None:

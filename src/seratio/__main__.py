@@ -15,15 +15,14 @@ from __future__ import annotations
 import signal
 import sys
 
-from seratio.interrupts import STOP_SIGNALS, raise_interrupt
+from seratio.interrupts import STOP_SIGNALS, install
 
 INTERRUPTED = 130
 
 
 def run() -> int:
     try:
-        for number in STOP_SIGNALS:
-            signal.signal(number, raise_interrupt)
+        install()
         from seratio.cli import main
 
         code = main()
