@@ -67,6 +67,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _sync_directory(path.parent)
     except BaseException as error:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -75,6 +76,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         if error.errno in _DISK_FULL:
             raise SeratioError(f"{_DISK_FULL[error.errno]} while writing {path}") from error
         raise SeratioError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def _sync_directory(directory: Path) -> None:
+    """A rename reaches the disk with its directory, not its file: without this, a power cut (a kill
+    needs nothing) could bring back the old file, or for a new one no file at all."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):  # a filesystem that cannot sync a directory
+            raise
+    finally:
+        os.close(fd)
 
 
 def _mode_for(path: Path) -> int:
