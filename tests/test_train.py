@@ -124,7 +124,7 @@ def test_killed_run_resumes_to_identical_metrics(finished_run: Path, cifar_dir: 
     assert np.array_equal(np.load(out / "test_predictions.npy"), np.load(finished_run / "test_predictions.npy"))
 
 
-def test_a_resume_before_the_first_checkpoint_says_it_trains_from_epoch_0(
+def test_a_run_without_a_checkpoint_needs_resume_to_train_from_epoch_0(
     finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Killed while writing its first checkpoint: metrics.jsonl already shows epoch 1, so a silent
@@ -132,9 +132,13 @@ def test_a_resume_before_the_first_checkpoint_says_it_trains_from_epoch_0(
     out = tmp_path / "first-write"
     out.mkdir()
     shutil.copy(finished_run / "config.json", out / "config.json")
-    (out / "metrics.jsonl").write_text(json.dumps(read_rows(finished_run)[0]) + "\n")
+    recorded = json.dumps(read_rows(finished_run)[0]) + "\n"
+    (out / "metrics.jsonl").write_text(recorded)
+    assert main(train_args(cifar_dir, out)) == 2  # a rerun without --resume must not overwrite the epoch silently
+    assert "metrics.jsonl records 1 epoch(s) but no checkpoint" in " ".join(capsys.readouterr().err.split())
+    assert (out / "metrics.jsonl").read_text() == recorded
     assert main(train_args(cifar_dir, out, "--resume")) == 0
-    assert "holds no checkpoint yet" in " ".join(capsys.readouterr().err.split())
+    assert "holds no checkpoint (the run stopped" in " ".join(capsys.readouterr().err.split())
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
 
 

@@ -90,9 +90,7 @@ def checkpoint_to_resume(
         raise SeratioError(f"cannot continue {out}: its configuration differs ({difference})")
     checkpoints = (out / rundir.CHECKPOINT, out / rundir.PREVIOUS_CHECKPOINT)
     if not any(path.exists() for path in checkpoints):
-        if resume:
-            log(f"{out} holds no checkpoint yet (the run stopped before its first one was written); "
-                "training from epoch 0")
+        _start_over(out, resume, log)
         return None
     if not resume:
         raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
@@ -108,6 +106,24 @@ def checkpoint_to_resume(
     else:
         log(f"resuming {out} after epoch {checkpoint['epoch']}")
     return checkpoint
+
+
+def _start_over(out: Path, resume: bool, log: Callable[[str], None]) -> None:
+    """A run without a checkpoint trains from epoch 0 and rewrites metrics.jsonl. Epochs recorded
+    there (a kill during the first checkpoint's write, or checkpoints deleted since) would be lost,
+    so only --resume may do that, and it says so."""
+    metrics = out / rundir.METRICS
+    text = metrics.read_text(errors="replace") if metrics.is_file() else ""
+    epochs = sum(1 for line in text.splitlines() if line.strip())
+    if epochs and not resume:
+        raise SeratioError(
+            f"{out} holds an unfinished run whose metrics.jsonl records {epochs} epoch(s) but no checkpoint to "
+            "continue from; pass --resume to train it again from epoch 0 (replacing those metrics) or choose "
+            "another --out"
+        )
+    if resume:
+        log(f"{out} holds no checkpoint (the run stopped before its first one was written, or it was removed); "
+            "training from epoch 0")
 
 
 def _check_same_recipe(config: RunConfig, record: dict[str, Any], out: Path) -> None:
