@@ -89,6 +89,21 @@ def test_rerun_into_a_run_with_a_damaged_result_json_is_refused_in_one_line(
     assert f"{run / rundir.RESULT} {reason}" in _one_line_error(capsys)
 
 
+def test_a_damaged_result_json_is_written_anew_from_the_last_checkpoint_after_a_resume(
+    tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Cut short (a full disk, a bad copy), result.json refused every command, with no way out named."""
+    run = _copy(tiny_run, tmp_path)
+    stored = json.loads((run / rundir.RESULT).read_text())
+    (run / rundir.RESULT).write_text((run / rundir.RESULT).read_text()[:40])
+    assert main(train_args(cifar_dir, run)) == 2
+    assert "the last checkpoint can write it anew: delete it and resume the run" in _one_line_error(capsys)
+    (run / rundir.RESULT).unlink()
+    assert main(train_args(cifar_dir, run, "--resume")) == 0
+    rewritten = json.loads((run / rundir.RESULT).read_text())
+    assert {k: v for k, v in rewritten.items() if k != "seconds"} == {k: v for k, v in stored.items() if k != "seconds"}
+
+
 def _with_header(path: Path, payload: bytes) -> None:
     """A file with a valid seratio header over `payload`: only what lies beneath is wrong."""
     path.write_bytes(b"SERATIO-CKPT-1\n" + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)

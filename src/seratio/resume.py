@@ -52,7 +52,13 @@ def finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
     difference = _difference(stored, config)
     if difference:
         raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); choose another --out")
-    return rundir.read_result(out)
+    try:
+        return rundir.read_result(out)
+    except SeratioError as error:
+        if not (out / rundir.CHECKPOINT).is_file():
+            raise
+        raise SeratioError(f"{error}; the last checkpoint can write it anew: delete it and resume the run "
+                           "(train --resume, or run the study again)") from error
 
 
 def _other_code(result: dict[str, Any]) -> str:
