@@ -115,6 +115,10 @@ CASES = [
          "SQLite file '{tmp}/other.db' from --storage 'sqlite:///{tmp}/other.db' holds another program's tables (notes)"),
     Case("storage sqlite not a database", ["study", "status", "--name", "s", "--storage", "sqlite:///{tmp}/afile"], 2,
          "SQLite file '{tmp}/afile' from --storage 'sqlite:///{tmp}/afile' is not a SQLite database"),
+    Case("storage sqlite damaged", ["study", "status", "--name", "s", "--storage", "sqlite:///{tmp}/damaged.db"], 2,
+         "SQLite file '{tmp}/damaged.db' from --storage 'sqlite:///{tmp}/damaged.db' is damaged (database disk image is malformed)"),
+    Case("storage sqlite empty", ["study", "status", "--name", "s", "--storage", "sqlite:///{tmp}/empty.db"], 2,
+         "SQLite file '{tmp}/empty.db' from --storage 'sqlite:///{tmp}/empty.db' is empty: it holds no study yet"),
     Case("storage sqlite in missing dir", [*STUDY[:5], "--storage", "sqlite:///{tmp}/nodir/x.db", *STUDY[7:]], 2, "{tmp}/nodir/x.db"),
     Case("storage journal without path", [*STUDY[:5], "--storage", "journal:", *STUDY[7:]], 2, "--storage 'journal:' names no journal file"),
     Case("storage journal in missing dir", [*STUDY[:5], "--storage", "journal:{tmp}/nodir/j.log", *STUDY[7:]], 2, "{tmp}/nodir/j.log"),
@@ -264,7 +268,20 @@ def sandbox(tmp_path: Path) -> Path:
     (tmp_path / "gone.csv").symlink_to(tmp_path / "nowhere.csv")
     with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as other:
         other.execute("CREATE TABLE notes (text)")
+    _damaged_database(tmp_path / "damaged.db")
+    (tmp_path / "empty.db").touch()
     return tmp_path
+
+
+def _damaged_database(path: Path) -> None:
+    """A study database whose pages after the first two were overwritten, as a bad disk or copy leaves one."""
+    with contextlib.closing(sqlite3.connect(path)) as database:
+        database.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
+        database.executemany("INSERT INTO studies (study_name) VALUES (?)", [(f"s{i}" * 40,) for i in range(200)])
+        database.commit()
+    with path.open("r+b") as handle:
+        handle.seek(2 * 4096)
+        handle.write(b"\xff" * 3 * 4096)
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

@@ -172,7 +172,7 @@ def check_url(url: str, *, create: bool) -> None:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         _check_file("SQLite", path, url, create=create)
-        _check_sqlite_header(path, url)
+        _check_sqlite_header(path, url, create=create)
         return
     if not url.startswith(("postgresql:", "postgresql+", "postgres:")):
         raise SeratioError(f"--storage {url!r} is not understood; use {STORAGE_HELP}")
@@ -181,15 +181,21 @@ def check_url(url: str, *, create: bool) -> None:
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _check_sqlite_header(path: Path, url: str) -> None:
+def _check_sqlite_header(path: Path, url: str, *, create: bool) -> None:
     """Refuse a file that SQLite would call "not a database" only on its first query, mid-traceback,
-    and another program's database, into which Optuna would otherwise add its tables."""
-    if not path.is_file() or path.stat().st_size == 0:
+    and another program's database, into which Optuna would otherwise add its tables. An empty file
+    is a new store only where a study may be created: reading one would write Optuna's tables into it."""
+    if not path.is_file():
+        return
+    if path.stat().st_size == 0:
+        if not create:
+            raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is empty: it holds no study yet "
+                               "(`seratio study run` creates one)")
         return
     with path.open("rb") as handle:
         if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
             raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is not a SQLite database")
-    tables = _sqlite_tables(path)
+    tables = _sqlite_tables(path, url)
     if tables and "studies" not in tables:
         raise SeratioError(
             f"SQLite file {str(path)!r} from --storage {url!r} holds another program's tables "
@@ -197,13 +203,23 @@ def _check_sqlite_header(path: Path, url: str) -> None:
         )
 
 
-def _sqlite_tables(path: Path) -> set[str]:
-    """Read-only, so looking never changes the file; a malformed one is left to the retry logic's message."""
+def _sqlite_tables(path: Path, url: str) -> set[str]:
+    """Read-only, so looking never changes the file. Damage is refused here, naming the file, before
+    any command reads or writes a study in it; a busy or locked file is left to the retry logic."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
             return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error:
+    except sqlite3.OperationalError:
         return set()
+    except sqlite3.DatabaseError as error:
+        raise SeratioError(
+            f"SQLite file {str(path)!r} from --storage {url!r} is damaged ({error}); its finished runs are safe in "
+            "the study's run folder: `study run` into a new --storage file with the same --artifacts reads them "
+            "back instead of training them again"
+        ) from error
 
 
 def _prepare_journal(path: Path, url: str, log: Log) -> None:
