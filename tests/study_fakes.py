@@ -108,11 +108,13 @@ def open_store(storage: str, name: str) -> StudyStore:
 
 
 def work(
-    storage: str, name: str, trainer: FakeTrainer, *, stale_after: float = 3.0, log: Callable[[str], None] = lambda m: None
+    storage: str, name: str, trainer: FakeTrainer, *, stale_after: float = 3.0, log: Callable[[str], None] = lambda m: None,
+    artifacts: Path | None = None,
 ) -> Worker:
+    """One worker until the study is done; `artifacts` as `study worker --artifacts` gives it."""
     store = StudyStore(_open(storage, create=False), name, Patience(seconds=60), log)
-    definition, artifacts = load_definition(store)
-    options = WorkerOptions(artifacts=artifacts, heartbeat_interval=0.2, stale_after=stale_after)
+    definition, stored_artifacts = load_definition(store)
+    options = WorkerOptions(artifacts=artifacts or stored_artifacts, heartbeat_interval=0.2, stale_after=stale_after)
     worker = Worker(store, definition, options, trainer=trainer, log=log)
     worker.run()
     return worker

@@ -110,6 +110,24 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_the_next_worker_resumes_it(tm
     assert trainer.calls == [((2, 2, 2), 0)]
 
 
+def test_a_worker_trains_every_run_under_its_own_artifacts_root_whoever_planned_it(tmp_path: Path) -> None:
+    """`study worker --artifacts DIR` says where the shared run folder is mounted on this machine: a
+    run that a worker elsewhere enqueued must land there too, not at the path the planner had."""
+    def interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2, 4))
+    with pytest.raises(KeyboardInterrupt):
+        work(_url(tmp_path), "s", interrupted)  # type: ignore[arg-type]  # plans all three runs, trains none
+    mounted = tmp_path / "mounted-elsewhere"
+    trainer = FakeTrainer()
+    work(_url(tmp_path), "s", trainer, artifacts=mounted)
+    assert len(trainer.calls) == 3
+    expected = sorted(run_name(rr, 0) for rr in ((2, 2, 2), (4, 4, 4), (None, None, None)))
+    assert sorted(path.parent.name for path in mounted.glob("*/result.json")) == expected
+    assert not list((tmp_path / "runs").glob("*/result.json"))
+
+
 def test_every_complete_trial_carries_the_contract_attributes(tmp_path: Path) -> None:
     store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,))
     work(_url(tmp_path), "s", FakeTrainer())

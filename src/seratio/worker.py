@@ -288,7 +288,9 @@ class Worker:
             self.definition, view.rr, view.seed, device=self.options.device, data_dir=self.options.data_dir
         )
         prefix = f"trial #{view.number} {self._label(view)}"
-        run_dir = Path(view.attrs["run_dir"])
+        # From this worker's root, not the trial's stored path: a planner on another machine may have
+        # had the shared run folder mounted elsewhere (`study worker --artifacts`).
+        run_dir = self.options.artifacts.resolve() / study.run_name(view.rr, view.seed)
         self.log(f"{prefix}: training in {run_dir}")
         try:
             result = self.trainer(
