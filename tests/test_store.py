@@ -251,7 +251,8 @@ def test_a_damaged_sqlite_file_fails_at_once_instead_of_being_retried_as_unreach
     started = time.monotonic()
     assert main(["study", "status", "--name", "p", "--storage", f"sqlite:///{db}", "--db-patience", "60"]) == 2
     assert time.monotonic() - started < 20
-    assert "SQLite study storage failed: database disk image is malformed" in capsys.readouterr().err
+    assert (f"SQLite file '{db}' from --storage 'sqlite:///{db}' is damaged (database disk image is malformed)"
+            in " ".join(capsys.readouterr().err.split()))
 
 
 def test_export_carries_the_test_time_augmentation_accuracies_of_a_fast_study(tmp_path: Path) -> None:
