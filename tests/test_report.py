@@ -22,7 +22,8 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from fixtures.studies import NONE3, PAPER_WINNERS, TABLE3, FixtureStudy, make_study
 from seratio.cli import main
 from seratio.errors import SeratioError
-from seratio.records import aggregate, load_study, redact_url
+from seratio.records import aggregate, load_study
+from seratio.store import redact_url
 from seratio.report.writer import write_report
 from seratio.report.content import build_content, pareto_front
 from seratio.store import Patience

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
@@ -121,15 +120,6 @@ class Aggregate:
 
 
 # -- storage URLs ------------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """Storage URLs can carry a database password; reports show the URL without it."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- reading a study ---------------------------------------------------------------------------

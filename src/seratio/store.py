@@ -25,8 +25,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
@@ -71,7 +73,9 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, optuna.exceptions.StorageInternalError):
         return True
     if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return True
+        # libpq refuses a connection option it cannot parse ("invalid sslmode value", "invalid port
+        # number") on every attempt; an outage reads "connection to server ... failed" and the like.
+        return not str(getattr(error, "orig", "")).startswith("invalid ")
     return isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated
 
 
@@ -175,7 +179,35 @@ def check_url(url: str, *, create: bool) -> None:
         _check_sqlite_header(path, url, create=create)
         return
     if not url.startswith(("postgresql:", "postgresql+", "postgres:")):
-        raise SeratioError(f"--storage {url!r} is not understood; use {STORAGE_HELP}")
+        raise SeratioError(f"--storage {redact_url(url)!r} is not understood; use {STORAGE_HELP}")
+    _check_postgres_url(url)
+
+
+def _check_postgres_url(url: str) -> None:
+    """Refuse what the driver would end in a traceback (a port that is no number) or retry as an
+    outage for the whole --db-patience (a port out of range)."""
+    try:
+        port = sqlalchemy.engine.make_url(url).port
+    except (sqlalchemy.exc.ArgumentError, ValueError) as error:
+        raise SeratioError(
+            f"--storage {redact_url(url)!r} is not a valid PostgreSQL URL ({error}); "
+            "write postgresql://USER[:PASSWORD]@HOST[:PORT]/DB"
+        ) from error
+    if port is not None and not 1 <= port <= 65535:
+        raise SeratioError(f"--storage {redact_url(url)!r} names port {port}; a TCP port is 1 to 65535")
+
+
+def redact_url(url: str) -> str:
+    """Storage URLs can carry a database password; messages and reports show the URL without it."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparsable (an unclosed "[" of an IPv6 host): shown as typed, nothing to hide found
+        return url
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -323,8 +355,10 @@ def open_storage(url: str, *, create: bool, patience: Patience, log: Log) -> opt
         return retrying(connect, patience, log)
     except ImportError as error:
         raise SeratioError(
-            f"no database driver for {url!r}: install psycopg2-binary (pip install seratio[postgres])"
+            f"no database driver for {redact_url(url)!r}: install psycopg2-binary (pip install seratio[postgres])"
         ) from error
+    except sqlalchemy.exc.DBAPIError as error:  # refused for good, not unreachable: e.g. an unknown option
+        raise SeratioError(f"--storage {redact_url(url)!r} cannot be used: {_cause(error)}") from error
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from html import escape
 from pathlib import Path
 
 from seratio import __version__
-from seratio.records import redact_url
 from seratio.report.content import ReportContent
 from seratio.report.labels import model_label, model_slug, phase_title
 from seratio.report.tables import (
@@ -30,6 +29,7 @@ from seratio.report.tables import (
     short_model,
     trial_label,
 )
+from seratio.store import redact_url
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from seratio import __version__
 from seratio.architecture import format_rr
-from seratio.records import RR, TrialRecord, redact_url
+from seratio.records import RR, TrialRecord
 from seratio.report.content import ReportContent, Row, completed_as
 from seratio.report.labels import fmt_p, model_label, model_name, phase_title, ratios_text, short_label
 from seratio.report.significance import Significance
 from seratio.stats import Summary
+from seratio.store import redact_url
 
 # -- cell formatting shared by the human formats -----------------------------------------------
 
