@@ -135,6 +135,11 @@ CASES = [
          "--storage 'postgresql://u:***@127.0.0.1:1/x?foo=1' cannot be used: invalid dsn: invalid connection option \"foo\""),
     Case("storage postgres bad sslmode", ["study", "status", "--name", "s", "--storage", "postgresql://u@127.0.0.1:1/x?sslmode=bogus"], 2,
          "--storage 'postgresql://u@127.0.0.1:1/x?sslmode=bogus' cannot be used: invalid sslmode value"),
+    Case("storage sqlite in memory", [*STUDY[:5], "--storage", "sqlite:///:memory:", *STUDY[7:]], 2,
+         "--storage 'sqlite:///:memory:' is an in-memory SQLite database"),
+    Case("export over its own storage", ["study", "export", "--name", "s", "--storage", "journal:{tmp}/study.json", "--out",
+                                         "{tmp}/study.json", "--force"], 2,
+         "--out '{tmp}/study.json' is the file the study itself lives in (--storage 'journal:{tmp}/study.json')"),
     Case("worker storage journal missing", ["study", "worker", "--name", "x", "--storage", "journal:{tmp}/nope.log"], 2,
          "journal file '{tmp}/nope.log'"),
     Case("worker storage sqlite missing", ["study", "worker", "--name", "x", "--storage", "sqlite:///{tmp}/nope.db"], 2,
@@ -314,8 +319,9 @@ def test_bad_input_is_refused_with_a_message_that_names_it(
     monkeypatch.setenv("COLUMNS", "1000")  # rich would wrap long paths at 80 columns
     fill = {"tmp": str(sandbox), "data": str(cifar_dir)}
     argv = [arg.format(**fill) for arg in case.argv]
-    if "journal:{tmp}/study.log" in case.argv:
-        create(f"journal:{sandbox / 'study.log'}", "s", "constant", sandbox / "runs", candidates=(4,))
+    for journal in ("study.log", "study.json"):
+        if f"journal:{{tmp}}/{journal}" in case.argv:
+            create(f"journal:{sandbox / journal}", "s", "constant", sandbox / "runs", candidates=(4,))
     code, output = _run(argv)
     assert "Traceback" not in output, output
     assert code == case.code, output

@@ -131,6 +131,15 @@ def _journal_path(url: str) -> Path:
     return Path(path).expanduser()
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a journal or SQLite storage lives in; None for a database server."""
+    if url.startswith(JOURNAL_PREFIX):
+        return _journal_path(url)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
 def _rdb_url(url: str) -> str:
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 when only that driver is installed."""
     for prefix in ("postgresql://", "postgres://"):
@@ -173,8 +182,11 @@ def check_url(url: str, *, create: bool) -> None:
     if url.startswith(JOURNAL_PREFIX):
         _check_file("journal", _journal_path(url), url, create=create)
         return
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    path = storage_file(url)
+    if path is not None:
+        if str(path) == ":memory:":
+            raise SeratioError(f"--storage {url!r} is an in-memory SQLite database, gone when the command ends "
+                               "and invisible to every other command; name a file, e.g. sqlite:///study.db")
         _check_file("SQLite", path, url, create=create)
         _check_sqlite_header(path, url, create=create)
         return

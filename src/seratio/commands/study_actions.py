@@ -36,6 +36,7 @@ from seratio.rundir import write_atomic
 from seratio.runtime import threads_for
 from seratio.store import (
     Patience, StudyStore, check_url, is_sqlite, open_storage, read_patience, sqlite_parallel_message, sqlite_worker_lock,
+    storage_file,
 )
 from seratio.study import StudyRequest, build_definition, code_warnings, create_or_join, load_definition, stored_definition
 
@@ -312,6 +313,10 @@ def export(args: argparse.Namespace) -> int:
     if (args.out.exists() or args.out.is_symlink()) and not (args.force and args.out.is_file()):
         what = "a file; pass --force to replace it" if args.out.is_file() else "not a file"
         raise SeratioError(f"--out {str(args.out)!r} already exists and is {what}")
+    stored = storage_file(args.storage)
+    if stored is not None and stored.exists() and args.out.exists() and args.out.samefile(stored):
+        raise SeratioError(f"--out {str(args.out)!r} is the file the study itself lives in (--storage "
+                           f"{args.storage!r}); writing the export there would destroy the study")
     _quiet_optuna()
     store, definition = _open_existing(args)
     rows = [trial_row(t) for t in store.trials()]
