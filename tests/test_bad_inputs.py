@@ -327,6 +327,7 @@ def test_bad_input_is_refused_with_a_message_that_names_it(
     assert code == case.code, output
     assert case.says.format(**fill) in output, output
     assert not (sandbox / "run" / "config.json").exists(), "a refused run must not have started"
+    assert sorted(path.name for path in (sandbox / "foreign").iterdir()) == ["notes.txt"], "a refusal leaves no trace"
     assert _studies(sandbox / "j.log") == [], "a refused study must not have been created"
 
 

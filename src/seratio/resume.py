@@ -21,12 +21,16 @@ CHECKPOINT_KEYS = ("epoch", "history", "seconds", "model", "optimizer", "generat
 """What `train._snapshot` writes, and every seratio checkpoint has held."""
 
 
-def remove_unused(created: list[Path]) -> None:
-    """Take back the directories (run directory first) that this call created for a run refused
-    before it wrote anything, so a typo leaves no trace. Only under the lock, and only while the run
-    directory holds nothing but the lock and temp files: a directory that existed before, or that
-    holds a run, is never touched."""
-    if not created or not _holds_no_run(created[0]):
+def remove_unused(out: Path, created: list[Path], lock_created: bool) -> None:
+    """Take back what this call made for a run refused before it wrote anything, so a typo leaves no
+    trace. Only under the lock: the directories it created (run directory first) while they hold
+    nothing but the lock and temp files; in a directory that existed before, only the lock file it
+    added, and only while no run lives there. Nothing else is ever touched."""
+    if not created:
+        if lock_created and not (out / rundir.CONFIG).exists():
+            (out / runlock.LOCK_FILE).unlink(missing_ok=True)
+        return
+    if not _holds_no_run(created[0]):
         return
     for path in created[0].iterdir():
         path.unlink()

@@ -62,6 +62,7 @@ def train_run(
         return reused(finished, out, log)
     created = [path for path in (out, *out.parents) if not path.exists()]
     rundir.make_dir(out, f"run directory {out}", "; choose another --out")
+    lock_created = not (out / runlock.LOCK_FILE).exists()
     with runlock.hold(out, wait=wait_for_lock, log=log):
         finished = finished_result(config, out)  # the writer this call waited for may have finished it
         if finished is not None:
@@ -69,7 +70,7 @@ def train_run(
         try:
             return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
         except (SeratioError, OSError):  # refused, or the system refused (an unreadable data file)
-            remove_unused(created)
+            remove_unused(out, created, lock_created)
             raise
 
 
