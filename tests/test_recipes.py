@@ -109,8 +109,8 @@ def test_unknown_test_time_augmentation_names_the_allowed_ones() -> None:
     ("kwargs", "message"),
     [
         ({"name": "adamw"}, "unknown recipe 'adamw'; allowed: paper, fast"),
-        ({"name": "paper", "epochs": 0}, "epochs 0 must be an integer >= 1"),
-        ({"name": "paper", "batch_size": -1}, "batch size -1 must be an integer >= 1"),
+        ({"name": "paper", "epochs": 0}, "epochs 0 must be an integer from 1 to 10,000"),
+        ({"name": "paper", "batch_size": -1}, "batch size -1 must be an integer from 1 to 60,000"),
         ({"name": "paper", "lr": 0.0}, "learning rate 0.0 must be a finite number > 0"),
         ({"name": "paper", "lr": float("nan")}, "learning rate nan must be a finite number > 0"),
     ],

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from seratio import __version__
 from seratio.architecture import ModelConfig, Ratios, parse_rr
 from seratio.datasets import dataset_info
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, int_in
 from seratio.recipes import Recipe, get_recipe
 
 if TYPE_CHECKING:
@@ -33,11 +33,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MAX_SEED = 2**32 - 1
 """Seeds are mixed with epoch numbers into 64-bit generator seeds (`seed * 1_000_003 + epoch`)."""
 _NOT_IDENTITY = {"device", "data_dir"}
-
-
-def int_in(value: Any, low: int, high: int) -> bool:
-    """An int from low to high; never a bool, which Python counts as an int, nor 5000.0."""
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,17 @@
 The CLI turns a `SeratioError` into a one-line message and exit code 2, so
 nothing a user types ends in a traceback; an `OSError` (a file the system
 refused) gets the same treatment through `os_error_message`. Anything else
-escaping is a bug.
+escaping is a bug. `int_in` is the check that most refusals of a count rest on.
 """
 
 
 class SeratioError(Exception):
     """A user-facing error: the message names the bad value and what is allowed."""
+
+
+def int_in(value: object, low: int, high: int) -> bool:
+    """An int from low to high; never a bool, which Python counts as an int, nor 5000.0."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def user_message(error: SeratioError | OSError) -> str:

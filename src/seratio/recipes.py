@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, int_in
 
 PAPER_EPOCHS = 200
 # Table 2 of the paper, by 0-based epoch e: the factor applies once e > boundary.
@@ -157,6 +157,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+MAX_EPOCHS = 10_000
+"""50 times the paper's 200: a slip of the keyboard must not start a run that never ends."""
+MAX_BATCH_SIZE = 60_000
+"""Above the largest training set seratio reads (CIFAR's 50,000): a larger batch is the same full-batch step."""
 MAX_LR = 1e6
 """Far above any rate that trains; far above float32's range (3.4e38) an optimizer cannot even store it."""
 
@@ -169,10 +173,10 @@ def get_recipe(
     2-epoch run and leave it no decay."""
     if name not in RECIPES:
         raise SeratioError(f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}")
-    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-        raise SeratioError(f"epochs {epochs!r} must be an integer >= 1")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise SeratioError(f"batch size {batch_size!r} must be an integer >= 1")
+    if epochs is not None and not int_in(epochs, 1, MAX_EPOCHS):
+        raise SeratioError(f"epochs {epochs!r} must be an integer from 1 to {MAX_EPOCHS:,}")
+    if batch_size is not None and not int_in(batch_size, 1, MAX_BATCH_SIZE):
+        raise SeratioError(f"batch size {batch_size!r} must be an integer from 1 to {MAX_BATCH_SIZE:,}")
     if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr <= MAX_LR):
         raise SeratioError(f"learning rate {lr!r} must be a finite number > 0 and <= {MAX_LR:g}")
     recipe = RECIPES[name]

@@ -8,6 +8,7 @@ same name is refused instead of silently mixing two experiments.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from typing import Any
 import optuna
 
 from seratio.architecture import STAGE_CHANNELS, Ratios, format_rr, parse_rr
-from seratio.config import RunConfig, code_version, int_in
-from seratio.errors import SeratioError
+from seratio.config import RunConfig, code_version
+from seratio.errors import SeratioError, int_in
 from seratio.halving import RetryAwareHalving
 from seratio.store import StudyStore
 from seratio.study_choices import SELECT_ON, STRATEGIES
@@ -120,6 +121,21 @@ def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
         )
 
 
+def _check_grid_size(request: StudyRequest, stage_lists: list[list[int]]) -> None:
+    """Grid and halving plan every combination up front: 64 candidates would be 262,144 runs, whose
+    planning alone runs for hours, so the same bound as tpe's draws applies."""
+    if request.strategy not in ("grid", "halving"):
+        return
+    configs = math.prod(len(ratios) for ratios in stage_lists)
+    runs = configs * request.seeds
+    if runs > MAX_N_TRIALS:
+        raise SeratioError(
+            f"--candidates {format_rr(tuple(request.candidates))} give {request.strategy} {configs:,} combinations, "
+            f"{runs:,} runs with {request.seeds} seed(s); at most {MAX_N_TRIALS:,}: give fewer candidates or seeds, "
+            "or search with tpe --n-trials"
+        )
+
+
 def build_definition(request: StudyRequest) -> dict[str, Any]:
     """The JSON-ready definition; every key that changes results is here and compared on join."""
     recipe = request.run.resolved_recipe()
@@ -139,6 +155,7 @@ def build_definition(request: StudyRequest) -> dict[str, Any]:
             f"--candidates {format_rr(tuple(candidates))} leave stage {', '.join(empty)} no ratio "
             f"(an SE block on c channels needs r <= c; channels {STAGE_CHANNELS})"
         )
+    _check_grid_size(request, stage_lists)
     run = request.run
     halving_min = request.halving_min_epochs or max(1, recipe.epochs // HALVING_FACTOR**3)
     return {

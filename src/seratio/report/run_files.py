@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from seratio import rundir
-from seratio.config import int_in
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, int_in
 
 def _need(run_dir: Path, name: str) -> Path:
     path = Path(run_dir) / name
