@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,3 +341,19 @@ def _studies(journal: Path) -> list[str]:
         return []
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     return [study.study_name for study in storage.get_all_studies()]
+
+
+def test_an_artifacts_folder_that_cannot_be_written_is_refused_before_the_study_exists(
+    sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root writes anywhere, so the kernel's refusal of a read-only mount or a folder of another user
+    is imitated; the study was created before, and then every trial failed on Permission denied."""
+    locked = sandbox / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    argv = [arg.format(tmp=sandbox) for arg in STUDY] + ["--artifacts", str(locked / "runs")]
+    code, output = _run(argv)
+    assert code == 2, output
+    assert f"--artifacts '{locked / 'runs'}' cannot hold the study's runs: {locked} is not writable" in output
+    assert _studies(sandbox / "j.log") == []

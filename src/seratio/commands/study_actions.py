@@ -81,6 +81,9 @@ def _check_artifacts(artifacts: Path) -> None:
         raise SeratioError(f"--artifacts {str(artifacts)!r} cannot be resolved: {error}") from None
     if artifacts.exists() and not artifacts.is_dir():
         raise SeratioError(f"--artifacts {str(artifacts)!r} is a file, not a directory")
+    where = next(path for path in (artifacts.absolute(), *artifacts.absolute().parents) if path.exists())
+    if not os.access(where, os.W_OK | os.X_OK):  # else the study is created and every trial fails on it
+        raise SeratioError(f"--artifacts {str(artifacts)!r} cannot hold the study's runs: {where} is not writable")
 
 
 def _quiet_optuna() -> None:
