@@ -150,6 +150,8 @@ CASES = [
     # study options
     Case("strategy unknown", ["study", "run", "nonsense", *STUDY[3:]], 2, "invalid choice: 'nonsense'"),
     Case("candidates not integers", [*STUDY, "--candidates", "2,x"], 2, "--candidates '2,x' must be comma-separated integers"),
+    Case("paper with another baseline", ["study", "run", "paper", *STUDY[3:], "--baseline", "8,8,8"], 2,
+         "the paper preset compares against the plain ResNet, not --baseline 8,8,8"),
     Case("grid too large", ["study", "run", "grid", *STUDY[3:], "--candidates", ",".join(map(str, range(1, 33)))], 2,
          "give grid 16,384 combinations, 16,384 runs with 1 seed(s); at most 10,000"),
     Case("candidate zero", [*STUDY, "--candidates", "0,2"], 2, "candidate ratio 0 must be an integer >= 1"),

@@ -106,6 +106,9 @@ def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
         raise SeratioError(f"--seeds {request.seeds!r} must be an integer from 1 to {MAX_SEEDS}")
     if request.strategy == "paper" and request.run.recipe != "paper":
         raise SeratioError(f"the paper preset trains with --recipe paper, not {request.run.recipe!r}; use 'greedy'")
+    if request.strategy == "paper" and any(r is not None for r in parse_rr(list(request.baseline))):
+        raise SeratioError(f"the paper preset compares against the plain ResNet, not --baseline "
+                           f"{format_rr(parse_rr(list(request.baseline)))}; use 'greedy' to choose a baseline")
     if (request.n_trials is not None) != (request.strategy == "tpe"):
         raise SeratioError("tpe needs --n-trials N, and only tpe takes it")
     if request.n_trials is not None and not int_in(request.n_trials, 1, MAX_N_TRIALS):
