@@ -50,6 +50,9 @@ CASES = [
     Case("rr negative", ["info", "--rr", "8,2,-16"], 2, "stage 3: reduction ratio -16 is < 1"),
     Case("rr fraction", ["info", "--rr", "2.5"], 2, "stage 1: reduction ratio '2.5' is not an integer"),
     Case("rr empty", ["info", "--rr", ""], 2, "stage 1: reduction ratio '' is not an integer"),
+    Case("rr full-width digit", ["info", "--rr", "\uff18,2,16"], 2, "stage 1: reduction ratio '\uff18' is not an integer"),
+    Case("rr with underscore", ["info", "--rr", "8,1_6,2"], 2, "stage 2: reduction ratio '1_6' is not an integer"),
+    Case("rr with plus", ["info", "--rr", "8,2,+16"], 2, "stage 3: reduction ratio '+16' is not an integer"),
     Case("rr gives width 0", ["info", "--rr", "32,2,16"], 2, "stage 1 has 16 channels; ratio 32 gives SE hidden width 16 // 32 = 0"),
     Case("train rr stage count", [*TRAIN, "--rr", "4,4", *EMPTY], 2, "'4,4' give 2 stages"),
     # depth and classes
@@ -154,6 +157,7 @@ CASES = [
          "the paper preset compares against the plain ResNet, not --baseline 8,8,8"),
     Case("grid too large", ["study", "run", "grid", *STUDY[3:], "--candidates", ",".join(map(str, range(1, 33)))], 2,
          "give grid 16,384 combinations, 16,384 runs with 1 seed(s); at most 10,000"),
+    Case("candidates with plus", [*STUDY, "--candidates", "2,+4"], 2, "--candidates '2,+4' must be comma-separated integers"),
     Case("candidate zero", [*STUDY, "--candidates", "0,2"], 2, "candidate ratio 0 must be an integer >= 1"),
     Case("candidate too large everywhere", [*STUDY, "--candidates", "128"], 2, "candidate ratio 128 gives SE hidden width 0"),
     Case("candidates repeated", [*STUDY, "--candidates", "2,2"], 2, "--candidates 2,2 repeats a ratio"),

@@ -11,6 +11,7 @@ same width and collapse the search space this tool exists to explore.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -25,13 +26,21 @@ Ratios = tuple[Ratio, ...]
 """Reduction ratio per stage; None means no SE block in that stage."""
 
 
+def is_integer_text(text: str) -> bool:
+    """ASCII digits with an optional minus: Python's int() also reads '１６', '1_6' and '+2', which
+    would let a typo through as another ratio."""
+    return re.fullmatch(r"-?[0-9]+", text) is not None
+
+
 def _parse_one(token: str | int | None, stage: int) -> Ratio:
     if token is None or (isinstance(token, str) and token.strip().lower() in {"none", "-"}):
         return None
     text = str(token).strip()
     try:
+        if not is_integer_text(text):
+            raise ValueError(text)
         value = int(text)
-    except ValueError:
+    except ValueError:  # also a number too long for int() (4,300 digits)
         raise SeratioError(
             f"stage {stage}: reduction ratio {text!r} is not an integer; use an integer >= 1 or 'none'"
         ) from None

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seratio.__main__ import INTERRUPTED
-from seratio.architecture import format_rr, parse_rr
+from seratio.architecture import format_rr, is_integer_text, parse_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import checked_threads, need_cpu_count, run_config_from_args
 from seratio.commands.signals import sigterm_as_ctrl_c
@@ -54,9 +54,12 @@ def _log(message: str) -> None:
 def _candidates(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
+    tokens = [token.strip() for token in text.split(",")]
     try:
-        return tuple(int(token) for token in text.split(","))
-    except ValueError:
+        if not all(map(is_integer_text, tokens)):
+            raise ValueError(text)
+        return tuple(int(token) for token in tokens)
+    except ValueError:  # also a number too long for int()
         raise SeratioError(f"--candidates {text!r} must be comma-separated integers, e.g. 2,4,8,16,32") from None
 
 
