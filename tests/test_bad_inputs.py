@@ -170,6 +170,8 @@ CASES = [
     Case("study name a path", [*STUDY[:3], "--name", "../x", *STUDY[5:]], 2, "argument --name: '../x' is not a study name"),
     Case("study name too long", [*STUDY[:3], "--name", "n" * 256, *STUDY[5:]], 2, "at most 255 bytes"),
     Case("study name empty", [*STUDY[:3], "--name", " ", *STUDY[5:]], 2, "argument --name: ' ' is not a study name"),
+    Case("study name with a newline", [*STUDY[:3], "--name", "a\nb", *STUDY[5:]], 2, "argument --name: 'a\\nb' is not a study name"),
+    Case("report study name empty", ["report", "--name", "", "--out", "{tmp}/report"], 2, "argument --name: '' is not a study name"),
     Case("artifacts empty", [*STUDY, "--artifacts", ""], 2, "argument --artifacts: '' names no file or directory"),
     Case("heartbeat interval beyond a week", [*STUDY, "--heartbeat-interval", "1e10", "--stale-after", "3e10"], 2,
          "--heartbeat-interval 1e+10, which must be > 0), both at most 604800 s"),

@@ -1,6 +1,6 @@
 """Options shared across commands: the run options of every command that trains (`train`, `study run`,
-`study worker`), the CPU threads of every command that runs a model, and the storage patience of
-every command that only reads a study."""
+`study worker`), the CPU threads of every command that runs a model, and the study name and storage
+patience of every command that reads a study."""
 
 from __future__ import annotations
 
@@ -112,3 +112,15 @@ def path_text(text: str) -> str:
 
 def path_arg(text: str) -> Path:
     return Path(path_text(text))
+
+
+def study_name(text: str) -> str:
+    """A study's name is also the folder of its runs (./seratio-runs/NAME) and a word in every log
+    line, so it must be one plain folder name on one line."""
+    if (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or len(text.encode()) > 255
+            or not text.isprintable()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a study name; use a non-empty name of at most 255 bytes without '/', '\\' or "
+            "control characters (a newline, a tab) that is not '.' or '..'"
+        )
+    return text

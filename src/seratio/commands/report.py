@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from seratio.commands.options import add_read_patience_option, path_arg
+from seratio.commands.options import add_read_patience_option, path_arg, study_name
 from seratio.report import FORMATS
 from seratio.study_choices import DEFAULT_STORAGE, STORAGE_HELP
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read a study's stored results (never trains) and write the paper's Table 3 layout, "
         "significance against a baseline, accuracy curves, confusion matrices, a Pareto plot and index.html.",
     )
-    parser.add_argument("--name", required=True, help="study name")
+    parser.add_argument("--name", required=True, type=study_name, help="study name")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
     add_read_patience_option(parser)
     parser.add_argument("--out", required=True, type=path_arg, help="output directory: new, empty, or an earlier "

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from seratio.commands.options import add_read_patience_option, add_run_options, add_threads_option, path_arg, path_text
+from seratio.commands.options import (
+    add_read_patience_option, add_run_options, add_threads_option, path_arg, path_text, study_name,
+)
 from seratio.study_choices import DEFAULT_STORAGE, SELECT_ON, STORAGE_HELP, STRATEGIES
 
 STRATEGY_HELP = (
@@ -38,18 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_export(actions)
 
 
-def _study_name(text: str) -> str:
-    """A study's name is also the folder of its runs (./seratio-runs/NAME), so it must be one plain folder name."""
-    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or len(text.encode()) > 255:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a study name; use a non-empty name of at most 255 bytes without '/' or '\\' "
-            "that is not '.' or '..'"
-        )
-    return text
-
-
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", required=True, type=_study_name, help="study name; also the folder of its runs")
+    parser.add_argument("--name", required=True, type=study_name, help="study name; also the folder of its runs")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
 
 
