@@ -142,6 +142,17 @@ def test_a_run_without_a_checkpoint_needs_resume_to_train_from_epoch_0(
     assert deterministic(read_rows(out)) == deterministic(read_rows(finished_run))
 
 
+def test_resume_into_a_directory_without_a_run_says_it_starts_a_new_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --out with --resume would otherwise retrain from scratch unnoticed (here the data is
+    missing, so the run stops right after the notice)."""
+    (tmp_path / "no-data").mkdir()
+    out = tmp_path / "typo"
+    assert main(["train", *TINY, "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--resume"]) == 2
+    assert f"notice: {out} holds no run to resume; starting a new one" in " ".join(capsys.readouterr().err.split())
+
+
 @pytest.mark.parametrize("versions", ["recorded", "damaged"])
 def test_a_checkpoint_does_not_continue_under_a_changed_recipe(
     finished_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], versions: str

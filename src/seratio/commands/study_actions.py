@@ -66,10 +66,12 @@ def _candidates(text: str | None) -> tuple[int, ...] | None:
 def _check_worker_args(args: argparse.Namespace, *, create: bool) -> None:
     """Refuse a bad worker option before any storage is touched, not in every trial or after creating the study."""
     check_url(args.storage, create=create)
-    if not 0 < args.heartbeat_interval <= MAX_DURATION or not 3 * args.heartbeat_interval <= args.stale_after <= MAX_DURATION:
+    if not 0 < args.heartbeat_interval <= MAX_DURATION:
+        raise SeratioError(f"--heartbeat-interval {args.heartbeat_interval:g} must be > 0 and at most {MAX_DURATION:g} s")
+    if not 3 * args.heartbeat_interval <= args.stale_after <= MAX_DURATION:
         raise SeratioError(
-            f"--stale-after {args.stale_after:g} must be at least 3 heartbeats "
-            f"(--heartbeat-interval {args.heartbeat_interval:g}, which must be > 0), both at most {MAX_DURATION:g} s"
+            f"--stale-after {args.stale_after:g} must be at least 3 heartbeats (--heartbeat-interval "
+            f"{args.heartbeat_interval:g}) and at most {MAX_DURATION:g} s"
         )
     read_patience(args.db_patience)
     resolve_device(args.device)

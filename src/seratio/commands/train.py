@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.console import Console
 
@@ -11,7 +12,7 @@ from seratio.commands.options import (
     add_run_options, add_threads_option, checked_threads, path_text, run_config_from_args,
 )
 from seratio.commands.signals import sigterm_as_ctrl_c
-from seratio.rundir import RESULT_KEYS
+from seratio.rundir import CONFIG, RESULT_KEYS
 from seratio.runtime import threads_for
 
 SUMMARY_KEYS = RESULT_KEYS  # every finished result.json holds them, so a reused run's summary reads like a new one's
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = run_config_from_args(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log line stays one line when piped
+    if args.resume and not (Path(args.out) / CONFIG).exists():  # a mistyped --out would start afresh unnoticed
+        console.print(f"notice: {args.out} holds no run to resume; starting a new one")
     with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
         result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
     summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
