@@ -110,6 +110,22 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_the_next_worker_resumes_it(tm
     assert trainer.calls == [((2, 2, 2), 0)]
 
 
+def test_an_interrupted_run_is_taken_up_again_before_fresh_ones(tmp_path: Path) -> None:
+    """It resumes from its checkpoint, so it finishes soonest; behind the fresh runs, a study whose
+    workers are pre-empted again and again started every run and finished none."""
+    def interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2, 4, 8))
+    with pytest.raises(KeyboardInterrupt):
+        work(_url(tmp_path), "s", interrupted)  # type: ignore[arg-type]
+    (failed,) = [v for v in Ledger(store.trials()).views if v.state == TrialState.FAIL]
+    trainer = FakeTrainer()
+    work(_url(tmp_path), "s", trainer)
+    assert trainer.calls[0] == (failed.rr, failed.seed)
+    assert len(trainer.calls) == 4
+
+
 def test_a_worker_trains_every_run_under_its_own_artifacts_root_whoever_planned_it(tmp_path: Path) -> None:
     """`study worker --artifacts DIR` says where the shared run folder is mounted on this machine: a
     run that a worker elsewhere enqueued must land there too, not at the path the planner had."""

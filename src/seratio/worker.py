@@ -171,14 +171,17 @@ class Worker:
         return {"rr": list(rr), "seed": seed, "phase": phase, "run_dir": str(run_dir.resolve())}
 
     def _claim(self, ledger: Ledger) -> TrialView | None:
-        for view in ledger.views:
-            if view.state == TrialState.WAITING and view.key not in self.excluded:
-                try:
-                    if self.store.claim(view.trial_id):
-                        return TrialView.of(self.store.trial(view.trial_id))
-                except KeyboardInterrupt:
-                    self._fail_unstamped(view)
-                    raise
+        """Retries of failed runs first: they resume from their checkpoints, so they finish soonest.
+        Queued behind fresh runs, on pre-emptible machines every run was started and none finished."""
+        failed = {view.key for view in ledger.views if view.state == TrialState.FAIL}
+        waiting = [view for view in ledger.views if view.state == TrialState.WAITING and view.key not in self.excluded]
+        for view in sorted(waiting, key=lambda view: view.key not in failed):
+            try:
+                if self.store.claim(view.trial_id):
+                    return TrialView.of(self.store.trial(view.trial_id))
+            except KeyboardInterrupt:
+                self._fail_unstamped(view)
+                raise
         return None
 
     def _fail_unstamped(self, view: TrialView) -> None:
