@@ -110,6 +110,18 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_the_next_worker_resumes_it(tm
     assert trainer.calls == [((2, 2, 2), 0)]
 
 
+def test_a_new_store_over_finished_runs_reads_them_back_and_says_so(tmp_path: Path) -> None:
+    """What the message for a damaged SQLite file advises: a new store, the same run folder."""
+    create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2, 4))
+    work(_url(tmp_path), "s", FakeTrainer())
+    fresh = f"journal:{tmp_path / 'fresh.log'}"
+    create(fresh, "s", "constant", tmp_path / "runs", candidates=(2, 4))
+    trainer = FakeTrainer()
+    summary = work(fresh, "s", trainer).summary
+    assert trainer.calls == []
+    assert (summary.trained, summary.read_back) == (0, 3)
+
+
 def test_an_interrupted_run_is_taken_up_again_before_fresh_ones(tmp_path: Path) -> None:
     """It resumes from its checkpoint, so it finishes soonest; behind the fresh runs, a study whose
     workers are pre-empted again and again started every run and finished none."""

@@ -71,6 +71,7 @@ class WorkerOptions:
 @dataclass
 class WorkSummary:
     trained: int = 0
+    read_back: int = 0
     pruned: int = 0
     reused: int = 0
     duplicates: int = 0
@@ -295,6 +296,7 @@ class Worker:
         # had the shared run folder mounted elsewhere (`study worker --artifacts`).
         run_dir = self.options.artifacts.resolve() / study.run_name(view.rr, view.seed)
         self.log(f"{prefix}: training in {run_dir}")
+        finished_before = (run_dir / rundir.RESULT).is_file()  # a crash before COMPLETE, or a new store's rerun
         try:
             result = self.trainer(
                 config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"),
@@ -316,7 +318,7 @@ class Worker:
             if not isinstance(error, SeratioError):  # a user-facing error says all in its message
                 self.log(f"{prefix}: failed\n{traceback.format_exc()}")
         else:
-            self._record(view, result, prefix)
+            self._record(view, result, prefix, read_back=finished_before)
 
     def _competes(self, view: TrialView) -> bool:
         """Under halving, every run but the baseline's: the report tests every configuration against
@@ -371,7 +373,7 @@ class Worker:
             self._report(trial, row)
         self.log(f"{prefix}: replayed epochs 1-{resumed_at - 1} to the pruner")
 
-    def _record(self, view: TrialView, result: dict[str, Any], prefix: str) -> None:
+    def _record(self, view: TrialView, result: dict[str, Any], prefix: str, *, read_back: bool) -> None:
         """Result attributes first, then COMPLETE.
 
         A crash in between leaves a running trial; its retry finds the finished run directory
@@ -383,7 +385,10 @@ class Worker:
                 return
         value = result[f"{self.definition['select_on']}_accuracy"]
         if self.store.finish(view.trial_id, TrialState.COMPLETE, value):
-            self.summary.trained += 1
+            if read_back:
+                self.summary.read_back += 1
+            else:
+                self.summary.trained += 1
             self.log(f"{prefix}: done, {self.definition['select_on']} accuracy {value:.4f}")
 
     def _fail(self, view: TrialView, kind: str, reason: str) -> None:

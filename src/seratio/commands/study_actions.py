@@ -193,7 +193,8 @@ def _work(store: StudyStore, definition: dict[str, Any], args: argparse.Namespac
     )
     summary = Worker(store, definition, options, log=_log).run()
     _log(
-        f"worker done: {summary.trained} trained, {summary.pruned} pruned, {summary.reused} reused, "
+        f"worker done: {summary.trained} trained, {summary.read_back} read back from finished runs, "
+        f"{summary.pruned} pruned, {summary.reused} reused, "
         f"{summary.duplicates} duplicate claims dropped"
     )
 
