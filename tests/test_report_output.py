@@ -239,7 +239,7 @@ def test_a_refused_report_creates_no_output_directory(
         (["report", "--name", "x", "--storage", f"sqlite:///{tmp_path / 'absent.db'}", "--out", str(out)],
          "does not exist"),
         (_report(study, out, name="plain"), "has no 'seratio_definition'"),
-        (_report(study, out, "--format", "pdf"), "--format 'pdf': unknown pdf"),
+        (_report(study, out, "--format", "pdf"), "--format 'pdf': unknown format pdf"),
         (_report(study, out, "--baseline", "8,x,8"), "reduction ratio 'x' is not an integer"),
     ]
     for argv, says in refusals:

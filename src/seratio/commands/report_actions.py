@@ -21,7 +21,8 @@ from seratio.records import Aggregate, StudyRecords, aggregate, load_study
 from seratio.report import FORMATS
 from seratio.report.output import check_out
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
-from seratio.store import read_patience
+from seratio.store import read_patience, redact_url
+from seratio.study_choices import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
     from seratio.report.writer import Written
@@ -30,10 +31,10 @@ if TYPE_CHECKING:
 def parse_formats(spec: str) -> tuple[str, ...]:
     formats = tuple(f.strip() for f in spec.split(",") if f.strip())
     unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise SeratioError(
-            f"--format {spec!r}: unknown {', '.join(unknown) or 'empty list'}; allowed: {', '.join(FORMATS)}"
-        )
+    if not formats:
+        raise SeratioError(f"--format {spec!r} names no format; allowed, comma-separated: {', '.join(FORMATS)}")
+    if unknown:
+        raise SeratioError(f"--format {spec!r}: unknown format {', '.join(unknown)}; allowed: {', '.join(FORMATS)}")
     return formats
 
 
@@ -99,8 +100,9 @@ def _need_results(study: StudyRecords, measured: Aggregate) -> None:
     excluded = "" if not measured.excluded else (
         f"; every finished one is excluded from averages, e.g. trial #{measured.excluded[0].trial.number}: "
         f"{measured.excluded[0].reason}")
+    storage = "" if study.storage == DEFAULT_STORAGE else f" --storage {redact_url(study.storage)}"
     raise SeratioError(f"study {study.name!r} has no finished run to report ({held}{excluded}); "
-                       f"`seratio study status --name {study.name}` shows where it stands")
+                       f"`seratio study status --name {study.name}{storage}` shows where it stands")
 
 
 def _need_measured(baseline: Ratios, name: str, measured: Aggregate) -> None:
