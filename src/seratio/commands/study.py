@@ -68,7 +68,10 @@ def _register_run(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--halving-min-epochs", type=int, help="halving only: epochs before the first cut, below --epochs; later cuts at 3x, 9x, ... before the last epoch (default: epochs // 27, at least 1)")
     local = parser.add_mutually_exclusive_group()
     local.add_argument("--workers", type=int, help="local worker processes in all; more than 1 needs journal or PostgreSQL storage (default: 1)")
-    local.add_argument("--trials-per-device", type=int, help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU")
+    local.add_argument(
+        "--trials-per-device", type=int,
+        help=TRIALS_PER_DEVICE_HELP + "; with --device auto, on every visible GPU (default: one trial at a time)",
+    )
     add_threads_option(parser, TRIAL_THREADS_HELP)
     add_run_options(parser, with_rr=False, with_seed=False)
     _add_worker_options(parser)
@@ -94,14 +97,22 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
 
 
 def _register_status(actions: argparse._SubParsersAction) -> None:
-    parser = actions.add_parser("status", help="phase, trial counts and best configuration so far")
+    parser = actions.add_parser(
+        "status", help="phase, trial counts and best configuration so far",
+        description="Where a study stands: its phase, trial counts, the best configuration so far, the runs ended of "
+                    "those planned and the training time left. It changes nothing in the study.",
+    )
     _add_store_options(parser)
     add_read_patience_option(parser)
     parser.set_defaults(func=_action("status"))
 
 
 def _register_export(actions: argparse._SubParsersAction) -> None:
-    parser = actions.add_parser("export", help="write one row per trial to CSV or JSON")
+    parser = actions.add_parser(
+        "export", help="write one row per trial to CSV or JSON",
+        description="Write one row per trial (state, ratios, seed, accuracies, provenance, run directory) to a .csv "
+                    "or .json file, for analysis outside seratio.",
+    )
     _add_store_options(parser)
     add_read_patience_option(parser)
     parser.add_argument("--out", type=path_arg, required=True, help="output file, .csv or .json")
