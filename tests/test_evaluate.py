@@ -83,10 +83,11 @@ def test_a_folder_of_runs_is_scored_run_by_run_and_a_run_that_cannot_be_is_skipp
     shutil.copytree(paper_run, folder / "a-finished")
     (folder / "b-started").mkdir()
     shutil.copy(paper_run / "config.json", folder / "b-started" / "config.json")
+    (folder / "c-odd" / "config.json").mkdir(parents=True)  # damaged, so skipped, but counted and said
     (folder / "notes").mkdir()  # not a run: ignored
     result = json.loads((paper_run / "result.json").read_text())
     capsys.readouterr()
-    assert main(["evaluate", str(folder), "--json", "--tta", "flip"]) == 1
+    assert main(["evaluate", str(folder), str(folder / "a-finished"), "--json", "--tta", "flip"]) == 1  # once each
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 1
@@ -97,8 +98,9 @@ def test_a_folder_of_runs_is_scored_run_by_run_and_a_run_that_cannot_be_is_skipp
     # images right (a run on one torch thread did).
     assert scores["test_loss"] != pytest.approx(result["test_loss"], rel=1e-6)
     err = " ".join(captured.err.split())
-    assert f"[1/2] {folder / 'a-finished'}" in err and f"[2/2] {folder / 'b-started'}" in err
-    assert "holds no usable checkpoint to score" in err and "1 of 2 runs skipped" in err
+    assert f"[1/3] {folder / 'a-finished'}" in err and f"[2/3] {folder / 'b-started'}" in err
+    assert f"[3/3] {folder / 'c-odd'}" in err and "Is a directory" in err
+    assert "holds no usable checkpoint to score" in err and "2 of 3 runs skipped" in err
     monkeypatch.setenv("COLUMNS", "1000")
     assert main(["evaluate", str(folder / "a-finished"), str(paper_run)]) == 0
     table = capsys.readouterr().out

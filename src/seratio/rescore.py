@@ -36,9 +36,10 @@ def find_runs(path: Path) -> list[Path]:
 
 
 def _may_be_run(child: Path) -> bool:
-    """A directory that cannot be looked into stays in the batch, to be skipped with the system's reason."""
+    """A directory that cannot be looked into, or whose config.json is no file, stays in the batch, to
+    be skipped with its reason rather than left out of the count unsaid."""
     try:
-        return (child / rundir.CONFIG).is_file()
+        return (child / rundir.CONFIG).exists()
     except OSError:
         return True
 

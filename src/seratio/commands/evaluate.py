@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     threads = checked_threads(args)
     if args.device:
         resolve_device(args.device)  # once, not once per run
-    runs = [run_dir for path in args.run_dirs for run_dir in find_runs(path)]
+    found: dict[Path, Path] = {}  # a run named twice (as itself and inside its folder) is scored once
+    for path in args.run_dirs:
+        for run_dir in find_runs(path):
+            found.setdefault(run_dir.resolve(), run_dir)
+    runs = list(found.values())
     with threads_for(threads):
         if len(runs) == 1:
             _show_one(_rescore(runs[0], args), args.json)
