@@ -121,12 +121,12 @@ def _find_in(directory: Path, info: DatasetInfo, *, source: str) -> Path:
     found = _existing_layout(directory, info)
     if found is not None:
         return found
-    if not directory.exists():
-        state = "does not exist"
-    elif not directory.is_dir():
-        state = "is a file, not a directory"
-    else:
-        state = f"has neither {info.dir_name}/ nor {info.tar_name}"
+    if directory.exists() and not directory.is_dir():
+        raise SeratioError(
+            f"{info.title} not found: {directory} (from {source}) is a file, not a directory; pass --data-dir / "
+            f"set {ENV_VAR} to a directory that holds {info.dir_name}/ or {info.tar_name} (from {info.url})"
+        )
+    state = "does not exist" if not directory.exists() else f"has neither {info.dir_name}/ nor {info.tar_name}"
     raise SeratioError(
         f"{info.title} not found: {directory} (from {source}) {state}. {_where_to_put(info, directory)}"
     )
