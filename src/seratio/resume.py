@@ -17,6 +17,9 @@ from seratio import rundir, runlock
 from seratio.config import RunConfig, code_version
 from seratio.errors import SeratioError
 
+ELSEWHERE = "choose another --out (in a study: another --artifacts)"
+"""The way out of a refusal: `train` writes to --out, a study's workers under --artifacts."""
+
 CHECKPOINT_KEYS = ("epoch", "history", "seconds", "model", "optimizer", "generator", "torch_rng", "test_predictions")
 """What `train._snapshot` writes, and every seratio checkpoint has held."""
 
@@ -55,7 +58,7 @@ def finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
     stored, _ = rundir.read_run_config(out)
     difference = _difference(stored, config)
     if difference:
-        raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); choose another --out")
+        raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); {ELSEWHERE}")
     try:
         return rundir.read_result(out)
     except SeratioError as error:
@@ -92,7 +95,7 @@ def checkpoint_to_resume(
 ) -> dict[str, Any] | None:
     if not (out / rundir.CONFIG).exists():
         if not _holds_no_run(out):
-            raise SeratioError(f"{out} is not empty and holds no seratio run; choose another --out")
+            raise SeratioError(f"{out} is not empty and holds no seratio run; {ELSEWHERE}")
         return None
     stored, record = rundir.read_run_config(out)
     difference = _difference(stored, config)
@@ -147,5 +150,5 @@ def _check_same_recipe(config: RunConfig, record: dict[str, Any], out: Path) -> 
         raise SeratioError(
             f"cannot continue {out}: this code trains recipe {config.recipe!r} differently (hash {current}) than "
             f"the run started with (hash {stored}, code {started_by or 'unrecorded'}); finish it with that code "
-            "or train into another --out"
+            f"or {ELSEWHERE}"
         )

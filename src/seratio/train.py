@@ -29,7 +29,7 @@ from seratio.errors import SeratioError
 from seratio.interrupts import stop_signals_held
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, View
-from seratio.resume import checkpoint_to_resume, finished_result, remove_unused, reused
+from seratio.resume import ELSEWHERE, checkpoint_to_resume, finished_result, remove_unused, reused
 from seratio.session import (
     EVAL_BATCH, Session, autocast, eager_step, portable_optimizer_state, precision_name, prepare, session_for, set_lr,
 )
@@ -61,7 +61,7 @@ def train_run(
     if finished is not None:
         return reused(finished, out, log)
     created = [path for path in (out, *out.parents) if not path.exists()]
-    rundir.make_dir(out, f"run directory {out}", "; choose another --out")
+    rundir.make_dir(out, f"run directory {out}", f"; {ELSEWHERE}")
     lock_created = not (out / runlock.LOCK_FILE).exists()
     with runlock.hold(out, wait=wait_for_lock, log=log):
         finished = finished_result(config, out)  # the writer this call waited for may have finished it
