@@ -368,3 +368,20 @@ def test_an_artifacts_folder_that_cannot_be_written_is_refused_before_the_study_
     assert code == 2, output
     assert f"--artifacts '{locked / 'runs'}' cannot hold the study's runs: {locked} is not writable" in output
     assert _studies(sandbox / "j.log") == []
+
+
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_read_only_study_file_is_refused_by_name_before_a_worker_starts(
+    sandbox: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A store that cannot be written failed at the first write, mid-study (SQLite said only 'attempt
+    to write a readonly database'); root writes anywhere, so the kernel's refusal is imitated."""
+    store = sandbox / "study.log"
+    create(f"journal:{store}", "s", "constant", sandbox / "runs", candidates=(4,))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != store and real_access(path, mode))
+    argv = ["study", command, *TINY_STUDY[:1]] if command == "run" else ["study", command]
+    argv += ["--name", "s", "--storage", f"journal:{store}", *(TINY_STUDY[1:] if command == "run" else [])]
+    code, output = _run([*argv, "--data-dir", str(sandbox / "emptydata")])
+    assert code == 2, output
+    assert f"--storage 'journal:{store}': the file '{store}' is read-only, and a worker writes to its study" in output

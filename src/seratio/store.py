@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import random
 import sqlite3
 import time
@@ -193,6 +194,19 @@ def check_url(url: str, *, create: bool) -> None:
     if not url.startswith(("postgresql:", "postgresql+", "postgres:")):
         raise SeratioError(f"--storage {redact_url(url)!r} is not understood; use {STORAGE_HELP}")
     _check_postgres_url(url)
+
+
+def check_writable(url: str) -> None:
+    """A worker writes to its store: a read-only SQLite or journal file (or its folder, where SQLite
+    puts its rollback journal and Optuna its journal lock) would fail at the first write, mid-study,
+    in words that do not name the file."""
+    path = storage_file(url)
+    if path is None or not path.exists():
+        return
+    for target, what in ((path, "file"), (path.parent, "folder")):
+        if not os.access(target, os.W_OK):
+            raise SeratioError(f"--storage {url!r}: the {what} {str(target)!r} is read-only, and a worker writes "
+                               "to its study; status, export and report only read it")
 
 
 def _check_postgres_url(url: str) -> None:

@@ -35,8 +35,8 @@ from seratio.overview import Progress, progress, trial_row
 from seratio.rundir import write_atomic
 from seratio.runtime import threads_for
 from seratio.store import (
-    Patience, StudyStore, check_url, is_sqlite, open_storage, read_patience, sqlite_parallel_message, sqlite_worker_lock,
-    storage_file,
+    Patience, StudyStore, check_url, check_writable, is_sqlite, open_storage, read_patience, sqlite_parallel_message,
+    sqlite_worker_lock, storage_file,
 )
 from seratio.study import StudyRequest, build_definition, code_warnings, create_or_join, load_definition, stored_definition
 
@@ -66,6 +66,7 @@ def _candidates(text: str | None) -> tuple[int, ...] | None:
 def _check_worker_args(args: argparse.Namespace, *, create: bool) -> None:
     """Refuse a bad worker option before any storage is touched, not in every trial or after creating the study."""
     check_url(args.storage, create=create)
+    check_writable(args.storage)
     if not 0 < args.heartbeat_interval <= MAX_DURATION:
         raise SeratioError(f"--heartbeat-interval {args.heartbeat_interval:g} must be > 0 and at most {MAX_DURATION:g} s")
     if not 3 * args.heartbeat_interval <= args.stale_after <= MAX_DURATION:
