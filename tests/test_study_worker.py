@@ -78,6 +78,16 @@ def test_a_different_code_version_warns_but_joins(tmp_path: Path) -> None:
     assert warnings and "0.0.1+gold" in warnings[0]
 
 
+def test_joining_with_another_artifacts_folder_warns_that_the_runs_split(tmp_path: Path) -> None:
+    store, definition = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,))
+    assert create_or_join(store, definition, tmp_path / "runs") == ((tmp_path / "runs").resolve(), [])
+    root, warnings = create_or_join(store, definition, tmp_path / "other")
+    assert root == (tmp_path / "other").resolve()
+    assert warnings == [f"the study keeps its runs in {(tmp_path / 'runs').resolve()}; this worker trains under {root} "
+                        "(--artifacts), which is right only where that is the same folder mounted elsewhere: "
+                        "reports read the runs where the study keeps them"]
+
+
 def test_an_error_blocks_the_worker_and_a_rerun_resumes_the_run(tmp_path: Path) -> None:
     full = FakeTrainer()
 

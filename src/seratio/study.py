@@ -237,7 +237,16 @@ def create_or_join(store: StudyStore, definition: dict[str, Any], artifacts: Pat
             "rerun with the same options or choose another --name"
         )
     root = artifacts.resolve() if artifacts else Path(attrs[ARTIFACTS_ATTR])
-    return root, code_warnings(attrs[DEFINITION_ATTR])
+    return root, code_warnings(attrs[DEFINITION_ATTR]) + _artifacts_warnings(root, Path(attrs[ARTIFACTS_ATTR]))
+
+
+def _artifacts_warnings(root: Path, stored: Path) -> list[str]:
+    """Another --artifacts than the study's is right only where it is the same folder mounted
+    elsewhere; on the machine that created the study it splits the runs over two folders."""
+    if root == stored:
+        return []
+    return [f"the study keeps its runs in {stored}; this worker trains under {root} (--artifacts), which is right "
+            "only where that is the same folder mounted elsewhere: reports read the runs where the study keeps them"]
 
 
 def stored_definition(attrs: dict[str, Any], name: str) -> dict[str, Any]:
