@@ -42,6 +42,23 @@ def test_a_run_scored_again_gives_its_recorded_scores_and_stays_untouched(
     assert _listing(paper_run) == before
 
 
+def test_a_run_trained_on_another_machine_reads_cifar_from_seratio_data(
+    paper_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its recorded data directory is not here; `--help` promises $SERATIO_DATA next."""
+    moved = tmp_path / "moved"
+    shutil.copytree(paper_run, moved)
+    record = json.loads((moved / "config.json").read_text())
+    record["run"]["data_dir"] = "/nowhere/cifar"
+    (moved / "config.json").write_text(json.dumps(record))
+    monkeypatch.setenv("SERATIO_DATA", str(cifar_dir))
+    scores = _evaluate(capsys, moved)
+    assert scores["test_accuracy"] == json.loads((moved / "result.json").read_text())["test_accuracy"]
+    assert scores["warnings"] == ["the run's data directory /nowhere/cifar is not on this machine; "
+                                  "reading CIFAR from $SERATIO_DATA"]
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_and_says_so(
     paper_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

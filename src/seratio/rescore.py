@@ -8,11 +8,13 @@ its result.json stays what the run measured.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 from seratio import rundir
 from seratio.config import RunConfig, resolve_device
+from seratio.datasets import ENV_VAR
 from seratio.errors import SeratioError
 from seratio.recipes import TTA_VIEWS
 from seratio.resume import CHECKPOINT_KEYS
@@ -65,6 +67,7 @@ def rescore_run(
     """
     config, recorded_epochs = _recorded_config(run_dir)
     config = dataclasses.replace(config, **{k: v for k, v in {"data_dir": data_dir, "device": device}.items() if v})
+    config, moved = _data_here(config, data_dir)
     if device is None:
         _need_recorded_device(run_dir, config.device)
     views = config.resolved_recipe().tta if tta is None else tta
@@ -92,8 +95,18 @@ def rescore_run(
         "test_accuracy": scores["test_accuracy"],
         "recorded_test_accuracy": _logged_test_accuracy(checkpoint),
         "seconds": scores["seconds"],
-        "warnings": notes,
+        "warnings": moved + notes,
     }
+
+
+def _data_here(config: RunConfig, data_dir: str | None) -> tuple[RunConfig, list[str]]:
+    """The run's recorded data directory, or $SERATIO_DATA where that one is not on this machine: a
+    run is often scored elsewhere than it trained, and the split depends only on its seeds."""
+    recorded = config.data_dir
+    if data_dir or recorded is None or Path(recorded).expanduser().exists() or not os.environ.get(ENV_VAR):
+        return config, []
+    note = f"the run's data directory {recorded} is not on this machine; reading CIFAR from ${ENV_VAR}"
+    return dataclasses.replace(config, data_dir=None), [note]
 
 
 def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
