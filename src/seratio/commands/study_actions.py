@@ -323,6 +323,9 @@ def export(args: argparse.Namespace) -> int:
     if (args.out.exists() or args.out.is_symlink()) and not (args.force and args.out.is_file()):
         what = "a file; pass --force to replace it" if args.out.is_file() else "not a file"
         raise SeratioError(f"--out {str(args.out)!r} already exists and is {what}")
+    if not args.out.absolute().parent.is_dir():  # a typo must not create folders (once one at the filesystem root)
+        raise SeratioError(f"--out {str(args.out)!r}: its folder {str(args.out.absolute().parent)!r} does not exist "
+                           "or is not a folder")
     stored = storage_file(args.storage)
     if stored is not None and stored.exists() and args.out.exists() and args.out.samefile(stored):
         raise SeratioError(f"--out {str(args.out)!r} is the file the study itself lives in (--storage "
