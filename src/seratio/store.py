@@ -278,6 +278,8 @@ def _sqlite_tables(path: Path, url: str) -> set[str]:
             "the study's run folder: `study run` into a new --storage file with the same --artifacts reads them "
             "back instead of training them again"
         ) from error
+    except sqlite3.Error:  # anything else the driver raises is left to the retry logic, as before
+        return set()
 
 
 def _prepare_journal(path: Path, url: str, log: Log) -> None:
