@@ -344,6 +344,7 @@ def test_bad_input_is_refused_with_a_message_that_names_it(
     assert "Traceback" not in output, output
     assert code == case.code, output
     assert case.says.format(**fill) in output, output
+    assert "usage:" not in output, output  # argparse's usage block once stood above the message, up to 18 lines
     assert not (sandbox / "run" / "config.json").exists(), "a refused run must not have started"
     assert sorted(path.name for path in (sandbox / "foreign").iterdir()) == ["notes.txt"], "a refusal leaves no trace"
     assert _studies(sandbox / "j.log") == [], "a refused study must not have been created"

@@ -53,7 +53,12 @@ class Parser(argparse.ArgumentParser):
         hints = [match[0] for extra in extras if extra.startswith("-")
                  if (match := difflib.get_close_matches(extra.split("=")[0], options, n=1, cutoff=0.6))]
         hint = f"; did you mean {', '.join(hints)}?" if hints else f"; {self.prog} -h lists what it takes"
-        self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(extras)}{hint}\n")
+
+    def error(self, message: str) -> NoReturn:
+        """One line, like every other refusal: argparse printed its usage block first, up to 18 lines
+        above the message that named the mistake; `-h` still shows it."""
+        self.exit(2, f"{self.prog}: error: {message}; {self.prog} -h lists what it takes\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
