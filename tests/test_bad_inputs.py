@@ -388,3 +388,16 @@ def test_a_read_only_study_file_is_refused_by_name_before_a_worker_starts(
     code, output = _run([*argv, "--data-dir", str(sandbox / "emptydata")])
     assert code == 2, output
     assert f"--storage 'journal:{store}': the file '{store}' is read-only, and a worker writes to its study" in output
+
+
+def test_a_new_study_file_in_a_read_only_folder_is_refused_by_name(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite said only 'unable to open database file'."""
+    locked = sandbox / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    url = f"sqlite:///{locked / 'new.db'}"
+    code, output = _run(["study", "run", *TINY_STUDY, "--name", "s", "--storage", url, "--data-dir", str(sandbox / "emptydata")])
+    assert code == 2, output
+    assert f"--storage '{url}': the folder '{locked}' is read-only" in output
+    assert not (locked / "new.db").exists()

@@ -201,10 +201,10 @@ def check_writable(url: str) -> None:
     puts its rollback journal and Optuna its journal lock) would fail at the first write, mid-study,
     in words that do not name the file."""
     path = storage_file(url)
-    if path is None or not path.exists():
+    if path is None:
         return
     for target, what in ((path, "file"), (path.parent, "folder")):
-        if not os.access(target, os.W_OK):
+        if target.exists() and not os.access(target, os.W_OK):
             raise SeratioError(f"--storage {url!r}: the {what} {str(target)!r} is read-only, and a worker writes "
                                "to its study; status, export and report only read it")
 
