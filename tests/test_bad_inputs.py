@@ -153,6 +153,8 @@ CASES = [
     # study options
     Case("strategy unknown", ["study", "run", "nonsense", *STUDY[3:]], 2, "invalid choice: 'nonsense'"),
     Case("candidates not integers", [*STUDY, "--candidates", "2,x"], 2, "--candidates '2,x' must be comma-separated integers"),
+    Case("grid too many seeds", ["study", "run", "grid", *STUDY[3:], "--seeds", "1000"], 2,
+         "--candidates 2,4,8,16,32 give grid 100 combinations, 100,000 runs with 1000 seed(s); at most 10,000"),
     Case("paper with another baseline", ["study", "run", "paper", *STUDY[3:], "--baseline", "8,8,8"], 2,
          "the paper preset compares against the plain ResNet, not --baseline 8,8,8"),
     Case("grid too large", ["study", "run", "grid", *STUDY[3:], "--candidates", ",".join(map(str, range(1, 33)))], 2,

@@ -124,7 +124,7 @@ def _check_strategy_options(request: StudyRequest, epochs: int) -> None:
         )
 
 
-def _check_grid_size(request: StudyRequest, stage_lists: list[list[int]]) -> None:
+def _check_grid_size(request: StudyRequest, candidates: list[int], stage_lists: list[list[int]]) -> None:
     """Grid and halving plan every combination up front: 64 candidates would be 262,144 runs, whose
     planning alone runs for hours, so the same bound as tpe's draws applies."""
     if request.strategy not in ("grid", "halving"):
@@ -133,7 +133,7 @@ def _check_grid_size(request: StudyRequest, stage_lists: list[list[int]]) -> Non
     runs = configs * request.seeds
     if runs > MAX_N_TRIALS:
         raise SeratioError(
-            f"--candidates {format_rr(tuple(request.candidates))} give {request.strategy} {configs:,} combinations, "
+            f"--candidates {format_rr(tuple(candidates))} give {request.strategy} {configs:,} combinations, "
             f"{runs:,} runs with {request.seeds} seed(s); at most {MAX_N_TRIALS:,}: give fewer candidates or seeds, "
             "or search with tpe --n-trials"
         )
@@ -158,7 +158,7 @@ def build_definition(request: StudyRequest) -> dict[str, Any]:
             f"--candidates {format_rr(tuple(candidates))} leave stage {', '.join(empty)} no ratio "
             f"(an SE block on c channels needs r <= c; channels {STAGE_CHANNELS})"
         )
-    _check_grid_size(request, stage_lists)
+    _check_grid_size(request, candidates, stage_lists)
     run = request.run
     halving_min = request.halving_min_epochs or max(1, recipe.epochs // HALVING_FACTOR**3)
     return {
