@@ -23,6 +23,11 @@ def _url(tmp_path: Path) -> str:
     return f"journal:{tmp_path / 'study.log'}"
 
 
+def _interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
+    """A trainer stopped by Ctrl-C before its first epoch."""
+    raise KeyboardInterrupt
+
+
 def _unit_attrs(tmp_path: Path, rr: tuple, seed: int = 0) -> tuple[dict, dict]:
     run_dir = (tmp_path / "runs" / run_name(rr, seed)).resolve()
     params = {f"r{i + 1}": r for i, r in enumerate(rr)}
@@ -108,12 +113,9 @@ def test_an_error_blocks_the_worker_and_a_rerun_resumes_the_run(tmp_path: Path) 
 
 
 def test_ctrl_c_fails_the_trial_as_interrupted_and_the_next_worker_resumes_it(tmp_path: Path) -> None:
-    def interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
-        raise KeyboardInterrupt
-
     store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2,), baseline=(2, 2, 2))
     with pytest.raises(KeyboardInterrupt):
-        work(_url(tmp_path), "s", interrupted)  # type: ignore[arg-type]
+        work(_url(tmp_path), "s", _interrupted)  # type: ignore[arg-type]
     assert Ledger(store.trials()).views[0].fail_kind == "interrupted"
     trainer = FakeTrainer()
     work(_url(tmp_path), "s", trainer)
@@ -135,12 +137,9 @@ def test_a_new_store_over_finished_runs_reads_them_back_and_says_so(tmp_path: Pa
 def test_an_interrupted_run_is_taken_up_again_before_fresh_ones(tmp_path: Path) -> None:
     """It resumes from its checkpoint, so it finishes soonest; behind the fresh runs, a study whose
     workers are pre-empted again and again started every run and finished none."""
-    def interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
-        raise KeyboardInterrupt
-
     store, _ = create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2, 4, 8))
     with pytest.raises(KeyboardInterrupt):
-        work(_url(tmp_path), "s", interrupted)  # type: ignore[arg-type]
+        work(_url(tmp_path), "s", _interrupted)  # type: ignore[arg-type]
     (failed,) = [v for v in Ledger(store.trials()).views if v.state == TrialState.FAIL]
     trainer = FakeTrainer()
     work(_url(tmp_path), "s", trainer)
@@ -151,12 +150,9 @@ def test_an_interrupted_run_is_taken_up_again_before_fresh_ones(tmp_path: Path) 
 def test_a_worker_trains_every_run_under_its_own_artifacts_root_whoever_planned_it(tmp_path: Path) -> None:
     """`study worker --artifacts DIR` says where the shared run folder is mounted on this machine: a
     run that a worker elsewhere enqueued must land there too, not at the path the planner had."""
-    def interrupted(config, out_dir, **hooks):  # type: ignore[no-untyped-def]
-        raise KeyboardInterrupt
-
     create(_url(tmp_path), "s", "constant", tmp_path / "runs", candidates=(2, 4))
     with pytest.raises(KeyboardInterrupt):
-        work(_url(tmp_path), "s", interrupted)  # type: ignore[arg-type]  # plans all three runs, trains none
+        work(_url(tmp_path), "s", _interrupted)  # type: ignore[arg-type]  # plans all three runs, trains none
     mounted = tmp_path / "mounted-elsewhere"
     trainer = FakeTrainer()
     work(_url(tmp_path), "s", trainer, artifacts=mounted)
