@@ -48,11 +48,13 @@ def _holds_no_run(out: Path) -> bool:
 
 
 def reused(finished: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """A finished run is read back, never retrained: say so, since the command returns at once."""
     log(f"{out} already holds the finished run; nothing retrained or overwritten{_other_code(finished)}")
     return finished
 
 
 def finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
+    """The stored result when `out` holds this very run finished; None when it holds no finished run."""
     if not (out / rundir.RESULT).exists():
         return None
     stored, _ = rundir.read_run_config(out)
