@@ -64,3 +64,23 @@ def test_a_quick_study_says_its_accuracies_come_from_data_subsets(real_study: tu
     assert note in (report / "table.md").read_text()
     trials = optuna.load_study(study_name=STUDY, storage=real_study[0]).get_trials()
     assert {len(np.load(Path(t.user_attrs["run_dir"]) / "test_labels.npy")) for t in trials} == {2000}
+
+
+def test_a_report_reads_the_runs_where_artifacts_says_the_folder_is_mounted(
+    real_study: tuple[str, Path], tmp_path: Path
+) -> None:
+    """On another machine the shared run folder may be mounted elsewhere than the study recorded;
+    without the runs the report has no curves, confusion matrices or McNemar tests."""
+    storage, report = real_study
+    recorded = report.parent / "runs"
+    mounted = tmp_path / "mounted"
+    recorded.rename(mounted)
+    try:
+        assert main(["report", "--name", STUDY, "--storage", storage, "--out", str(tmp_path / "without")]) == 0
+        assert main(["report", "--name", STUDY, "--storage", storage, "--out", str(tmp_path / "with"),
+                     "--artifacts", str(mounted)]) == 0
+    finally:
+        mounted.rename(recorded)
+    assert not list((tmp_path / "without").glob("confusion_*.png"))
+    assert len(list((tmp_path / "with").glob("confusion_*.png"))) >= 2
+    assert "McNemar" in (tmp_path / "with" / "index.html").read_text()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,18 +196,27 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
 
 
 def load_study(
-    name: str, storage_url: str, patience: Patience, log: Callable[[str], None] = lambda message: None
+    name: str, storage_url: str, patience: Patience, log: Callable[[str], None] = lambda message: None,
+    *, artifacts: Path | None = None,
 ) -> StudyRecords:
     """Every trial of study `name`, in trial order, as plain records.
 
     Opens the storage with `create=False` (a typo must not conjure an empty store)
-    and waits at most `patience` for an unreachable database.
+    and waits at most `patience` for an unreachable database. `artifacts` is where the study's run
+    folder is mounted on this machine, when that is not where the study recorded it.
     """
     storage = open_storage(storage_url, create=False, patience=patience, log=log)
     store = StudyStore(storage, name, patience, log)
     definition = _definition(store.user_attrs(), name)
-    trials = tuple(_checked_trial_record(t, name) for t in store.trials())
+    trials = tuple(_moved(_checked_trial_record(t, name), artifacts) for t in store.trials())
     return StudyRecords(name, storage_url, definition, trials)
+
+
+def _moved(record: TrialRecord, artifacts: Path | None) -> TrialRecord:
+    """A run directory under `artifacts`: a worker puts every run directly in its root, by name."""
+    if artifacts is None or record.run_dir is None:
+        return record
+    return replace(record, run_dir=artifacts / record.run_dir.name)
 
 
 def _checked_trial_record(trial: optuna.trial.FrozenTrial, study: str) -> TrialRecord:

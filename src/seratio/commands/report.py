@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "report, which is replaced whole once the new one is complete")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help=f"comma-separated table formats: {', '.join(FORMATS)} (default: all); figures always")
+    parser.add_argument("--artifacts", type=path_arg, help="where the study's run folder is mounted on this machine, "
+                        "for curves, confusion matrices and McNemar tests (default: where the study recorded it)")
     parser.add_argument("--baseline", help="configuration to test against, e.g. none (plain ResNet) or 8,8,8 "
                         "(default: the study's own baseline)")
     parser.set_defaults(func=run)

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
     check_out(args.out)
-    study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience))
+    study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience),
+                       artifacts=args.artifacts)
     measured = aggregate(study)
     if baseline is not None:
         _need_measured(baseline, study.name, measured)
