@@ -366,8 +366,7 @@ def test_an_artifacts_folder_that_cannot_be_written_is_refused_before_the_study_
     is imitated; the study was created before, and then every trial failed on Permission denied."""
     locked = sandbox / "locked"
     locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    _refuse_writes(locked, monkeypatch)
     argv = [arg.format(tmp=sandbox) for arg in STUDY] + ["--artifacts", str(locked / "runs")]
     code, output = _run(argv)
     assert code == 2, output
@@ -383,8 +382,7 @@ def test_a_read_only_study_file_is_refused_by_name_before_a_worker_starts(
     to write a readonly database'); root writes anywhere, so the kernel's refusal is imitated."""
     store = sandbox / "study.log"
     create(f"journal:{store}", "s", "constant", sandbox / "runs", candidates=(4,))
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != store and real_access(path, mode))
+    _refuse_writes(store, monkeypatch)
     argv = ["study", command, *TINY_STUDY[:1]] if command == "run" else ["study", command]
     argv += ["--name", "s", "--storage", f"journal:{store}", *(TINY_STUDY[1:] if command == "run" else [])]
     code, output = _run([*argv, "--data-dir", str(sandbox / "emptydata")])
@@ -396,10 +394,15 @@ def test_a_new_study_file_in_a_read_only_folder_is_refused_by_name(sandbox: Path
     """SQLite said only 'unable to open database file'."""
     locked = sandbox / "locked"
     locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    _refuse_writes(locked, monkeypatch)
     url = f"sqlite:///{locked / 'new.db'}"
     code, output = _run(["study", "run", *TINY_STUDY, "--name", "s", "--storage", url, "--data-dir", str(sandbox / "emptydata")])
     assert code == 2, output
     assert f"--storage '{url}': the folder '{locked}' is read-only" in output
     assert not (locked / "new.db").exists()
+
+
+def _refuse_writes(refused: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's answer for a read-only mount or another user's folder, which root never gets."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != refused and real_access(path, mode))
