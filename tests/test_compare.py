@@ -75,3 +75,16 @@ def test_settings_that_differ_besides_the_ratios_are_said(
     out = " ".join(capsys.readouterr().out.split())
     assert "note: the runs also differ in epochs 3 vs 4; precision fp32 vs bf16;" in out
     assert compare_runs(*runs).differences == ()  # no config.json: compared on what both runs store
+
+
+def test_compare_says_a_run_has_not_finished(
+    runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped mid-training has config.json and checkpoints but no result: that is not damage."""
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.json").write_text("{}")
+    assert main(["compare", str(runs[0]), str(stopped)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"run '{stopped}' has not finished: it has no result.json yet" in err
+    assert "plus --resume" in err

@@ -15,7 +15,7 @@ import numpy as np
 
 from seratio.errors import SeratioError
 from seratio.report.run_files import read_correctness, read_result
-from seratio.rundir import need_run_dir, read_run_config
+from seratio.rundir import CONFIG, RESULT, need_run_dir, read_run_config
 from seratio.stats import McNemarResult, mcnemar_exact
 
 
@@ -86,10 +86,20 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
                  if a[key] is not None and b[key] is not None and a[key] != b[key])
 
 
+def _need_finished(run_dir: Path) -> None:
+    """A run still training (or stopped) has a config but no result yet; saying so beats naming
+    the first missing file, which reads like damage."""
+    if (run_dir / CONFIG).is_file() and not (run_dir / RESULT).exists():
+        raise SeratioError(
+            f"run {str(run_dir)!r} has not finished: it has no {RESULT} yet; compare it once it has "
+            "(continue a stopped run with the 'seratio train' command that started it, plus --resume)"
+        )
+
+
 def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
     """Compare two finished runs image by image."""
     for path in (run_a, run_b):
-        need_run_dir(path, "give two run directories made by 'seratio train' or a study")
+        _need_finished(need_run_dir(path, "give two run directories made by 'seratio train' or a study"))
     pred_a, labels = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
     if not np.array_equal(labels, labels_b):
