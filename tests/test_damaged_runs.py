@@ -97,11 +97,52 @@ def test_a_damaged_result_json_is_written_anew_from_the_last_checkpoint_after_a_
     stored = json.loads((run / rundir.RESULT).read_text())
     (run / rundir.RESULT).write_text((run / rundir.RESULT).read_text()[:40])
     assert main(train_args(cifar_dir, run)) == 2
-    assert "the last checkpoint can write it anew: delete it and resume the run" in _one_line_error(capsys)
+    assert "the last checkpoint can write the result files anew: delete result.json and resume" in _one_line_error(capsys)
     (run / rundir.RESULT).unlink()
     assert main(train_args(cifar_dir, run, "--resume")) == 0
     rewritten = json.loads((run / rundir.RESULT).read_text())
     assert {k: v for k, v in rewritten.items() if k != "seconds"} == {k: v for k, v in stored.items() if k != "seconds"}
+
+
+def _first_line_only(path: Path) -> None:
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+@pytest.mark.parametrize(("name", "damage", "reason"), [
+    (rundir.METRICS, _first_line_only, "records 1 epoch(s), but result.json says the run trained 3"),
+    (rundir.METRICS, lambda path: path.write_text("{not json"), ":1 is not valid JSON"),
+    (rundir.PREDICTIONS, lambda path: path.write_bytes(b"\0" * 100), "is not a .npy array of class indices"),
+    (rundir.LABELS, lambda path: path.unlink(), "not found"),
+], ids=["metrics cut", "metrics garbage", "predictions zeroed", "labels gone"])
+def test_a_finished_run_with_damaged_companions_is_refused_then_rewritten_by_a_resume(
+    tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    name: str, damage: Damage, reason: str,
+) -> None:
+    """A study reads a finished run back without retraining: damage to what report and compare read
+    must be caught then, while the checkpoint can still rewrite it, not later in a report."""
+    run = _copy(tiny_run, tmp_path)
+    damage(run / name)
+    assert main(train_args(cifar_dir, run)) == 2
+    err = _one_line_error(capsys)
+    assert f"{run / name}" in err and reason in err and "delete result.json and resume" in err
+    (run / rundir.RESULT).unlink()
+    assert main(train_args(cifar_dir, run, "--resume")) == 0
+    for companion in (rundir.METRICS, rundir.PREDICTIONS, rundir.LABELS):
+        assert (run / companion).read_bytes() == (tiny_run / companion).read_bytes(), companion
+
+
+def test_damaged_companions_without_a_checkpoint_warn_and_keep_the_result(
+    tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing can rewrite them, and the accuracies in result.json still hold: warn, do not retrain."""
+    run = _copy(tiny_run, tmp_path)
+    for checkpoint in (rundir.CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
+        (run / checkpoint).unlink(missing_ok=True)
+    _first_line_only(run / rundir.METRICS)
+    assert main(train_args(cifar_dir, run)) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning:" in err and "records 1 epoch(s)" in err and "no checkpoint is left to write it anew" in err
+    assert json.loads((run / rundir.RESULT).read_text()) == json.loads((tiny_run / rundir.RESULT).read_text())
 
 
 def _with_header(path: Path, payload: bytes) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from seratio import rundir, runlock
 from seratio.config import RunConfig, code_version
 from seratio.errors import SeratioError
+from seratio.report.run_files import read_correctness, read_metrics
 
 ELSEWHERE = "choose another --out (in a study: another --artifacts)"
 """The way out of a refusal: `train` writes to --out, a study's workers under --artifacts."""
@@ -53,7 +54,7 @@ def reused(finished: dict[str, Any], out: Path, log: Callable[[str], None]) -> d
     return finished
 
 
-def finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
+def finished_result(config: RunConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
     """The stored result when `out` holds this very run finished; None when it holds no finished run."""
     if not (out / rundir.RESULT).exists():
         return None
@@ -61,13 +62,40 @@ def finished_result(config: RunConfig, out: Path) -> dict[str, Any] | None:
     difference = _difference(stored, config)
     if difference:
         raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); {ELSEWHERE}")
+    can_rewrite = (out / rundir.CHECKPOINT).is_file()
     try:
-        return rundir.read_result(out)
+        result = rundir.read_result(out)
+        _check_companions(out, result)
     except SeratioError as error:
-        if not (out / rundir.CHECKPOINT).is_file():
+        if not can_rewrite:
             raise
-        raise SeratioError(f"{error}; the last checkpoint can write it anew: delete it and resume the run "
-                           "(train --resume, or run the study again)") from error
+        raise SeratioError(f"{error}; the last checkpoint can write the result files anew: delete "
+                           f"{rundir.RESULT} and resume the run (train --resume, or run the study again)") from error
+    except DamagedCompanion as error:
+        if can_rewrite:
+            raise SeratioError(f"{error}; the last checkpoint can write it anew: delete {rundir.RESULT} and "
+                               "resume the run (train --resume, or run the study again)") from error
+        log(f"warning: {error}; the result stands, but report and compare cannot use the file "
+            "(no checkpoint is left to write it anew)")
+    return result
+
+
+class DamagedCompanion(Exception):
+    """A finished run's metrics or predictions are damaged while its result.json is intact."""
+
+
+def _check_companions(out: Path, result: dict[str, Any]) -> None:
+    """A study reads a finished run back instead of retraining it, so damage to the files that
+    report and compare need must show up here, while the checkpoint can still rewrite them, not
+    days later in a report."""
+    try:
+        epochs = len(read_metrics(out))
+        read_correctness(out)
+    except SeratioError as error:
+        raise DamagedCompanion(str(error)) from error
+    if epochs != result["epochs"]:
+        raise DamagedCompanion(f"{out / rundir.METRICS} records {epochs} epoch(s), but {rundir.RESULT} "
+                               f"says the run trained {result['epochs']}")
 
 
 def _other_code(result: dict[str, Any]) -> str:

@@ -57,14 +57,14 @@ def train_run(
     `wait_for_lock` wait until that writer stops (then read back or resume what it left).
     """
     out = Path(out_dir)
-    finished = finished_result(config, out)
+    finished = finished_result(config, out, log)
     if finished is not None:
         return reused(finished, out, log)
     created = [path for path in (out, *out.parents) if not path.exists()]
     rundir.make_dir(out, f"run directory {out}", f"; {ELSEWHERE}")
     lock_created = not (out / runlock.LOCK_FILE).exists()
     with runlock.hold(out, wait=wait_for_lock, log=log):
-        finished = finished_result(config, out)  # the writer this call waited for may have finished it
+        finished = finished_result(config, out, log)  # the writer this call waited for may have finished it
         if finished is not None:
             return reused(finished, out, log)
         try:
@@ -339,6 +339,7 @@ def _finish(session: Session, state: dict[str, Any], out: Path) -> dict[str, Any
     if session.recipe.tta != "none":
         result |= _tta_result(session)
     rundir.remove_temp_files(out)  # what kills during earlier writes left behind; result.json comes last
+    rundir.write_metrics(out / rundir.METRICS, history)  # the same rows; a finished run resumed to repair them
     rundir.write_array(out / rundir.PREDICTIONS, predictions.numpy().astype(np.int16))
     rundir.write_array(out / rundir.LABELS, labels.numpy().astype(np.int16))
     rundir.write_json(out / rundir.RESULT, result)
