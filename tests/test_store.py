@@ -134,6 +134,11 @@ def test_export_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pyt
     assert len(json.loads(out.read_text())) == 14
     assert out.stat().st_mode & 0o777 == 0o604  # replaced, not re-permissioned
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    link = tmp_path / "latest.json"
+    link.symlink_to(out.name)
+    out.write_text("[]\n")
+    assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(link), "--force"]) == 0
+    assert link.is_symlink() and len(json.loads(out.read_text())) == 14  # written through the link, which stays
 
 
 def test_a_journal_cut_off_mid_record_is_repaired_before_anything_appends(

@@ -335,7 +335,8 @@ def export(args: argparse.Namespace) -> int:
     rows = [trial_row(t) for t in store.trials()]
     for row in rows:
         row["select_on"] = definition["select_on"]
-    write_atomic(args.out, (json.dumps(rows, indent=2) + "\n" if suffix == ".json" else _csv(rows)).encode())
+    target = args.out.resolve() if args.out.is_symlink() else args.out  # --force writes through a link, as `>` does
+    write_atomic(target, (json.dumps(rows, indent=2) + "\n" if suffix == ".json" else _csv(rows)).encode())
     out.print(f"wrote {len(rows)} trials to {args.out}")
     return 0
 
