@@ -1,5 +1,5 @@
 """A study's stored results as plain typed records: one per trial, grouped and aggregated per
-configuration (what each run directory holds is read, checked, in `report.run_files`).
+configuration (what each run directory holds is read, checked, in `finished_run`).
 
 Reports read only what studies and runs stored and never train.
 Everything here is read-only: opening a study must never create a database or

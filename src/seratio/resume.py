@@ -16,7 +16,7 @@ from typing import Any
 from seratio import rundir, runlock
 from seratio.config import RunConfig, code_version
 from seratio.errors import SeratioError
-from seratio.report.run_files import read_correctness, read_metrics
+from seratio.finished_run import read_correctness, read_metrics
 
 ELSEWHERE = "choose another --out (in a study: another --artifacts)"
 """The way out of a refusal: `train` writes to --out, a study's workers under --artifacts."""

@@ -22,7 +22,7 @@ from seratio.errors import SeratioError
 from seratio.records import ConfigResult
 from seratio.report.content import ReportContent, pareto_front
 from seratio.report.labels import model_label, model_slug, ratios_text
-from seratio.report.run_files import read_metrics, read_result
+from seratio.finished_run import read_metrics, read_result
 
 ROLE_COLORS = {"baseline": "#6baed6", "best constant": "#08519c", "best found": "#e6550d"}
 DPI = 120

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from seratio.errors import SeratioError
-from seratio.report.run_files import read_correctness, read_result
+from seratio.finished_run import read_correctness, read_result
 from seratio.rundir import CONFIG, RESULT, need_run_dir, read_run_config
 from seratio.stats import McNemarResult, mcnemar_exact
 

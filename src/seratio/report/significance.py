@@ -16,7 +16,7 @@ from seratio import stats
 from seratio.errors import SeratioError
 from seratio.records import RR, Aggregate, ConfigResult, TrialRecord
 from seratio.report.labels import fmt_p, model_label, ratios_text
-from seratio.report.run_files import paired_correctness
+from seratio.finished_run import paired_correctness
 
 ALPHA = 0.05
 

@@ -1,8 +1,10 @@
-"""What a report or a comparison reads from a finished run directory, each value checked.
+"""What a finished run directory holds for its readers, each value checked.
 
 result.json, metrics.jsonl and the test predictions may come from anywhere (copied, edited, cut
-short by a full disk), so every value a report uses is checked where it is read: a damaged file is
-one message that names it, not a crash in a figure or a test.
+short by a full disk), so every value a report or comparison uses is checked where it is read: a
+damaged file is one message that names it, not a crash in a figure or a test. `resume` reads a
+finished run through here too before reusing it, so that damage shows while a checkpoint can
+still write the files anew.
 """
 
 from __future__ import annotations
