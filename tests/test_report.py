@@ -19,6 +19,7 @@ from matplotlib.image import imread
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
+from fixtures import studies
 from fixtures.studies import NONE3, PAPER_WINNERS, TABLE3, FixtureStudy, make_study
 from seratio.cli import main
 from seratio.errors import SeratioError
@@ -261,6 +262,27 @@ def test_a_real_difference_is_reported_as_significant(tmp_path: Path) -> None:
     assert "is on the accuracy-parameters Pareto front" in content.pareto_note
 
 
+def test_the_plain_resnet_is_named_in_the_conclusion_when_another_baseline_is_chosen(tmp_path: Path) -> None:
+    table = [("baseline", NONE3, 0.80, 0.5), ("constant", (8, 8, 8), 0.95, 0.3)]
+    fixture = make_study(tmp_path, table=table)
+    content = build_content(load_study(fixture.name, fixture.storage, PATIENCE), baseline_rr=(8, 8, 8))
+    assert "from the baseline SE-ResNet-50 (8, 8, 8): ResNet-50 (-15.00 points" in content.conclusion
+
+
+def test_seeds_without_any_spread_are_not_tested_and_say_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Welch's t divides by the seeds' spread: with none on either side it has no answer, not p = n/a under 'welch'."""
+    monkeypatch.setattr(studies, "SEED_OFFSETS", (0.0, 0.0, 0.0))
+    table = [("baseline", NONE3, 0.90, 0.5), ("constant", (4, 4, 4), 0.92, 0.5)]
+    fixture = make_study(tmp_path, seeds=2, table=table)
+    content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
+    test = content.significance[(4, 4, 4)]
+    assert test.method == "none" and "every seed here and in the baseline scored the same" in test.detail
+    assert math.isnan(test.p_value) and test.diff == pytest.approx(0.02)
+    assert content.conclusion.startswith("No significance test could run")
+
+
 def test_pareto_front_and_a_dominated_best_found(tmp_path: Path) -> None:
     assert pareto_front([1, 2, 3, 3], [0.9, 0.8, 0.95, 0.94]) == [True, False, True, False]
     table = [("baseline", NONE3, 0.92, 0.5), ("constant", (8, 8, 8), 0.91, 0.3), ("constant", (2, 2, 2), 0.90, 0.5)]
@@ -355,3 +377,19 @@ def test_a_tie_marks_one_winner_and_best_found_is_the_searchs_choice(tmp_path: P
     assert winners["stage2"] == [(2, 4, 8)]
     best_found = next(h for h in content.highlights if "best found" in h.role)
     assert best_found.config.rr == (2, 4, 8)
+
+
+def test_a_stage_winner_is_on_the_stages_own_list_though_its_table_shows_the_incumbent(tmp_path: Path) -> None:
+    """The paper's stage 1 varies over {2, 4, 8}: when (16, 16, 16) wins the constant phase, the
+    table still shows it, but the search picks among (2|4|8, 16, 16), and so must the report."""
+    table = [
+        ("baseline", NONE3, 0.90, 0.5), ("constant", (8, 8, 8), 0.91, 0.5), ("constant", (16, 16, 16), 0.915, 0.5),
+        ("stage1", (2, 16, 16), 0.905, 0.5), ("stage1", (8, 16, 16), 0.91, 0.5),
+    ]
+    lists = {"constant": [8, 16], "stage1": [2, 8], "stage2": [2, 16], "stage3": [2, 16]}
+    for phases, stage1_winner in ((lists, (8, 16, 16)), (None, (16, 16, 16))):  # None: stored before lists were read
+        fixture = make_study(tmp_path / str(bool(phases)), table=table, phases=phases)
+        content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
+        rows = dict(content.phases)["stage1"]
+        assert [row.config.rr for row in rows] == [(2, 16, 16), (8, 16, 16), (16, 16, 16)]
+        assert [row.config.rr for row in rows if row.winner] == [stage1_winner]

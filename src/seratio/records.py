@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class StudyDefinition:
     recipe_hash: str | None
     train_subset: int | None = None
     test_subset: int | None = None
+    phases: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Each search phase's own ratio list (empty for a study stored without them): a greedy stage
+    can only pick a ratio on its list, though its table also shows the incumbent it started from."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ def _lenient_definition(raw: dict[str, Any]) -> StudyDefinition:
         recipe_hash=raw.get("recipe_hash"),
         train_subset=_opt(raw, "train_subset", int),
         test_subset=_opt(raw, "test_subset", int),
+        phases={str(name): tuple(int(r) for r in ratios) for name, ratios in (raw.get("phases") or {}).items()},
     )
 
 

@@ -82,15 +82,20 @@ def _phase_order(phases: set[str]) -> list[str]:
     return known + sorted(phases - set(PHASE_ORDER))
 
 
+def _stage_index(phase: str) -> int | None:
+    """The stage a greedy phase varies (0 for "stage1"), or None for any other phase."""
+    return int(phase[5:]) - 1 if phase.startswith("stage") and phase[5:].isdigit() else None
+
+
 def _carried_over(phase: str, members: set[RR], configs: dict[RR, ConfigResult]) -> set[RR]:
     """The incumbent a greedy stage phase starts from, as the paper's Table 3 repeats it.
 
     A stage phase varies one stage with the others fixed; any stored configuration
     with those fixed values (usually the previous winner) belongs in its table.
     """
-    if not phase.startswith("stage") or not phase[5:].isdigit() or not members:
+    stage = _stage_index(phase)
+    if stage is None or not members:
         return set()
-    stage = int(phase[5:]) - 1
     fixed = {rr[:stage] + rr[stage + 1 :] for rr in members}
     if len(fixed) != 1:
         return set()
@@ -104,14 +109,23 @@ def _first_best(configs: Sequence[ConfigResult]) -> ConfigResult | None:
     return max(ordered, key=lambda c: round(c.selection.mean, 12), default=None)  # as strategies.score rounds
 
 
-def _phase_rows(agg: Aggregate, seeds: int) -> tuple[tuple[str, tuple[Row, ...]], ...]:
+def _may_win(rr: RR, phase: str, lists: dict[str, tuple[int, ...]]) -> bool:
+    """Whether the phase's search could pick `rr`. The paper's stage 1 list {2, 4, 8} cannot keep
+    an incumbent (16, 16, 16): the table shows it, but the stage's winner is one of its own."""
+    stage = _stage_index(phase)
+    return stage is None or phase not in lists or rr[stage] in lists[phase]
+
+
+def _phase_rows(
+    agg: Aggregate, seeds: int, lists: dict[str, tuple[int, ...]]
+) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     all_phases = {p for c in agg.configs.values() for p in c.phases}
     result = []
     for phase in _phase_order(all_phases):
         members = {rr for rr, c in agg.configs.items() if phase in c.phases}
         members |= _carried_over(phase, members, agg.configs)
         configs = sorted((agg.configs[rr] for rr in members), key=lambda c: ratio_order(c.rr))
-        winner = _first_best(_all_seeds(configs, seeds))
+        winner = _first_best(_all_seeds([c for c in configs if _may_win(c.rr, phase, lists)], seeds))
         rows = tuple(Row(phase, c, len(configs) > 1 and c is winner) for c in configs)
         if rows:  # a phase with no finished run shows up in the list of unfinished trials instead
             result.append((phase, rows))
@@ -218,7 +232,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     agg = aggregate(study)
     baseline = baseline_rr if baseline_rr is not None else study.definition.baseline
     depth = study.definition.depth
-    phases = _phase_rows(agg, study.definition.seeds)
+    phases = _phase_rows(agg, study.definition.seeds, study.definition.phases)
     significance = against_baseline(agg, baseline, list(dict.fromkeys(r.config.rr for _, rows in phases for r in rows)))
     highlights = _highlights(agg, baseline, phases, study.definition.seeds)
     notes = []

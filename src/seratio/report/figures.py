@@ -19,10 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from seratio.errors import SeratioError
+from seratio.finished_run import read_metrics, read_result
 from seratio.records import ConfigResult
 from seratio.report.content import ReportContent, pareto_front
 from seratio.report.labels import model_label, model_slug, ratios_text
-from seratio.finished_run import read_metrics, read_result
 
 ROLE_COLORS = {"baseline": "#6baed6", "best constant": "#08519c", "best found": "#e6550d"}
 DPI = 120

@@ -14,9 +14,9 @@ import numpy as np
 
 from seratio import stats
 from seratio.errors import SeratioError
-from seratio.records import RR, Aggregate, ConfigResult, TrialRecord
-from seratio.report.labels import fmt_p, model_label, ratios_text
 from seratio.finished_run import paired_correctness
+from seratio.records import RR, Aggregate, ConfigResult, TrialRecord
+from seratio.report.labels import fmt_p, model_label, short_label
 
 ALPHA = 0.05
 
@@ -77,6 +77,10 @@ def _test(config: ConfigResult, base: ConfigResult) -> Significance:
         a = [t.test_accuracy for t in config.runs]
         b = [t.test_accuracy for t in base.runs]
         welch = stats.welch_t_test(a, b)  # type: ignore[arg-type]  # complete runs have accuracies
+        if math.isnan(welch.p_value):
+            return Significance(config.rr, "none", diff, nan, nan, nan, nan,
+                                f"not tested: every seed here and in the baseline scored the same ({n} and {m} "
+                                "seeds), so Welch's test has no variance to measure the difference against")
         detail = f"t = {welch.statistic:.2f}, df = {welch.df:.1f}; Welch 95% t-interval"
         return Significance(config.rr, "welch", diff, welch.p_value, nan, welch.ci_low, welch.ci_high, detail)
     return Significance(
@@ -117,13 +121,13 @@ def conclusion(significance: dict[RR, Significance], baseline_rr: RR, depth: int
         )
     else:
         items = ", ".join(
-            f"{ratios_text(s.rr)} ({100 * s.diff:+.2f} points, adjusted p = {fmt_p(s.p_holm)})" for s in strong
+            f"{short_label(s.rr, depth)} ({100 * s.diff:+.2f} points, adjusted p = {fmt_p(s.p_holm)})" for s in strong
         )
         verb = "differs" if len(strong) == 1 else "differ"
         configurations = "configuration" if k == 1 else "configurations"
         text = f"{len(strong)} of {k} {configurations} {verb} significantly from the baseline {base}: {items}."
     if loose:
-        names = ", ".join(ratios_text(s.rr) for s in loose)
+        names = ", ".join(short_label(s.rr, depth) for s in loose)
         text += f" {names} had p < 0.05 before adjusting for {k} comparisons, which is not evidence on its own."
     if untested:
         text += (f" {untested} other configuration{'s' if untested != 1 else ''} could not be tested; "
