@@ -180,6 +180,16 @@ def test_latex_compiles_or_is_well_formed(one_seed: tuple[FixtureStudy, Path], t
         assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
+def test_latex_escapes_what_its_default_font_would_print_as_other_glyphs(tmp_path: Path) -> None:
+    """An underflowed McNemar p is "< 1e-300"; in OT1, '<' prints as an inverted exclamation mark."""
+    table = [("baseline", NONE3, 0.50, 0.9), ("constant", (8, 8, 8), 0.99, 0.1)]
+    fixture = make_study(tmp_path / "s", name="a|<b>", table=table)
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "r", ("latex",))
+    tex = (tmp_path / "r" / "table.tex").read_text()
+    assert r"\textless{} 1e-300" in tex and r"a\textbar{}\textless{}b\textgreater{}" in tex
+    assert not re.search(r"[<>|]", tex)
+
+
 # -- three seeds, with failed, running, off-version and missing-directory trials ---------------
 
 

@@ -269,7 +269,10 @@ def to_markdown(content: ReportContent) -> str:
 # -- LaTeX -------------------------------------------------------------------------------------
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+"""Characters that base LaTeX treats as commands, or (`<`, `>`, `|` in its default OT1 font encoding)
+prints as other glyphs: an underflowed p "< 1e-300" came out as "¡ 1e-300"."""
 
 
 def tex_escape(text: str) -> str:
