@@ -141,6 +141,23 @@ def test_export_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pyt
     assert link.is_symlink() and len(json.loads(out.read_text())) == 14  # written through the link, which stays
 
 
+def test_export_writes_a_damaged_nan_attribute_as_empty_in_strict_json_and_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create(url, "p", "paper", tmp_path / "runs")
+    work(url, "p", FakeTrainer(table3_accuracy))
+    damaged = {"rr": [8, 8, 8], "seed": 9, "phase": "constant", "test_accuracy": float("nan"), "seconds": float("inf")}
+    optuna.load_study(study_name="p", storage=url).add_trial(
+        optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=damaged))
+    export = ["study", "export", "--name", "p", "--storage", url, "--out"]
+    assert main([*export, str(tmp_path / "t.json")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert (rows[-1]["seed"], rows[-1]["test_accuracy"], rows[-1]["seconds"]) == (9, None, None)
+    assert main([*export, str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t.csv").read_text().splitlines()[-1].count("nan") == 0
+
+
 def test_a_journal_cut_off_mid_record_is_repaired_before_anything_appends(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ Read-only: `study status` and `study export` never change a trial.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -119,4 +120,10 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row["last_reported_value"] = reported[max(reported)] if reported else None
     row["started"] = trial.datetime_start.isoformat() if trial.datetime_start else None
     row["finished"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
-    return row
+    return {key: _finite_or_none(value) for key, value in row.items()}
+
+
+def _finite_or_none(value: Any) -> Any:
+    """A NaN or infinite number (a damaged record) exports as empty: JSON has no NaN, and a
+    spreadsheet would read "nan" as text."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

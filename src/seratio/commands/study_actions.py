@@ -336,7 +336,8 @@ def export(args: argparse.Namespace) -> int:
     for row in rows:
         row["select_on"] = definition["select_on"]
     target = args.out.resolve() if args.out.is_symlink() else args.out  # --force writes through a link, as `>` does
-    write_atomic(target, (json.dumps(rows, indent=2) + "\n" if suffix == ".json" else _csv(rows)).encode())
+    text = json.dumps(rows, indent=2, allow_nan=False) + "\n" if suffix == ".json" else _csv(rows)
+    write_atomic(target, text.encode())
     out.print(f"wrote {len(rows)} trials to {args.out}")
     return 0
 
