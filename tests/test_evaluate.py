@@ -57,6 +57,10 @@ def test_a_run_trained_on_another_machine_reads_cifar_from_seratio_data(
     assert scores["test_accuracy"] == json.loads((moved / "result.json").read_text())["test_accuracy"]
     assert scores["warnings"] == ["the run's data directory /nowhere/cifar is not on this machine; "
                                   "reading CIFAR from $SERATIO_DATA"]
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main(["evaluate", str(moved)]) == 0
+    out = capsys.readouterr().out
+    assert "reading CIFAR from $SERATIO_DATA" in out and "previous checkpoint" not in out  # the newest was scored
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_and_says_so(

@@ -95,7 +95,7 @@ def rescore_run(
         "test_accuracy": scores["test_accuracy"],
         "recorded_test_accuracy": _logged_test_accuracy(checkpoint),
         "seconds": scores["seconds"],
-        "warnings": moved + notes,
+        "warnings": moved + [f"{note}; scored the previous checkpoint instead" for note in notes],
     }
 
 

@@ -75,7 +75,7 @@ def _show_one(scores: dict[str, Any], as_json: bool) -> None:
         return
     console = stdout_console()
     for warning in scores["warnings"]:
-        console.print(f"warning: {warning}; scored the previous checkpoint instead")
+        console.print(f"warning: {warning}")
     console.print(f"{scores['run']}: rr {_rr(scores)}, seed {scores['seed']}, weights after epoch {scores['epoch']} "
                   f"of {scores['epochs']}")
     table = Table(title=f"{scores['tta']} ({_views(scores)})")
@@ -103,7 +103,7 @@ def _score_many(runs: list[Path], args: argparse.Namespace) -> int:
             skipped += 1
             continue
         for warning in scores["warnings"]:
-            notes.print(f"warning: {run_dir}: {warning}; scored the previous checkpoint instead")
+            notes.print(f"warning: {run_dir}: {warning}")
         if args.json:
             print(json.dumps(scores), flush=True)
         scored.append(scores)
