@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from seratio.cli import main
+from seratio.datasets import resolve_data_dir
+from seratio.errors import SeratioError
 from fault_tally import write_summary
 from tiny_run import train_args
 
@@ -25,8 +27,16 @@ fill in behind them."""
 
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
-    """The directory holding `cifar-10-batches-py/` (or that folder itself), from $SERATIO_DATA."""
-    path = Path(os.environ.get("SERATIO_DATA", REPO.parent / "shared" / "data" / "cifar10"))
+    """The directory holding `cifar-10-batches-py/` (or that folder itself): $SERATIO_DATA, else this
+    repo's shared copy, else the download cache that a bare `seratio` uses, as the README says."""
+    shared = REPO.parent / "shared" / "data" / "cifar10"
+    env = os.environ.get("SERATIO_DATA")
+    if not env and not shared.is_dir():
+        try:
+            return resolve_data_dir(None, "cifar10")
+        except SeratioError as error:
+            pytest.fail(f"CIFAR-10 is not in the download cache and could not be fetched: {error}")
+    path = Path(env or shared)
     if not ((path / "cifar-10-batches-py").is_dir() or (path / "batches.meta").is_file()):
         pytest.fail(
             f"CIFAR-10 not found at {path}. Set SERATIO_DATA to the directory that holds "

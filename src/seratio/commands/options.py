@@ -28,7 +28,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, with_rr: bool = True, wi
         group.add_argument("--seed", type=int, default=0, help="fixes init, data order and augmentation (default: 0)")
     group.add_argument("--precision", default="auto", help=f"{', '.join(PRECISIONS)}; auto = the recipe's (bf16 for fast on CUDA) (default: auto)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", type=path_text, help="directory with cifar-10-batches-py/ or the official tar.gz (default: $SERATIO_DATA, then ~/.cache/seratio)")
+    data.add_argument("--data-dir", type=path_text, help="directory with cifar-10-batches-py/ or the official tar.gz (default: $SERATIO_DATA, then $XDG_CACHE_HOME/seratio or ~/.cache/seratio)")
     data.add_argument("--train-subset", type=int, help="train on a stratified subset of N images (for quick runs)")
     data.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N test images (for quick runs; not comparable with full-test-set accuracies)")
     data.add_argument("--val-size", type=int, help=f"validation images held out from train, stratified; 0 allowed (default: {RunConfig.val_size}; 0 for 'study run paper', which trains on all 50,000 as the paper did)")

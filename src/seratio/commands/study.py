@@ -86,7 +86,7 @@ def _register_worker(actions: argparse._SubParsersAction) -> None:
     _add_store_options(parser)
     parser.add_argument("--artifacts", type=path_arg, help="root of the run directories as mounted here (default: the study's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (pin one GPU) (default: auto)")
-    parser.add_argument("--data-dir", type=path_text, help="CIFAR directory on this machine (default: $SERATIO_DATA, then ~/.cache/seratio)")
+    parser.add_argument("--data-dir", type=path_text, help="CIFAR directory on this machine (default: $SERATIO_DATA, then $XDG_CACHE_HOME/seratio or ~/.cache/seratio)")
     add_threads_option(parser, TRIAL_THREADS_HELP)
     parser.add_argument(
         "--trials-per-device", type=int,

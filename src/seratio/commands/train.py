@@ -17,7 +17,7 @@ from seratio.runtime import threads_for
 
 SUMMARY_KEYS = RESULT_KEYS  # every finished result.json holds them, so a reused run's summary reads like a new one's
 # Only runs of a recipe with test-time augmentation have these.
-TTA_KEYS = ("tta", "tta_test_accuracy", "tta_test_loss", "tta_val_accuracy", "tta_seconds")
+TTA_KEYS = ("tta", "tta_test_accuracy", "tta_test_loss", "tta_val_accuracy", "tta_val_loss", "tta_seconds")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
