@@ -272,6 +272,19 @@ def test_a_real_difference_is_reported_as_significant(tmp_path: Path) -> None:
     assert "is on the accuracy-parameters Pareto front" in content.pareto_note
 
 
+def test_the_caption_gives_the_training_settings_that_override_the_recipe(tmp_path: Path) -> None:
+    """`--lr 0.003 --batch-size 64` changes every run; a report that said only "recipe paper" would misdescribe them."""
+    table = [("baseline", NONE3, 0.90, 0.5), ("constant", (8, 8, 8), 0.91, 0.4)]
+    stored = {"batch_size": 64, "lr": 0.003, "val_size": 5000, "split_seed": 0, "precision": "bf16"}
+    fixture = make_study(tmp_path / "s", table=table, stored=stored)
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "r", ("md", "json", "latex"))
+    document = _table(tmp_path / "r")
+    settings = ("recipe paper, 20 epochs, batch size 64, learning rate 0.003, 5,000 training images held out for "
+                "validation, precision bf16, single runs.")
+    assert settings in document["caption"] and settings in (tmp_path / "r" / "table.md").read_text()
+    assert {k: document["definition"][k] for k in stored} == stored
+
+
 def test_the_plain_resnet_is_named_in_the_conclusion_when_another_baseline_is_chosen(tmp_path: Path) -> None:
     table = [("baseline", NONE3, 0.80, 0.5), ("constant", (8, 8, 8), 0.95, 0.3)]
     fixture = make_study(tmp_path, table=table)
@@ -398,7 +411,7 @@ def test_a_stage_winner_is_on_the_stages_own_list_though_its_table_shows_the_inc
     ]
     lists = {"constant": [8, 16], "stage1": [2, 8], "stage2": [2, 16], "stage3": [2, 16]}
     for phases, stage1_winner in ((lists, (8, 16, 16)), (None, (16, 16, 16))):  # None: stored before lists were read
-        fixture = make_study(tmp_path / str(bool(phases)), table=table, phases=phases)
+        fixture = make_study(tmp_path / str(bool(phases)), table=table, stored={"phases": phases} if phases else None)
         content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
         rows = dict(content.phases)["stage1"]
         assert [row.config.rr for row in rows] == [(2, 16, 16), (8, 16, 16), (16, 16, 16)]

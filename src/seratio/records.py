@@ -44,6 +44,13 @@ class StudyDefinition:
     recipe_hash: str | None
     train_subset: int | None = None
     test_subset: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    val_size: int | None = None
+    split_seed: int | None = None
+    precision: str | None = None
+    n_trials: int | None = None
+    halving_min_epochs: int | None = None
     phases: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Each search phase's own ratio list (empty for a study stored without them): a greedy stage
     can only pick a ratio on its list, though its table also shows the incumbent it started from."""
@@ -159,6 +166,13 @@ def _lenient_definition(raw: dict[str, Any]) -> StudyDefinition:
         recipe_hash=raw.get("recipe_hash"),
         train_subset=_opt(raw, "train_subset", int),
         test_subset=_opt(raw, "test_subset", int),
+        batch_size=_opt(raw, "batch_size", int),
+        lr=_opt(raw, "lr", float),
+        val_size=_opt(raw, "val_size", int),
+        split_seed=_opt(raw, "split_seed", int),
+        precision=_opt(raw, "precision", str),
+        n_trials=_opt(raw, "n_trials", int),
+        halving_min_epochs=_opt(raw, "halving_min_epochs", int),
         phases={str(name): tuple(int(r) for r in ratios) for name, ratios in (raw.get("phases") or {}).items()},
     )
 

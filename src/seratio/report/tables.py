@@ -16,7 +16,7 @@ from typing import Any
 
 from seratio import __version__
 from seratio.architecture import format_rr
-from seratio.records import RR, TrialRecord
+from seratio.records import RR, StudyDefinition, TrialRecord
 from seratio.report.content import ReportContent, Row, completed_as
 from seratio.report.labels import fmt_p, model_label, model_name, phase_title, ratios_text, short_label
 from seratio.report.significance import Significance
@@ -104,10 +104,20 @@ def caption(content: ReportContent) -> str:
     seeds = "mean ± std over seeds, 95% t-interval of the mean" if several_seeds(content) else "single runs"
     return (
         f"Study {content.study.name!r}: {d.strategy} search on {d.dataset}, depth {d.depth} "
-        f"({blocks} block{'s' if blocks != 1 else ''} per stage{paper}), recipe {d.recipe}, {d.epochs} epochs, {seeds}. "
-        f"Test metrics are of the last epoch. Bold: winner of its phase by "
+        f"({blocks} block{'s' if blocks != 1 else ''} per stage{paper}), recipe {d.recipe}, {d.epochs} epochs"
+        f"{_training(d)}, {seeds}. Test metrics are of the last epoch. Bold: winner of its phase by "
         f"{'validation' if d.select_on == 'val' else 'test'} accuracy."
     )
+
+
+def _training(d: StudyDefinition) -> str:
+    """The settings a reader needs to rerun the study, which a recipe's name alone does not give:
+    `--lr` and `--batch-size` override the recipe's own."""
+    parts = [f"batch size {d.batch_size}" if d.batch_size is not None else "",
+             f"learning rate {d.lr:g}" if d.lr is not None else "",
+             f"{d.val_size:,} training images held out for validation" if d.val_size else "",
+             f"precision {d.precision}" if d.precision not in (None, "auto") else ""]
+    return "".join(f", {part}" for part in parts if part)
 
 
 # -- machine formats ---------------------------------------------------------------------------
