@@ -406,3 +406,17 @@ def _refuse_writes(refused: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel's answer for a read-only mount or another user's folder, which root never gets."""
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != refused and real_access(path, mode))
+
+
+def test_a_forgotten_storage_says_the_sqlite_file_was_only_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study lives in a journal, and --storage was left out: the relative-path hint for sqlite:///
+    used to fire here ('/seratio.db'), pointing the wrong way."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+    for argv in (["study", "status", "--name", "s"], ["report", "--name", "s", "--out", "r"]):
+        code, output = _run(argv)
+        assert code == 2 and "SQLite file 'seratio.db' from --storage 'sqlite:///seratio.db' does not exist" in output
+        assert "that is the default --storage: pass --storage with the URL the study was created with" in output
+        assert "absolute path" not in output

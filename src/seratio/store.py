@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from seratio import interrupts
 from seratio.errors import SeratioError
 from seratio.runlock import Lock, lock_or_warn
-from seratio.study_choices import STORAGE_HELP
+from seratio.study_choices import DEFAULT_STORAGE, STORAGE_HELP
 
 JOURNAL_PREFIX = "journal:"
 HEARTBEAT_ATTR = "seratio_heartbeat"
@@ -160,6 +160,7 @@ def _check_file(kind: str, path: Path, url: str, *, create: bool) -> None:
     if not create and not path.exists():
         raise SeratioError(
             f"{kind} file {str(path)!r} from --storage {url!r} does not exist{_absolute_hint(path, url)}"
+            f"{_default_hint(url)}"
         )
     if create and not path.parent.is_dir():
         raise SeratioError(
@@ -172,10 +173,20 @@ def _absolute_hint(path: Path, url: str) -> str:
     """sqlite:///tmp/x.db names the relative path tmp/x.db; an absolute path needs a fourth slash,
     and where that one exists the slip is almost certain."""
     absolute = Path("/") / path
-    if not url.startswith("sqlite:///") or path.is_absolute() or not (absolute.exists() or absolute.parent.is_dir()):
+    if (not url.startswith("sqlite:///") or path.is_absolute() or len(path.parts) < 2
+            or not (absolute.exists() or absolute.parent.is_dir())):  # a bare file name is a relative path on purpose
         return ""
     return (f" (sqlite:/// is followed by a relative path; for the absolute path {str(absolute)!r} "
             f"write sqlite:///{absolute})")
+
+
+def _default_hint(url: str) -> str:
+    """Forgetting --storage on status, export, report or a worker lands here: say that the file
+    was only the default, not a store the user named."""
+    if url != DEFAULT_STORAGE:
+        return ""
+    return ("; that is the default --storage: pass --storage with the URL the study was created with "
+            "(e.g. journal:study.log or postgresql://...)")
 
 
 def check_url(url: str, *, create: bool) -> None:
