@@ -36,9 +36,11 @@ from seratio.rundir import write_atomic
 from seratio.runtime import threads_for
 from seratio.store import (
     Patience, StudyStore, check_url, check_writable, is_sqlite, open_storage, read_patience, sqlite_parallel_message,
-    sqlite_worker_lock, storage_file,
+    redact_url, sqlite_worker_lock, storage_file,
 )
+from seratio.strategies import DONE
 from seratio.study import StudyRequest, build_definition, code_warnings, create_or_join, load_definition, stored_definition
+from seratio.study_choices import DEFAULT_STORAGE
 
 TEST_LABEL = "selected on the TEST set, as the paper did"
 MAX_DURATION = 7 * 24 * 3600.0
@@ -126,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             threads = args.threads or threads_per_trial(workers)
             _spawn_workers(args, artifacts, _devices(args.device, workers), threads)
-    _print_progress(store.name, definition, progress(definition, store.trials()))
+    _print_progress(store.name, args.storage, definition, progress(definition, store.trials()))
     return 0
 
 
@@ -259,11 +261,11 @@ def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]
 def status(args: argparse.Namespace) -> int:
     _quiet_optuna()
     store, definition = _open_existing(args)
-    _print_progress(store.name, definition, progress(definition, store.trials()))
+    _print_progress(store.name, args.storage, definition, progress(definition, store.trials()))
     return 0
 
 
-def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> None:
+def _print_progress(name: str, storage: str, definition: dict[str, Any], state: Progress) -> None:
     metric = f"{definition['select_on']} accuracy"
     label = f" ({TEST_LABEL})" if definition["select_on"] == "test" else ""
     out.print(f"study {name}: {definition['strategy']}, {definition['seeds']} seed(s){label}")
@@ -275,7 +277,13 @@ def _print_progress(name: str, definition: dict[str, Any], state: Progress) -> N
     out.print(table)
     mean = " (mean over seeds)" if definition["seeds"] > 1 else ""
     if state.best is not None:
-        out.print(f"best so far: rr {format_rr(state.best)}, {metric} {state.best_score:.4f}{mean}{label}")
+        done = state.phase == DONE
+        out.print(f"{'best' if done else 'best so far'}: rr {format_rr(state.best)}, {metric} "
+                  f"{state.best_score:.4f}{mean}{label}")
+        if done:
+            where = "" if storage == DEFAULT_STORAGE else f" --storage {redact_url(storage)}"
+            out.print(f"its test accuracy, with a 95% interval and tests against the baseline: "
+                      f"seratio report --name {name}{where} --out DIR")
     if state.baseline_score is not None:
         baseline = format_rr(tuple(definition["baseline"]))
         out.print(f"baseline rr {baseline}: {metric} {state.baseline_score:.4f}{mean}")
