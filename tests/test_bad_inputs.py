@@ -173,6 +173,8 @@ CASES = [
     Case("study name too long", [*STUDY[:3], "--name", "n" * 256, *STUDY[5:]], 2, "at most 255 bytes"),
     Case("study name empty", [*STUDY[:3], "--name", " ", *STUDY[5:]], 2, "argument --name: ' ' is not a study name"),
     Case("study name with a newline", [*STUDY[:3], "--name", "a\nb", *STUDY[5:]], 2, "argument --name: 'a\\nb' is not a study name"),
+    Case("report artifacts missing", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/report",
+                                       "--artifacts", "{tmp}/typo"], 2, "--artifacts '{tmp}/typo' is not a directory on this machine"),
     Case("report study name empty", ["report", "--name", "", "--out", "{tmp}/report"], 2, "argument --name: '' is not a study name"),
     Case("artifacts empty", [*STUDY, "--artifacts", ""], 2, "argument --artifacts: '' names no file or directory"),
     Case("heartbeat interval beyond a week", [*STUDY, "--heartbeat-interval", "1e10", "--stale-after", "3e10"], 2,

@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     baseline = None if args.baseline is None else parse_rr(args.baseline)
     check_out(args.out)
+    if args.artifacts is not None and not args.artifacts.is_dir():  # a typo would report with every figure missing
+        raise SeratioError(f"--artifacts {str(args.artifacts)!r} is not a directory on this machine; name the folder "
+                           "where the study's run folder is mounted here, or leave it out to read the paths the "
+                           "study recorded")
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience),
                        artifacts=args.artifacts)
     measured = aggregate(study)
