@@ -375,9 +375,11 @@ def test_passwords_are_redacted() -> None:
 def test_highlighted_run_without_its_directory_is_skipped_with_notes(tmp_path: Path) -> None:
     fixture = make_study(tmp_path / "s", table=TABLE3[:4])
     shutil.rmtree(fixture.stored[(NONE3, 0)]["run_dir"])
-    written = write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "r", ("html",))
+    written = write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "r", ("html", "md", "json"))
     names = {p.name for p in written.paths}
     assert {"curves.png", "confusion_se_8_8_8.png", "pareto.png", "index.html"} <= names
+    skipped = [n for n in written.notes if "ResNet-50 seed 0" in n]  # the tables say what the figures lack
+    assert skipped and skipped[0] in _table(tmp_path / "r")["notes"] and skipped[0] in (tmp_path / "r" / "table.md").read_text()
     assert "confusion_resnet.png" not in names
     assert any("ResNet-50 seed 0" in n and "not found" in n for n in written.notes)
     assert all(s.method == "none" and "not found" in s.detail for s in written.content.significance.values())

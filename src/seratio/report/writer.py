@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from seratio.records import RR, StudyRecords
@@ -47,21 +47,22 @@ def write_report(
 
 def _write_files(content: ReportContent, out_dir: Path, formats: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     (out_dir / MARKER).write_text(marker_text(content.study.name), encoding="utf-8")
-    paths: list[Path] = []
-    for fmt, name in TABLE_FILES.items():
-        if fmt in formats:
-            path = out_dir / name
-            path.write_text(TABLE_WRITERS[fmt](content), encoding="utf-8")
-            paths.append(path)
     figures: list[Path] = []
     notes: list[str] = []
     for draw in (draw_curves, draw_confusions, draw_pareto):
         drawn = draw(content, out_dir)
         figures += drawn.paths
         notes += drawn.notes
+    content = replace(content, notes=content.notes + tuple(notes))  # a reader of table.md alone learns what is missing
+    paths: list[Path] = []
+    for fmt, name in TABLE_FILES.items():
+        if fmt in formats:
+            path = out_dir / name
+            path.write_text(TABLE_WRITERS[fmt](content), encoding="utf-8")
+            paths.append(path)
     paths += figures
     if "html" in formats:
         path = out_dir / "index.html"
-        path.write_text(render_html(content, figures, notes), encoding="utf-8")
+        path.write_text(render_html(content, figures), encoding="utf-8")
         paths.append(path)
     return paths, notes
