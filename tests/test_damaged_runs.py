@@ -104,6 +104,20 @@ def test_a_damaged_result_json_is_written_anew_from_the_last_checkpoint_after_a_
     assert {k: v for k, v in rewritten.items() if k != "seconds"} == {k: v for k, v in stored.items() if k != "seconds"}
 
 
+def test_resume_with_only_out_continues_the_stored_run_and_given_options_must_match(
+    tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After Ctrl-C, `train --resume --out DIR` alone used to be refused: every default (rr none,
+    depth 50, ...) differed from the stored run, so the whole command had to be typed again."""
+    run = _copy(tiny_run, tmp_path, finished=False)
+    short = ["train", "--resume", "--out", str(run), "--data-dir", str(cifar_dir), "--quiet"]
+    assert main([*short, "--depth", "14"]) == 2
+    assert "its configuration differs (depth: stored 8, asked 14)" in _one_line_error(capsys)
+    assert main(short) == 0
+    assert json.loads((run / rundir.RESULT).read_text())["test_accuracy"] == (
+        json.loads((tiny_run / rundir.RESULT).read_text())["test_accuracy"])
+
+
 def _first_line_only(path: Path) -> None:
     path.write_text(path.read_text().splitlines()[0] + "\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from seratio.commands.options import (
     add_run_options, add_threads_option, checked_threads, path_text, run_config_from_args,
 )
 from seratio.commands.signals import sigterm_as_ctrl_c
-from seratio.rundir import CONFIG, RESULT_KEYS
+from seratio.config import RunConfig
+from seratio.rundir import CONFIG, RESULT_KEYS, read_run_config
 from seratio.runtime import threads_for
 
 SUMMARY_KEYS = RESULT_KEYS  # every finished result.json holds them, so a reused run's summary reads like a new one's
@@ -26,23 +28,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train and evaluate one (SE-)ResNet",
         description="Train one (SE-)ResNet on CIFAR and write config, metrics, checkpoints and the result to --out.",
     )
+    parser.register("action", None, StoreGiven)  # every plain option records that it was given
     add_run_options(parser)
     add_threads_option(parser)
     parser.add_argument("--out", required=True, type=path_text, help="run directory (created; a finished one is never overwritten)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its last checkpoint, with the configuration stored in "
+                             "--out; options given must match it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (notices still print)")
     parser.set_defaults(func=run)
+
+
+class StoreGiven(argparse.Action):
+    """argparse's plain store, noting the option in `given`: `--resume` takes what was not given
+    from the stored run, and a default cannot be told from a value typed on the command line."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", frozenset()) | {self.dest}
+
+
+STORED_OPTIONS = ("rr", "depth", "dataset", "recipe", "epochs", "batch_size", "lr", "seed", "train_subset",
+                  "test_subset", "val_size", "split_seed", "precision")
+"""What `--resume` takes from the stored run when not given: everything that makes the run itself.
+The device and data folder belong to this machine, not to the run."""
 
 
 def run(args: argparse.Namespace) -> int:
     from seratio.train import train_run
 
-    config = run_config_from_args(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log line stays one line when piped
-    if args.resume and not (Path(args.out) / CONFIG).exists():  # a mistyped --out would start afresh unnoticed
+    stored = Path(args.out) / CONFIG
+    if args.resume and not stored.exists():  # a mistyped --out would start afresh unnoticed
         console.print(f"notice: {args.out} holds no run to resume; starting a new one")
-    with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
-        result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
+    config = _stored_unless_given(args, run_config_from_args(args)) if args.resume and stored.is_file() else (
+        run_config_from_args(args))
+    try:
+        with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
+            result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
+    except KeyboardInterrupt:
+        if stored.is_file():
+            console.print(f"to continue: seratio train --resume --out {args.out}")
+        raise
     summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _stored_unless_given(args: argparse.Namespace, config: RunConfig) -> RunConfig:
+    """`train --resume --out DIR` alone continues the run in DIR; an option given on the command
+    line is kept, so one that differs from the stored run is still refused, naming both values."""
+    stored, _ = read_run_config(Path(args.out))
+    given = getattr(args, "given", frozenset())
+    return dataclasses.replace(config, **{name: getattr(stored, name) for name in STORED_OPTIONS if name not in given})
