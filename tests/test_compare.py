@@ -87,4 +87,4 @@ def test_compare_says_a_run_has_not_finished(
     assert main(["compare", str(runs[0]), str(stopped)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"run '{stopped}' has not finished: it has no result.json yet" in err
-    assert "plus --resume" in err
+    assert f"seratio train --resume --out {stopped}" in err

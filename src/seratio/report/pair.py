@@ -92,7 +92,7 @@ def _need_finished(run_dir: Path) -> None:
     if (run_dir / CONFIG).is_file() and not (run_dir / RESULT).exists():
         raise SeratioError(
             f"run {str(run_dir)!r} has not finished: it has no {RESULT} yet; compare it once it has "
-            "(continue a stopped run with the 'seratio train' command that started it, plus --resume)"
+            f"(continue a stopped run with: seratio train --resume --out {run_dir})"
         )
 
 
