@@ -117,6 +117,7 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.json")]) == 0
     rows = json.loads((tmp_path / "t.json").read_text())
     assert len(rows) == 14 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert all(r["started"].endswith("+00:00") and r["finished"] >= r["started"] for r in rows)  # UTC, zone said
     assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.csv")]) == 0
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 15
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -118,9 +119,16 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     reported = trial.intermediate_values  # halving's per-epoch reports: where a pruned run was cut, and at what
     row["last_reported_epoch"] = max(reported) if reported else None
     row["last_reported_value"] = reported[max(reported)] if reported else None
-    row["started"] = trial.datetime_start.isoformat() if trial.datetime_start else None
-    row["finished"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
+    row["started"] = _utc(trial.datetime_start)
+    row["finished"] = _utc(trial.datetime_complete)
     return {key: _finite_or_none(value) for key, value in row.items()}
+
+
+def _utc(moment: datetime | None) -> str | None:
+    """Optuna stores the writer's local time without its zone, so a spreadsheet could not tell
+    which zone an export is in. Read as this machine's local time (exact where writer and reader
+    share a zone; clusters usually run in UTC) and written in UTC with its offset."""
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat()
 
 
 def _finite_or_none(value: Any) -> Any:
