@@ -295,6 +295,8 @@ def _plan_line(state: Progress, strategy: str) -> str:
     paper preset is 14 runs of 200 epochs, and a user should know that before waiting on it."""
     whole = "" if state.most == state.planned else f"; the whole search trains at most {state.most}"
     line = f"runs: {state.ended} of the {state.planned} planned so far have ended{whole}"
+    if state.phase == DONE:
+        return line.replace(" so far", "")
     if not state.run_seconds:
         return line + "; a time estimate follows the first finished run"
     full_run = statistics.mean(state.run_seconds)
