@@ -422,3 +422,10 @@ def test_a_forgotten_storage_says_the_sqlite_file_was_only_the_default(
         assert code == 2 and "SQLite file 'seratio.db' from --storage 'sqlite:///seratio.db' does not exist" in output
         assert "that is the default --storage: pass --storage with the URL the study was created with" in output
         assert "absolute path" not in output
+
+
+def test_a_journal_given_as_a_sqlite_url_says_to_use_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+    create(f"journal:{tmp_path / 'g1.journal'}", "s", "constant", tmp_path / "runs", candidates=(4,))
+    code, output = _run(["study", "status", "--name", "s", "--storage", f"sqlite:///{tmp_path / 'g1.journal'}"])
+    assert code == 2 and "is not a SQLite database; it looks like an Optuna journal: use --storage journal:" in output

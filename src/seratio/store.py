@@ -262,8 +262,10 @@ def _check_sqlite_header(path: Path, url: str, *, create: bool) -> None:
                                "(`seratio study run` creates one)")
         return
     with path.open("rb") as handle:
-        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is not a SQLite database")
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        journal = f"; it looks like an Optuna journal: use --storage journal:{path}" if header.startswith(b"{") else ""
+        raise SeratioError(f"SQLite file {str(path)!r} from --storage {url!r} is not a SQLite database{journal}")
     tables = _sqlite_tables(path, url)
     if tables and "studies" not in tables:
         raise SeratioError(
