@@ -49,6 +49,10 @@ def test_compare_refuses_different_test_sets(runs: tuple[Path, Path], tmp_path: 
         compare_runs(runs[0], other)
     with pytest.raises(SeratioError, match="does not exist"):
         compare_runs(runs[0], tmp_path / "absent")
+    np.save(other / "test_labels.npy", np.load(other / "test_labels.npy")[:500])
+    np.save(other / "test_predictions.npy", np.load(other / "test_predictions.npy")[:500])
+    with pytest.raises(SeratioError, match=r"different test labels \(10,000 and 500 test images: was one run on a --test-subset\?\)"):
+        compare_runs(runs[0], other)
 
 
 def test_cli_compare(runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,6 +129,15 @@ def paired_correctness(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray
     """Per-image correctness of two runs on the same test images, for McNemar's test."""
     pred_a, labels_a = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
-    if not np.array_equal(labels_a, labels_b):
-        raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels; they cannot be paired")
+    need_same_test_images(run_a, run_b, labels_a, labels_b)
     return pred_a == labels_a, pred_b == labels_b
+
+
+def need_same_test_images(run_a: Path, run_b: Path, labels_a: np.ndarray, labels_b: np.ndarray) -> None:
+    """Pairing needs image i to be the same image in both runs; the labels are the check we have.
+    Different counts are the usual cause (a --test-subset run against a full one), so say them."""
+    if np.array_equal(labels_a, labels_b):
+        return
+    sizes = (f" ({labels_a.size:,} and {labels_b.size:,} test images: was one run on a --test-subset?)"
+             if labels_a.size != labels_b.size else "")
+    raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels{sizes}; they cannot be paired")

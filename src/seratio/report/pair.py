@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from seratio.errors import SeratioError
-from seratio.finished_run import read_correctness, read_result
+from seratio.finished_run import need_same_test_images, read_correctness, read_result
 from seratio.rundir import CONFIG, RESULT, need_run_dir, read_run_config
 from seratio.stats import McNemarResult, mcnemar_exact
 
@@ -102,8 +102,7 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
         _need_finished(need_run_dir(path, "give two run directories made by 'seratio train' or a study"))
     pred_a, labels = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
-    if not np.array_equal(labels, labels_b):
-        raise SeratioError(f"{run_a} and {run_b} were evaluated on different test labels; they cannot be paired")
+    need_same_test_images(run_a, run_b, labels, labels_b)
     correct_a, correct_b = pred_a == labels, pred_b == labels
     result_a, result_b = read_result(run_a), read_result(run_b)
     a, b = _summary(Path(run_a), result_a, correct_a), _summary(Path(run_b), result_b, correct_b)
