@@ -18,6 +18,7 @@ import pytest
 from matplotlib.image import imread
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.power import TTestIndPower
 
 from fixtures import studies
 from fixtures.studies import NONE3, PAPER_WINNERS, TABLE3, FixtureStudy, make_study
@@ -227,6 +228,29 @@ def test_three_seeds_use_welch_and_its_t_interval(three_seeds: tuple[FixtureStud
     markdown = (report / "table.md").read_text()  # p = 0.0500183 is not significant, and does not read as 0.050
     assert rows[(8, 2, 8)]["p_value"] == pytest.approx(0.0500183, abs=1e-7) and "| 0.0500 |" in markdown
     assert "| p vs baseline (unadjusted) |" in markdown
+
+
+def test_seed_noise_says_what_the_tests_can_find_and_what_the_gap_would_need(
+    three_seeds: tuple[FixtureStudy, Path], one_seed: tuple[FixtureStudy, Path]
+) -> None:
+    fixture, report = three_seeds
+    document = _table(report)
+    rows = {_rr(r): r for r in document["rows"]}  # one entry per configuration, with the seeds averaged
+    groups = [[fixture.stored[(rr, seed)]["test_accuracy"] for seed in row["seeds"]]
+              for rr, row in rows.items() if row["n"] > 1]  # a single run adds nothing to the spread
+    pooled = [np.asarray(g) - np.mean(g) for g in groups]
+    std = math.sqrt(sum((d**2).sum() for d in pooled) / sum(d.size - 1 for d in pooled))
+    found = next(r for r in document["rows"] if r["winner"] and r["phase"] == "stage3")
+    gap = found["test_accuracy"] - rows[NONE3]["test_accuracy"]
+    noise = document["seed_noise"]
+    assert noise["pooled_std"] == pytest.approx(std) and noise["df"] == sum(d.size - 1 for d in pooled)
+    assert noise["detectable_difference"] == pytest.approx(std * TTestIndPower().solve_power(nobs1=3, power=0.8, alpha=0.05))
+    assert noise["gap"] == pytest.approx(gap)
+    assert noise["seeds_needed"] == math.ceil(TTestIndPower().solve_power(effect_size=gap / std, power=0.8, alpha=0.05))
+    markdown = " ".join((report / "table.md").read_text().split())
+    assert f"Seed noise: test accuracy varies by {100 * std:.2f} points from seed to seed" in markdown
+    assert f"finds a true difference of {100 * noise['detectable_difference']:.2f} points 80% of the time" in markdown
+    assert _table(one_seed[1])["seed_noise"] is None  # single runs measure no seed noise
 
 
 def test_failed_running_and_off_version_trials_are_listed(three_seeds: tuple[FixtureStudy, Path]) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower
 
 from seratio import stats
 
@@ -130,3 +131,35 @@ def test_holm_matches_statsmodels_and_keeps_nan() -> None:
     with_nan = stats.holm([0.01, math.nan, 0.04])
     assert math.isnan(with_nan[1])
     assert [with_nan[0], with_nan[2]] == pytest.approx(list(multipletests([0.01, 0.04], method="holm")[1]))
+
+
+def test_pooled_std_adds_each_groups_squared_deviations_and_skips_single_values() -> None:
+    std, df = stats.pooled_std([SE_8_2_16, SE_8_8_8, [90.0], RESNET])
+    squares = sum(((np.asarray(g) - np.mean(g)) ** 2).sum() for g in (SE_8_2_16, SE_8_8_8, RESNET))
+    assert (std, df) == (pytest.approx(math.sqrt(squares / 6)), 6)
+    assert math.isnan(stats.pooled_std([[0.9], [0.8]])[0]) and stats.pooled_std([[0.9]])[1] == 0
+
+
+@pytest.mark.parametrize(("diff", "std", "seeds"), [(0.36, 0.15, 3), (0.2, 0.2, 5), (1.0, 0.3, 2), (0.05, 0.2, 40)])
+def test_t_test_power_matches_statsmodels(diff: float, std: float, seeds: int) -> None:
+    expected = TTestIndPower().power(effect_size=diff / std, nobs1=seeds, alpha=0.05, ratio=1, alternative="two-sided")
+    assert stats.t_test_power(diff, std, seeds) == pytest.approx(expected, rel=1e-9)
+    assert stats.t_test_power(-diff, std, seeds) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(("diff", "std"), [(0.36, 0.15), (0.36, 0.2), (0.1, 0.2), (0.05, 0.3)])
+def test_seeds_needed_is_the_first_whole_number_of_seeds_at_80_percent_power(diff: float, std: float) -> None:
+    exact = TTestIndPower().solve_power(effect_size=diff / std, power=0.8, alpha=0.05)
+    assert stats.seeds_needed(diff, std) == math.ceil(exact)
+    assert stats.seeds_needed(diff, std) == stats.seeds_needed(-diff, std)
+
+
+def test_seeds_needed_gives_up_beyond_the_largest_study() -> None:
+    assert stats.seeds_needed(1e-6, 0.01) is None and stats.seeds_needed(0.0, 0.01) is None
+    assert stats.seeds_needed(5.0, 0.1) == 2  # a large gap: two seeds already find it
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5, 10])
+def test_detectable_difference_is_where_power_reaches_80_percent(seeds: int) -> None:
+    exact = 0.15 * TTestIndPower().solve_power(nobs1=seeds, power=0.8, alpha=0.05)
+    assert stats.detectable_difference(seeds, 0.15) == pytest.approx(exact, rel=1e-6)

@@ -7,7 +7,7 @@ returns a small frozen dataclass so the report can show every ingredient, not
 only a p-value. Undefined quantities (a spread from one value, a test without
 variance) are NaN, never a made-up number.
 
-scipy (a second to import) is imported by the three functions that need a distribution, not by
+scipy (a second to import) is imported by the functions that need a distribution, not by
 the module: `study status` and every command's `--help` import this module without using them.
 """
 
@@ -134,3 +134,63 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[index]))
         adjusted[index] = running
     return [float(v) for v in adjusted]
+
+
+MOST_SEEDS = 10_000
+"""Where `seeds_needed` stops looking: beyond it a difference is too small to chase with seeds."""
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The seed-to-seed standard deviation shared by several configurations, and its degrees of
+    freedom: each group with two or more values adds its squared deviations from its own mean.
+    NaN with 0 df when no group has two values."""
+    squares, df = 0.0, 0
+    for group in groups:
+        x = np.asarray(group, dtype=float)
+        if x.size >= 2:
+            squares += float(((x - x.mean()) ** 2).sum())
+            df += x.size - 1
+    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+
+
+def t_test_power(diff: float, std: float, seeds: int, alpha: float = 0.05) -> float:
+    """Probability that a two-sided two-sample t-test at level `alpha`, `seeds` runs per side,
+    finds a true difference `diff` between means when runs vary by `std` (noncentral t). Welch's
+    test, which a report runs, has about this power when both sides vary alike."""
+    from scipy import stats as sps
+
+    if seeds < 2:
+        raise ValueError(f"a t-test needs at least 2 seeds per side, got {seeds}")
+    df = 2 * seeds - 2
+    shift = abs(diff) / (std * math.sqrt(2 / seeds))
+    if shift > 40:  # certain to be found, and beyond where scipy's noncentral t is accurate
+        return 1.0
+    critical = float(sps.t.ppf(1 - alpha / 2, df))
+    return float(sps.nct.sf(critical, df, shift) + sps.nct.cdf(-critical, df, shift))
+
+
+def seeds_needed(diff: float, std: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """The fewest seeds per configuration at which the t-test reaches `power` for `diff`; None
+    when even MOST_SEEDS do not (or `diff` is 0). Power grows with seeds: doubling brackets the
+    answer, and a bisection inside the bracket finds it."""
+    if diff == 0:
+        return None
+    low, high = 2, 2
+    while t_test_power(diff, std, high, alpha) < power:
+        if high >= MOST_SEEDS:
+            return None
+        low, high = high + 1, min(2 * high, MOST_SEEDS)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if t_test_power(diff, std, middle, alpha) >= power else (middle + 1, high)
+    return low
+
+
+def detectable_difference(seeds: int, std: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference that `seeds` runs per configuration find with `power`."""
+    from scipy.optimize import brentq
+
+    high = std
+    while t_test_power(high, std, seeds, alpha) < power:
+        high *= 2
+    return float(brentq(lambda diff: t_test_power(diff, std, seeds, alpha) - power, 0.0, high, xtol=std * 1e-9))

@@ -18,6 +18,7 @@ from seratio.records import (
     RR, Aggregate, ConfigResult, Excluded, StudyDefinition, StudyRecords, TrialRecord, aggregate,
 )
 from seratio.report.labels import model_label, short_label
+from seratio.report.seed_noise import SeedNoise, noise_note, seed_noise
 from seratio.report.significance import Significance, against_baseline, conclusion
 from seratio.strategies import ratio_order
 
@@ -58,6 +59,7 @@ class ReportContent:
     conclusion: str
     pareto_note: str
     notes: tuple[str, ...]
+    seed_noise: SeedNoise | None = None
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
@@ -238,6 +240,10 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
+    found = next((h.config for h in highlights if "best found" in h.roles), None)
+    noise = seed_noise(agg, study.definition.seeds, found, baseline)
+    if noise is not None:
+        notes.append(noise_note(noise))
     notes += _subset_notes(study.definition)
     notes += _few_seeds_notes(agg)
     return ReportContent(
@@ -251,4 +257,5 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
         conclusion=conclusion(significance, baseline, depth, baseline in agg.configs),
         pareto_note=_pareto_note(agg, highlights, depth),
         notes=tuple(notes),
+        seed_noise=noise,
     )

@@ -212,6 +212,7 @@ def to_json(content: ReportContent) -> str:
         "excluded": [trial_record(e.trial) | {"reason": e.reason} for e in content.excluded],
         "incomplete": [trial_record(t) for t in content.incomplete],
         "notes": list(content.notes),
+        "seed_noise": None if content.seed_noise is None else content.seed_noise.record(),
         "generated_by": f"seratio {__version__}",
     }
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
