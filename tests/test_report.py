@@ -321,13 +321,14 @@ def test_seeds_without_any_spread_are_not_tested_and_say_why(
 ) -> None:
     """Welch's t divides by the seeds' spread: with none on either side it has no answer, not p = n/a under 'welch'."""
     monkeypatch.setattr(studies, "SEED_OFFSETS", (0.0, 0.0, 0.0))
-    table = [("baseline", NONE3, 0.90, 0.5), ("constant", (4, 4, 4), 0.92, 0.5)]
-    fixture = make_study(tmp_path, seeds=2, table=table)
+    table = [("baseline", NONE3, 0.90, 0.5), ("constant", (4, 4, 4), 0.905, 0.5)]  # 3 x 0.905 averages to 0.90499..
+    fixture = make_study(tmp_path, seeds=3, table=table)
     content = build_content(load_study(fixture.name, fixture.storage, PATIENCE))
     test = content.significance[(4, 4, 4)]
     assert test.method == "none" and "every seed here and in the baseline scored the same" in test.detail
-    assert math.isnan(test.p_value) and test.diff == pytest.approx(0.02)
+    assert math.isnan(test.p_value) and test.diff == pytest.approx(0.005)
     assert content.conclusion.startswith("No significance test could run")
+    assert content.seed_noise is None and not any("Seed noise" in note for note in content.notes)
 
 
 def test_pareto_front_and_a_dominated_best_found(tmp_path: Path) -> None:

@@ -390,13 +390,17 @@ def _set_attr(fixture: FixtureStudy, number: int, key: str, value_json: str) -> 
         )
 
 
-def test_a_stored_accuracy_that_is_not_a_number_is_excluded_with_its_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stored", "shown"), [("NaN", "nan"), ("1e300", "1e+300"), ("-0.5", "-0.5")])
+def test_a_stored_accuracy_that_is_not_a_fraction_is_excluded_with_its_reason(
+    tmp_path: Path, stored: str, shown: str
+) -> None:
+    """1e300 once reached the seed-noise computation and ended in a traceback."""
     fixture = make_study(tmp_path / "study", table=TABLE)
-    _set_attr(fixture, 1, "test_accuracy", "NaN")
+    _set_attr(fixture, 1, "test_accuracy", stored)
     assert main(["report", "--name", fixture.name, "--storage", fixture.storage, "--out", str(tmp_path / "r")]) == 0
     document = json.loads((tmp_path / "r" / "table.json").read_text())
     assert [(e["trial"], e["reason"]) for e in document["excluded"]] == [
-        (1, "stores test accuracy nan, not a number; a damaged record")]
+        (1, f"stores test accuracy {shown}, not an accuracy from 0 to 1; a damaged record")]
     assert "nan" not in document["conclusion"].lower()
     assert [tuple(r["rr"]) for r in document["rows"]] == [NONE3]
 

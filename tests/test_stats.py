@@ -65,6 +65,12 @@ def test_welch_matches_scipy_on_random_inputs(a: list[float], b: list[float]) ->
         assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
 
 
+def test_equal_values_have_no_spread_despite_rounding() -> None:
+    """The mean of three 0.905s is 0.9049999999999999: a variance of ~1e-32, not 0, made Welch 'significant'."""
+    assert math.isnan(stats.welch_t_test([0.905] * 3, [0.9] * 3).p_value)
+    assert stats.summarize([0.905] * 3).std == 0.0 and stats.pooled_std([[0.905] * 3, [0.9] * 3]) == (0.0, 4)
+
+
 def test_welch_without_variance_is_undefined() -> None:
     assert math.isnan(stats.welch_t_test([91.0, 91.0], [90.0, 90.0]).p_value)
 

@@ -277,10 +277,11 @@ def aggregate(study: StudyRecords) -> Aggregate:
         differs = [f"{f} {getattr(t, f)!r} (majority {majority[f]!r})" for f in PROVENANCE_FIELDS
                    if getattr(t, f) != majority[f]]
         key = (t.rr, t.seed)
-        not_numbers = [f"{name} {value!r}" for name, value in (("test accuracy", t.test_accuracy), ("objective", t.value))
-                       if not math.isfinite(value)]  # type: ignore[arg-type]  # complete trials have both
-        if not_numbers:
-            excluded.append(Excluded(t, f"stores {' and '.join(not_numbers)}, not a number; a damaged record"))
+        not_fractions = [f"{name} {value!r}" for name, value in (("test accuracy", t.test_accuracy), ("objective", t.value))
+                         if not 0 <= value <= 1]  # type: ignore[operator]  # complete trials have both; NaN fails too
+        if not_fractions:
+            excluded.append(Excluded(t, f"stores {' and '.join(not_fractions)}, not an accuracy from 0 to 1; "
+                                        "a damaged record"))
         elif t.reused_from is not None:
             excluded.append(Excluded(t, f"reuses the result of trial #{t.reused_from}; not a separate run"))
         elif differs:
