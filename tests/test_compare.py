@@ -85,10 +85,10 @@ def test_compare_says_a_run_has_not_finished(
     runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A run stopped mid-training has config.json and checkpoints but no result: that is not damage."""
-    stopped = tmp_path / "stopped"
+    stopped = tmp_path / "stopped run"  # the hint quotes it, ready to paste
     stopped.mkdir()
     (stopped / "config.json").write_text("{}")
     assert main(["compare", str(runs[0]), str(stopped)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"run '{stopped}' has not finished: it has no result.json yet" in err
-    assert f"seratio train --resume --out {stopped}" in err
+    assert f"seratio train --resume --out '{stopped}'" in err

@@ -118,6 +118,19 @@ def test_resume_with_only_out_continues_the_stored_run_and_given_options_must_ma
         json.loads((tiny_run / rundir.RESULT).read_text())["test_accuracy"])
 
 
+def test_resume_checks_a_given_option_against_the_stored_run_not_the_defaults(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--train-subset 45500 is valid beside the stored --val-size 0, not beside the default 5,000."""
+    run = _copy(tiny_run, tmp_path, finished=False)
+    _edit_json(run / rundir.CONFIG, _with_run({"val_size": 0, "train_subset": 45_500}))
+    seen = []
+    result = json.loads((tiny_run / rundir.RESULT).read_text())
+    monkeypatch.setattr("seratio.train.train_run", lambda config, *args, **kwargs: seen.append(config) or result)
+    assert main(["train", "--resume", "--out", str(run), "--train-subset", "45500", "--quiet"]) == 0
+    assert (seen[0].val_size, seen[0].train_subset, seen[0].depth) == (0, 45_500, 8)
+
+
 def _first_line_only(path: Path) -> None:
     path.write_text(path.read_text().splitlines()[0] + "\n")
 

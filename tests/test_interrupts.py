@@ -141,7 +141,8 @@ def test_a_command_spawned_while_signals_are_held_can_still_be_stopped(
         time.sleep(0.05)
     child.send_signal(stop)
     _, err = child.communicate(timeout=60)
-    assert (child.returncode, err) == (130, f"to continue: seratio train --resume --out {out}\nseratio: interrupted\n")
+    hint = f"to continue: seratio train --resume --out {out} --data-dir {cifar_dir}\n"  # the data folder is this machine's
+    assert (child.returncode, err) == (130, hint + "seratio: interrupted\n")
     assert not list(out.glob(".*.tmp"))  # stopped between writes, resumable
 
 

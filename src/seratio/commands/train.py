@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +13,6 @@ from seratio.commands.options import (
     add_run_options, add_threads_option, checked_threads, path_text, run_config_from_args,
 )
 from seratio.commands.signals import sigterm_as_ctrl_c
-from seratio.config import RunConfig
 from seratio.rundir import CONFIG, RESULT_KEYS, read_run_config
 from seratio.runtime import threads_for
 
@@ -62,23 +61,31 @@ def run(args: argparse.Namespace) -> int:
     stored = Path(args.out) / CONFIG
     if args.resume and not stored.exists():  # a mistyped --out would start afresh unnoticed
         console.print(f"notice: {args.out} holds no run to resume; starting a new one")
-    config = _stored_unless_given(args, run_config_from_args(args)) if args.resume and stored.is_file() else (
-        run_config_from_args(args))
+    config = run_config_from_args(args, **(_stored_unless_given(args) if args.resume and stored.is_file() else {}))
     try:
         with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
             result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
     except KeyboardInterrupt:
         if stored.is_file():
-            console.print(f"to continue: seratio train --resume --out {args.out}")
+            console.print(f"to continue: {_resume_command(args.out, args.data_dir)}")
         raise
     summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def _stored_unless_given(args: argparse.Namespace, config: RunConfig) -> RunConfig:
+def _resume_command(out: str, data_dir: str | None = None) -> str:
+    """The command that continues the run in `out`, ready to paste: the data folder is this
+    machine's, not the run's, so one given to the interrupted command is given again."""
+    data = "" if data_dir is None else f" --data-dir {shlex.quote(str(data_dir))}"
+    return f"seratio train --resume --out {shlex.quote(str(out))}{data}"
+
+
+def _stored_unless_given(args: argparse.Namespace) -> dict[str, object]:
     """`train --resume --out DIR` alone continues the run in DIR; an option given on the command
-    line is kept, so one that differs from the stored run is still refused, naming both values."""
+    line is kept, so one that differs from the stored run is still refused, naming both values.
+    Merged before the configuration is checked: `--train-subset 45500` is valid beside the stored
+    `--val-size 0`, not beside the default 5,000."""
     stored, _ = read_run_config(Path(args.out))
     given = getattr(args, "given", frozenset())
-    return dataclasses.replace(config, **{name: getattr(stored, name) for name in STORED_OPTIONS if name not in given})
+    return {name: getattr(stored, name) for name in STORED_OPTIONS if name not in given}

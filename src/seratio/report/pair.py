@@ -7,6 +7,7 @@ would give a meaningless test.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def _need_finished(run_dir: Path) -> None:
     if (run_dir / CONFIG).is_file() and not (run_dir / RESULT).exists():
         raise SeratioError(
             f"run {str(run_dir)!r} has not finished: it has no {RESULT} yet; compare it once it has "
-            f"(continue a stopped run with: seratio train --resume --out {run_dir})"
+            f"(continue a stopped run with: seratio train --resume --out {shlex.quote(str(run_dir))})"
         )
 
 
