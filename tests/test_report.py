@@ -443,3 +443,5 @@ def test_a_stage_winner_is_on_the_stages_own_list_though_its_table_shows_the_inc
         rows = dict(content.phases)["stage1"]
         assert [row.config.rr for row in rows] == [(2, 16, 16), (8, 16, 16), (16, 16, 16)]
         assert [row.config.rr for row in rows if row.winner] == [stage1_winner]
+        best_found = next(h for h in content.highlights if "best found" in h.roles)  # the same pick, in every note
+        assert best_found.config.rr == stage1_winner

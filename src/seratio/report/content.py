@@ -141,7 +141,8 @@ def _all_seeds(configs: list[ConfigResult], seeds: int) -> list[ConfigResult]:
 
 
 def _highlights(
-    agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...], seeds: int
+    agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...], seeds: int,
+    lists: dict[str, tuple[int, ...]],
 ) -> tuple[Highlight, ...]:
     """Baseline, best constant and best found (by the selection metric), each shown once.
 
@@ -152,7 +153,8 @@ def _highlights(
     searched = {row.config.rr for phase, rows in phases if phase != "baseline" for row in rows}
     others = _all_seeds([c for rr, c in agg.configs.items() if rr != baseline_rr or rr in searched], seeds)
     constant = [c for c in others if None not in c.rr and len(set(c.rr)) == 1]
-    last = _all_seeds([row.config for phase, rows in phases[-1:] if phase != "baseline" for row in rows], seeds)
+    last = _all_seeds([row.config for phase, rows in phases[-1:] if phase != "baseline" for row in rows
+                       if _may_win(row.config.rr, phase, lists)], seeds)
     chosen = [
         ("baseline", agg.configs.get(baseline_rr)),
         ("best constant", _first_best(constant)),
@@ -236,7 +238,7 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     depth = study.definition.depth
     phases = _phase_rows(agg, study.definition.seeds, study.definition.phases)
     significance = against_baseline(agg, baseline, list(dict.fromkeys(r.config.rr for _, rows in phases for r in rows)))
-    highlights = _highlights(agg, baseline, phases, study.definition.seeds)
+    highlights = _highlights(agg, baseline, phases, study.definition.seeds, study.definition.phases)
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
