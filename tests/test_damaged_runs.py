@@ -158,18 +158,38 @@ def test_a_finished_run_with_damaged_companions_is_refused_then_rewritten_by_a_r
         assert (run / companion).read_bytes() == (tiny_run / companion).read_bytes(), companion
 
 
-def test_damaged_companions_without_a_checkpoint_warn_and_keep_the_result(
-    tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Nothing can rewrite them, and the accuracies in result.json still hold: warn, do not retrain."""
-    run = _copy(tiny_run, tmp_path)
+def _no_checkpoints(run: Path) -> None:
     for checkpoint in (rundir.CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
         (run / checkpoint).unlink(missing_ok=True)
+
+
+def _only_a_truncated_checkpoint(run: Path) -> None:
+    (run / rundir.PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+    (run / rundir.CHECKPOINT).write_bytes((run / rundir.CHECKPOINT).read_bytes()[:1000])
+
+
+def _recipe_changed_since(run: Path) -> None:
+    _edit_json(run / rundir.CONFIG, lambda record: {**record, "recipe_hash": "0000old"})
+
+
+@pytest.mark.parametrize("unrewritable", [_no_checkpoints, _only_a_truncated_checkpoint, _recipe_changed_since],
+                         ids=["no checkpoint", "truncated checkpoint", "recipe changed since"])
+def test_damaged_companions_that_no_checkpoint_can_rewrite_warn_and_keep_the_result(
+    tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], unrewritable: Damage,
+) -> None:
+    """Nothing can rewrite them, and the accuracies in result.json still hold: warn, do not retrain.
+    Advice to delete result.json and resume would have cost the result (another recipe is refused)
+    or a full retraining (no usable checkpoint)."""
+    run = _copy(tiny_run, tmp_path)
+    unrewritable(run)
     _first_line_only(run / rundir.METRICS)
     assert main(train_args(cifar_dir, run)) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "warning:" in err and "records 1 epoch(s)" in err and "no checkpoint is left to write it anew" in err
+    assert "warning:" in err and "records 1 epoch(s)" in err and "no usable checkpoint of this code's recipe" in err
     assert json.loads((run / rundir.RESULT).read_text()) == json.loads((tiny_run / rundir.RESULT).read_text())
+    (run / rundir.RESULT).write_text("{}")  # a damaged result.json too: refused, with no advice that would fail
+    assert main(train_args(cifar_dir, run)) == 2
+    assert "delete result.json" not in _one_line_error(capsys)
 
 
 def _with_header(path: Path, payload: bytes) -> None:

@@ -62,22 +62,35 @@ def finished_result(config: RunConfig, out: Path, log: Callable[[str], None]) ->
     difference = _difference(stored, config)
     if difference:
         raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); {ELSEWHERE}")
-    can_rewrite = (out / rundir.CHECKPOINT).is_file()
     try:
         result = rundir.read_result(out)
         _check_companions(out, result)
     except SeratioError as error:
-        if not can_rewrite:
+        if not _can_rewrite(config, out):
             raise
         raise SeratioError(f"{error}; the last checkpoint can write the result files anew: delete "
                            f"{rundir.RESULT} and resume the run (train --resume, or run the study again)") from error
     except DamagedCompanion as error:
-        if can_rewrite:
+        if _can_rewrite(config, out):
             raise SeratioError(f"{error}; the last checkpoint can write it anew: delete {rundir.RESULT} and "
                                "resume the run (train --resume, or run the study again)") from error
         log(f"warning: {error}; the result stands, but report and compare cannot use the file "
-            "(no checkpoint is left to write it anew)")
+            "(no usable checkpoint of this code's recipe is left to write it anew)")
     return result
+
+
+def _can_rewrite(config: RunConfig, out: Path) -> bool:
+    """Whether deleting result.json and resuming would write the result files anew: a checkpoint
+    that loads, under the recipe this code trains. Advice that then fails would have cost the
+    user an intact result.json, or a full retraining."""
+    checkpoint, _ = rundir.load_checkpoint(out, CHECKPOINT_KEYS)
+    if checkpoint is None:
+        return False
+    try:
+        _check_same_recipe(config, rundir.read_run_config(out)[1], out)
+    except SeratioError:
+        return False
+    return True
 
 
 class DamagedCompanion(Exception):
