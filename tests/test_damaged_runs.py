@@ -135,12 +135,27 @@ def _first_line_only(path: Path) -> None:
     path.write_text(path.read_text().splitlines()[0] + "\n")
 
 
+def _renumbered(path: Path) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**row, "epoch": row["epoch"] + 10}) + "\n" for row in rows))
+
+
+def _both_cut(path: Path) -> None:
+    for name in (rundir.PREDICTIONS, rundir.LABELS):
+        np.save(path.parent / name, np.load(path.parent / name)[:500])
+
+
 @pytest.mark.parametrize(("name", "damage", "reason"), [
-    (rundir.METRICS, _first_line_only, "records 1 epoch(s), but result.json says the run trained 3"),
+    (rundir.METRICS, _first_line_only, "records 1 epoch(s), but result.json says the run trained epochs 1 to 3"),
+    (rundir.METRICS, _renumbered, "records other epoch numbers, but result.json says the run trained epochs 1 to 3"),
+    (rundir.PREDICTIONS, _both_cut, "hold 500 test images, but the confusion matrix counts 1,000"),
+    (rundir.PREDICTIONS, lambda path: np.save(path, np.full_like(np.load(path), 11)), "hold class indices outside 0 to 9"),
+    (rundir.PREDICTIONS, lambda path: np.save(path, np.roll(np.load(path), 1)), "test accuracy, but result.json says"),
     (rundir.METRICS, lambda path: path.write_text("{not json"), ":1 is not valid JSON"),
     (rundir.PREDICTIONS, lambda path: path.write_bytes(b"\0" * 100), "is not a .npy array of class indices"),
     (rundir.LABELS, lambda path: path.unlink(), "not found"),
-], ids=["metrics cut", "metrics garbage", "predictions zeroed", "labels gone"])
+], ids=["metrics cut", "metrics renumbered", "predictions and labels cut", "class out of range", "predictions shifted",
+        "metrics garbage", "predictions zeroed", "labels gone"])
 def test_a_finished_run_with_damaged_companions_is_refused_then_rewritten_by_a_resume(
     tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     name: str, damage: Damage, reason: str,

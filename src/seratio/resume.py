@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from seratio import rundir, runlock
 from seratio.config import RunConfig, code_version
 from seratio.errors import SeratioError
@@ -102,13 +104,31 @@ def _check_companions(out: Path, result: dict[str, Any]) -> None:
     report and compare need must show up here, while the checkpoint can still rewrite them, not
     days later in a report."""
     try:
-        epochs = len(read_metrics(out))
-        read_correctness(out)
+        epochs = [row["epoch"] for row in read_metrics(out)]
+        predictions, labels = read_correctness(out)
     except SeratioError as error:
         raise DamagedCompanion(str(error)) from error
-    if epochs != result["epochs"]:
-        raise DamagedCompanion(f"{out / rundir.METRICS} records {epochs} epoch(s), but {rundir.RESULT} "
-                               f"says the run trained {result['epochs']}")
+    if epochs != list(range(1, result["epochs"] + 1)):
+        shown = f"{len(epochs)} epoch(s)" if len(epochs) != result["epochs"] else "other epoch numbers"
+        raise DamagedCompanion(f"{out / rundir.METRICS} records {shown}, but {rundir.RESULT} says the run "
+                               f"trained epochs 1 to {result['epochs']}")
+    problem = _predictions_problem(predictions, labels, result)
+    if problem:
+        raise DamagedCompanion(f"{out / rundir.PREDICTIONS} and {out / rundir.LABELS} {problem}")
+
+
+def _predictions_problem(predictions: np.ndarray, labels: np.ndarray, result: dict[str, Any]) -> str | None:
+    """What makes the stored predictions not the ones result.json was computed from, or None."""
+    matrix = result.get("confusion_matrix") or []
+    if matrix and labels.size != sum(map(sum, matrix)):
+        return f"hold {labels.size:,} test images, but the confusion matrix counts {sum(map(sum, matrix)):,}"
+    classes = len(matrix) or len(result.get("class_names") or [])
+    if classes and (min(predictions.min(), labels.min()) < 0 or max(predictions.max(), labels.max()) >= classes):
+        return f"hold class indices outside 0 to {classes - 1}"
+    stored, recomputed = result.get("test_accuracy"), float((predictions == labels).mean())
+    if stored is not None and abs(recomputed - stored) > 1e-9:
+        return f"give {100 * recomputed:.2f}% test accuracy, but {rundir.RESULT} says {100 * stored:.2f}%"
+    return None
 
 
 def _other_code(result: dict[str, Any]) -> str:
