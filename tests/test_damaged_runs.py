@@ -78,7 +78,9 @@ def test_train_into_a_run_with_a_damaged_config_json_is_refused_in_one_line(
     (lambda result: {}, "lacks test_accuracy, test_loss"),
     (lambda result: [], "holds a JSON list, not an object"),
     (lambda result: {**result, "test_accuracy": "high"}, "holds non-numbers in test_accuracy"),
-], ids=["empty object", "list", "text accuracy"])
+    (lambda result: {**result, "epochs": None}, "has epochs None, not a whole number"),
+    (lambda result: {**result, "confusion_matrix": [[1, 2]]}, "has confusion_matrix [[1, 2]], not a square matrix"),
+], ids=["empty object", "list", "text accuracy", "epochs null", "ragged confusion"])
 def test_rerun_into_a_run_with_a_damaged_result_json_is_refused_in_one_line(
     tiny_run: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     change: Callable[[Any], Any], reason: str,

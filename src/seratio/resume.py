@@ -18,7 +18,7 @@ import numpy as np
 from seratio import rundir, runlock
 from seratio.config import RunConfig, code_version
 from seratio.errors import SeratioError
-from seratio.finished_run import read_correctness, read_metrics
+from seratio.finished_run import read_correctness, read_metrics, read_result
 
 ELSEWHERE = "choose another --out (in a study: another --artifacts)"
 """The way out of a refusal: `train` writes to --out, a study's workers under --artifacts."""
@@ -65,7 +65,7 @@ def finished_result(config: RunConfig, out: Path, log: Callable[[str], None]) ->
     if difference:
         raise SeratioError(f"{out} holds a finished run of a different configuration ({difference}); {ELSEWHERE}")
     try:
-        result = rundir.read_result(out)
+        result = read_result(out)
         _check_companions(out, result)
     except SeratioError as error:
         if not _can_rewrite(config, out):
@@ -103,15 +103,19 @@ def _check_companions(out: Path, result: dict[str, Any]) -> None:
     """A study reads a finished run back instead of retraining it, so damage to the files that
     report and compare need must show up here, while the checkpoint can still rewrite them, not
     days later in a report."""
+    trained = result["epochs"]
+    if not isinstance(trained, int) or isinstance(trained, bool):
+        raise SeratioError(f"{out / rundir.RESULT} has epochs {trained!r}, not a whole number; it is not the result "
+                           "of a finished seratio run")
     try:
         epochs = [row["epoch"] for row in read_metrics(out)]
         predictions, labels = read_correctness(out)
     except SeratioError as error:
         raise DamagedCompanion(str(error)) from error
-    if epochs != list(range(1, result["epochs"] + 1)):
-        shown = f"{len(epochs)} epoch(s)" if len(epochs) != result["epochs"] else "other epoch numbers"
+    if epochs != list(range(1, trained + 1)):
+        shown = f"{len(epochs)} epoch(s)" if len(epochs) != trained else "other epoch numbers"
         raise DamagedCompanion(f"{out / rundir.METRICS} records {shown}, but {rundir.RESULT} says the run "
-                               f"trained epochs 1 to {result['epochs']}")
+                               f"trained epochs 1 to {trained}")
     problem = _predictions_problem(predictions, labels, result)
     if problem:
         raise DamagedCompanion(f"{out / rundir.PREDICTIONS} and {out / rundir.LABELS} {problem}")
