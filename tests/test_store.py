@@ -115,6 +115,10 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     assert "best: rr 8,2,16" in shown and "best so far" not in shown  # the search has decided
     assert f"seratio report --name p --storage {url} --out DIR" in shown
     assert "runs: 14 of the 14 planned have ended" in shown and "left" not in shown  # no time estimate once done
+    assert main(["study", "status", "--name", "p", "--storage", url, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["done"], record["best"], record["seconds_left"]) == (True, {"rr": [8, 2, 16], "score": 0.9153}, None)
+    assert record["select_on"] == "test" and record["counts"]["done"] == 14
     assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.json")]) == 0
     rows = json.loads((tmp_path / "t.json").read_text())
     assert len(rows) == 14 and {r["state"] for r in rows} == {"COMPLETE"}

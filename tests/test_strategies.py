@@ -237,6 +237,12 @@ def test_status_counts_the_plan_and_estimates_the_training_left(
     assert "runs: 2 of the 4 planned so far have ended; the whole search trains at most 10" in out
     assert ("about 20 min of training left for the plan, at most 80 min for the whole search, at 10 min per "
             "finished run (mean of 2); workers") in out
+    assert main(["study", "status", "--name", "s", "--storage", url, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)  # the same numbers, for a script that watches the study
+    assert (record["phase"], record["done"], record["runs"]) == ("constant", False, {"planned": 4, "ended": 2, "most": 10})
+    assert record["seconds_left"] == {"plan": 1200.0, "search": 4800.0, "per_run": 600.0, "if_none_cut": 1200.0,
+                                     "from_finished_runs": 2, "halving_mean_epochs": None}
+    assert record["counts"]["done"] + record["counts"]["reused"] == 2 and record["best"]["rr"] in ([2, 2, 2], [4, 4, 4])
 
 
 class _MinuteEpochs(FakeTrainer):

@@ -6,6 +6,7 @@ Read-only: `study status` and `study export` never change a trial.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -97,6 +98,51 @@ def _training_time(ledger: Ledger, trials: list[FrozenTrial]) -> dict[str, Any]:
         "run_seconds": seconds,
         "run_epochs": epochs + tuple(cut),
         "epoch_seconds": sum(seconds) / sum(epochs) if epochs else None,
+    }
+
+
+@dataclass(frozen=True)
+class TimeLeft:
+    """Training time still to come, at the pace of the runs finished here. Under halving a run
+    costs the mean epochs that ended runs trained (early runs meet fewer rivals at each cut, so
+    this errs high); `uncut` is the plan's time if every run trained in full."""
+
+    plan: float  # seconds the current plan still needs
+    search: float  # at most, for the whole search (later greedy stages and TPE draws are not planned yet)
+    per_run: float
+    uncut: float
+    finished_runs: int  # the runs the pace comes from
+    halving_epochs: float | None  # mean epochs of the ended runs, under halving
+
+
+def time_left(state: Progress, strategy: str) -> TimeLeft | None:
+    """None once the search is done, or before its first finished run gives a pace."""
+    if state.phase == strategies.DONE or not state.run_seconds:
+        return None
+    full_run = statistics.mean(state.run_seconds)
+    runs_left = max(state.planned - state.ended, 0)
+    epochs = None
+    per_run = full_run
+    if strategy == "halving" and state.epoch_seconds is not None:
+        epochs = statistics.mean(state.run_epochs)
+        per_run = epochs * state.epoch_seconds
+    return TimeLeft(runs_left * per_run, max(state.most - state.ended, 0) * per_run, per_run, runs_left * full_run,
+                    len(state.run_seconds), epochs)
+
+
+def status_record(name: str, definition: dict[str, Any], state: Progress) -> dict[str, Any]:
+    """`study status --json`: what the text shows, for a script that watches a study."""
+    left = time_left(state, definition["strategy"])
+    return {
+        "study": name, "strategy": definition["strategy"], "seeds": definition["seeds"],
+        "select_on": definition["select_on"], "phase": state.phase, "done": state.phase == strategies.DONE,
+        "counts": state.counts,
+        "best": None if state.best is None else {"rr": list(state.best), "score": state.best_score},
+        "baseline": {"rr": list(definition["baseline"]), "score": state.baseline_score},
+        "runs": {"planned": state.planned, "ended": state.ended, "most": state.most},
+        "seconds_left": None if left is None else {
+            "plan": left.plan, "search": left.search, "per_run": left.per_run, "if_none_cut": left.uncut,
+            "from_finished_runs": left.finished_runs, "halving_mean_epochs": left.halving_epochs},
     }
 
 

@@ -104,6 +104,7 @@ def _register_status(actions: argparse._SubParsersAction) -> None:
     )
     _add_store_options(parser)
     add_read_patience_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the same as one JSON object, for scripts")
     parser.set_defaults(func=_action("status"))
 
 

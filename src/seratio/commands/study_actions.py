@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from seratio.config import resolve_device
 from seratio.datasets import resolve_data_dir
 from seratio.errors import SeratioError
 from seratio.interrupts import stop_signals_held
-from seratio.overview import Progress, progress, trial_row
+from seratio.overview import Progress, progress, status_record, time_left, trial_row
 from seratio.rundir import write_atomic
 from seratio.runtime import threads_for
 from seratio.store import (
@@ -261,7 +260,11 @@ def _open_existing(args: argparse.Namespace) -> tuple[StudyStore, dict[str, Any]
 def status(args: argparse.Namespace) -> int:
     _quiet_optuna()
     store, definition = _open_existing(args)
-    _print_progress(store.name, args.storage, definition, progress(definition, store.trials()))
+    state = progress(definition, store.trials())
+    if args.json:
+        print(json.dumps(status_record(store.name, definition, state), indent=2, allow_nan=False))
+    else:
+        _print_progress(store.name, args.storage, definition, state)
     return 0
 
 
@@ -297,27 +300,17 @@ def _plan_line(state: Progress, strategy: str) -> str:
     line = f"runs: {state.ended} of the {state.planned} planned so far have ended{whole}"
     if state.phase == DONE:
         return line.replace(" so far", "")
-    if not state.run_seconds:
+    left = time_left(state, strategy)
+    if left is None:
         return line + "; a time estimate follows the first finished run"
-    full_run = statistics.mean(state.run_seconds)
-    runs_left = max(state.planned - state.ended, 0)
-    per_run, basis = full_run, f"at {_duration(full_run)} per finished run (mean of {len(state.run_seconds)})"
-    if strategy == "halving" and state.epoch_seconds is not None:
-        per_run, basis = _halving_basis(state, state.epoch_seconds, uncut=runs_left * full_run)
-    left, most_left = runs_left * per_run, max(state.most - state.ended, 0) * per_run
-    whole_left = "" if state.most == state.planned else f", at most {_duration(most_left)} for the whole search"
-    return (f"{line}\nabout {_duration(left)} of training left for the plan{whole_left}, {basis}; workers "
+    basis = f"at {_duration(left.per_run)} per finished run (mean of {left.finished_runs})"
+    if left.halving_epochs is not None and state.epoch_seconds is not None:
+        basis = (f"if the runs to come stop where the {len(state.run_epochs)} ended ones did ({left.halving_epochs:.1f} "
+                 f"epochs on average, at {_duration(state.epoch_seconds)} an epoch); at most {_duration(left.uncut)} "
+                 "if halving cuts none")
+    whole_left = "" if state.most == state.planned else f", at most {_duration(left.search)} for the whole search"
+    return (f"{line}\nabout {_duration(left.plan)} of training left for the plan{whole_left}, {basis}; workers "
             "training at once divide it")
-
-
-def _halving_basis(state: Progress, epoch_seconds: float, *, uncut: float) -> tuple[float, str]:
-    """Halving cuts most runs early, so a run costs the mean epochs that ended runs trained, not a
-    full run; `uncut` is the plan's time if every run trained in full. Early runs meet fewer rivals
-    at each cut, so this errs high, not low."""
-    epochs = statistics.mean(state.run_epochs)
-    return epochs * epoch_seconds, (
-        f"if the runs to come stop where the {len(state.run_epochs)} ended ones did ({epochs:.1f} epochs on "
-        f"average, at {_duration(epoch_seconds)} an epoch); at most {_duration(uncut)} if halving cuts none")
 
 
 def _duration(seconds: float) -> str:
