@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.power import TTestIndPower
 
 from fixtures.studies import CLASS_NAMES, write_run_dir
 from seratio.cli import main
 from seratio.errors import SeratioError
+from seratio.report.labels import fmt_p
 from seratio.report.pair import compare_runs
 
 
@@ -92,3 +96,52 @@ def test_compare_says_a_run_has_not_finished(
     err = " ".join(capsys.readouterr().err.split())
     assert f"run '{stopped}' has not finished: it has no result.json yet" in err
     assert f"seratio train --resume --out '{stopped}'" in err
+
+
+SEEDS_A = (0.9153, 0.9121, 0.9140)  # (8, 2, 16), three seeds
+SEEDS_B = (0.9117, 0.9095, 0.9102)  # (8, 8, 8)
+
+
+def _seeds(folder: Path, rr: tuple[int, ...], accuracies: tuple[float, ...], first_run_seed: int) -> Path:
+    for seed, accuracy in enumerate(accuracies):
+        write_run_dir(folder / f"rr-{'-'.join(map(str, rr))}_seed-{seed}", rr, seed, accuracy, 0.47, first_run_seed + seed)
+    return folder
+
+
+def test_two_folders_of_seeds_are_compared_by_welch_with_what_the_seeds_can_detect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _seeds(tmp_path / "a", (8, 2, 16), SEEDS_A, 10)
+    b = _seeds(tmp_path / "b", (8, 8, 8), SEEDS_B, 20)
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    reference = sps.ttest_ind(SEEDS_A, SEEDS_B, equal_var=False)
+    interval = reference.confidence_interval(0.95)
+    welch = document["welch"]
+    gap = np.mean(SEEDS_A) - np.mean(SEEDS_B)
+    assert welch["p_value"] == pytest.approx(reference.pvalue) and welch["diff"] == pytest.approx(gap)
+    assert (welch["ci_low"], welch["ci_high"]) == pytest.approx((interval.low, interval.high))
+    assert document["a"]["accuracies"] == pytest.approx(list(SEEDS_A)) and document["b"]["seeds"] == [0, 1, 2]
+    squares = sum(((np.asarray(s) - np.mean(s)) ** 2).sum() for s in (SEEDS_A, SEEDS_B))
+    noise = document["noise"]
+    assert noise["std"] == pytest.approx(math.sqrt(squares / 4)) and noise["seeds"] == 3
+    assert noise["detectable"] == pytest.approx(noise["std"] * TTestIndPower().solve_power(nobs1=3, power=0.8, alpha=0.05))
+    assert main(["compare", str(a), str(b)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"A - B = +0.33 points, 95% interval [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]" in out
+    assert f"p = {fmt_p(reference.pvalue)}" in out and "A is +0.33 points from B" in out
+
+
+def test_a_folder_of_seeds_must_hold_one_configuration_and_two_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    b = _seeds(tmp_path / "b", (8, 8, 8), SEEDS_B, 20)
+    mixed = _seeds(tmp_path / "mixed", (8, 2, 16), SEEDS_A[:2], 10)
+    write_run_dir(mixed / "other", (4, 4, 4), 0, 0.91, 0.47, 30)
+    assert main(["compare", str(mixed), str(b)]) == 2
+    assert "other and rr-8-2-16_seed-0 in " in (err := capsys.readouterr().err) and "differ in rr [4, 4, 4] vs [8, 2, 16]" in err
+    one = _seeds(tmp_path / "one", (8, 2, 16), SEEDS_A[:1], 10)
+    assert main(["compare", str(one), str(b)]) == 2
+    assert "holds 1 finished run; Welch's test over seeds needs at least 2 per side" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "one"), str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

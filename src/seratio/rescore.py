@@ -21,31 +21,6 @@ from seratio.resume import CHECKPOINT_KEYS
 from seratio.session import start_session
 from seratio.train import load_weights, score
 
-RUN_HINT = "give a run directory made by 'seratio train' or a study, or a folder that holds such directories"
-
-
-def find_runs(path: Path) -> list[Path]:
-    """`path` if it is a run directory, else the run directories directly inside it (a study's
-    artifacts folder holds one per trial), by name. Found before anything is scored, so a typo in
-    the tenth path fails at once, not after nine evaluations."""
-    rundir.need_run_dir(path, RUN_HINT)
-    if (path / rundir.CONFIG).exists():
-        return [path]
-    runs = sorted(child for child in path.iterdir() if _may_be_run(child))
-    if not runs:
-        raise SeratioError(f"{path} holds no {rundir.CONFIG}, so it is not a seratio run, and no run directories; {RUN_HINT}")
-    return runs
-
-
-def _may_be_run(child: Path) -> bool:
-    """A directory that cannot be looked into, or whose config.json is no file, stays in the batch, to
-    be skipped with its reason rather than left out of the count unsaid."""
-    try:
-        return (child / rundir.CONFIG).exists()
-    except OSError:
-        return True
-
-
 def _need_recorded_device(run_dir: Path, device: str) -> None:
     """The device in config.json is only the default; name it, and the way out, when this machine lacks it."""
     try:
@@ -112,10 +87,10 @@ def _data_here(config: RunConfig, data_dir: str | None) -> tuple[RunConfig, list
 def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
     """The run's configuration and the epochs its recipe had when it trained: a recipe can change
     later (`fast` went from 40 to 50 epochs), and the run's own length is what it was."""
-    rundir.need_run_dir(run_dir, RUN_HINT)
+    rundir.need_run_dir(run_dir, rundir.RUN_HINT)
     path = run_dir / rundir.CONFIG
     if not path.exists():
-        raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {RUN_HINT}")
+        raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {rundir.RUN_HINT}")
     config, record = rundir.read_run_config(run_dir)
     recipe = record.get("recipe")
     return config, recipe.get("epochs") if isinstance(recipe, dict) else None

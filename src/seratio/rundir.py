@@ -139,6 +139,31 @@ def need_run_dir(path: Path, hint: str) -> Path:
     return Path(path)
 
 
+RUN_HINT = "give a run directory made by 'seratio train' or a study, or a folder that holds such directories"
+
+
+def find_runs(path: Path) -> list[Path]:
+    """`path` if it is a run directory, else the run directories directly inside it (a study's
+    artifacts folder holds one per trial), by name. Found before anything is scored, so a typo in
+    the tenth path fails at once, not after nine evaluations."""
+    need_run_dir(path, RUN_HINT)
+    if (path / CONFIG).exists():
+        return [path]
+    runs = sorted(child for child in path.iterdir() if _may_be_run(child))
+    if not runs:
+        raise SeratioError(f"{path} holds no {CONFIG}, so it is not a seratio run, and no run directories; {RUN_HINT}")
+    return runs
+
+
+def _may_be_run(child: Path) -> bool:
+    """A directory that cannot be looked into, or whose config.json is no file, stays in the batch, to
+    be skipped with its reason rather than left out of the count unsaid."""
+    try:
+        return (child / CONFIG).exists()
+    except OSError:
+        return True
+
+
 def write_json(path: Path, payload: Any) -> None:
     write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 

@@ -1,10 +1,13 @@
-"""`seratio compare RUN_A RUN_B`: is one run really better than the other on the same test images?"""
+"""`seratio compare A B`: is one run really better than the other on the same test images, or, with a
+folder of seeds per configuration, is one configuration better than the other beyond seed noise?"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -14,18 +17,24 @@ from seratio.commands.options import path_arg
 from seratio.errors import SeratioError
 from seratio.report.labels import fmt_p
 
+from seratio.report.seed_noise import noise_note
+from seratio.rundir import CONFIG, RESULT, need_run_dir
+
 if TYPE_CHECKING:
+    from seratio.report.groups import Group, GroupComparison
     from seratio.report.pair import PairComparison, RunSummary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="paired comparison of two runs: accuracies, McNemar's exact test, per-class differences",
-        description="Compare two finished run directories image by image (they must share the test set).",
+        help="two runs (McNemar's exact test, per-class differences) or two folders of seeds (Welch's test)",
+        description="Compare two finished run directories image by image (McNemar's exact test; they must share "
+                    "the test set), or two folders that each hold the seeds of one configuration (Welch's t-test "
+                    "over seeds, with what these seeds can detect and what the gap would need).",
     )
-    parser.add_argument("run_a", type=path_arg, metavar="RUN_DIR_A")
-    parser.add_argument("run_b", type=path_arg, metavar="RUN_DIR_B")
+    parser.add_argument("run_a", type=path_arg, metavar="A", help="a run directory, or a folder of one configuration's seeds")
+    parser.add_argument("run_b", type=path_arg, metavar="B", help="the same for the other configuration")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.set_defaults(func=run)
 
@@ -61,11 +70,67 @@ def _print(result: PairComparison) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.run_a.resolve() == args.run_b.resolve():
         raise SeratioError(f"{args.run_a} and {args.run_b} are the same run directory; give two different runs")
-    from seratio.report.pair import compare_runs  # reads runs through `records`, which loads optuna
+    runs_a, runs_b = _finished_runs(args.run_a), _finished_runs(args.run_b)
+    if len(runs_a) == 1 and len(runs_b) == 1:
+        from seratio.report.pair import compare_runs
 
-    result = compare_runs(args.run_a, args.run_b)
+        result = compare_runs(runs_a[0], runs_b[0])
+        if args.json:
+            print(json.dumps(asdict(result), indent=2, default=str))
+        else:
+            _print(result)
+        return 0
+    from seratio.report.groups import compare_groups
+
+    groups = compare_groups(runs_a, runs_b, args.run_a, args.run_b)
     if args.json:
-        print(json.dumps(asdict(result), indent=2, default=str))
+        print(json.dumps(asdict(groups), indent=2, default=str))
     else:
-        _print(result)
+        _print_groups(groups)
     return 0
+
+
+def _finished_runs(path: Path) -> list[Path]:
+    """A run directory, or the runs in a folder; an unfinished run in a folder is named, since
+    leaving it out silently would compare fewer seeds than the user thinks."""
+    from seratio.report.pair import need_finished
+
+    need_run_dir(path, "give two run directories made by 'seratio train' or a study, or two folders of them")
+    runs = [path] if _is_run(path) else sorted(child for child in path.iterdir() if child.is_dir() and _is_run(child))
+    if not runs:
+        raise SeratioError(f"{path} is neither a run directory (no {CONFIG} or {RESULT}) nor a folder of runs")
+    for run in runs:
+        need_finished(run)
+    return runs
+
+
+def _is_run(path: Path) -> bool:
+    """A run copied without its config.json is still compared on the files it has."""
+    return (path / CONFIG).exists() or (path / RESULT).exists()
+
+
+def _group_line(label: str, group: Group) -> str:
+    s = group.summary
+    rr = "?" if group.rr is None else ",".join("none" if r is None else str(r) for r in group.rr)
+    spread = f" ± {100 * s.std:.2f}" if len(group.accuracies) > 1 else ""
+    return (f"{label}  {group.path} (rr {rr}, seeds {', '.join(map(str, group.seeds))}): test accuracy "
+            f"{100 * s.mean:.2f}{spread}% (mean ± std over {s.n} seeds)")
+
+
+def _print_groups(result: GroupComparison) -> None:
+    console = stdout_console()
+    w = result.welch
+    console.print(_group_line("A", result.a))
+    console.print(_group_line("B", result.b))
+    if math.isnan(w.p_value):
+        console.print(f"A - B = {100 * w.diff:+.2f} points; not tested: every seed on both sides scored the same")
+    else:
+        console.print(f"A - B = {100 * w.diff:+.2f} points, 95% interval [{100 * w.ci_low:+.2f}, {100 * w.ci_high:+.2f}]; "
+                      f"Welch t = {w.statistic:.2f}, df = {w.df:.1f}, p = {fmt_p(w.p_value)}")
+        verdict = "significant" if w.p_value < 0.05 else "not significant"
+        console.print(f"The difference is {verdict} at the 5% level, over seeds as measured on this test set.")
+    if result.noise is not None:
+        console.print(noise_note(result.noise, "A is {gap} points from B"))
+    if result.differences:
+        console.print(f"note: the configurations also differ in {'; '.join(result.differences)}; the difference is "
+                      "not the ratios' alone.")

@@ -15,6 +15,7 @@ from seratio.commands.options import add_threads_option, checked_threads, path_a
 from seratio.config import resolve_device
 from seratio.errors import SeratioError, user_message
 from seratio.recipes import TTA_VIEWS
+from seratio.rundir import find_runs
 from seratio.runtime import threads_for
 
 TTA_HELP = (
@@ -46,8 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seratio.rescore import find_runs
-
     threads = checked_threads(args)
     if args.device:
         resolve_device(args.device)  # once, not once per run

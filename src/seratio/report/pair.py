@@ -87,7 +87,12 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
                  if a[key] is not None and b[key] is not None and a[key] != b[key])
 
 
-def _need_finished(run_dir: Path) -> None:
+def settings_differences(run_a: Path, run_b: Path) -> tuple[str, ...]:
+    """What besides the ratios and the seed two finished runs were trained with differently."""
+    return _differences(_settings(run_a, read_result(run_a)), _settings(run_b, read_result(run_b)))
+
+
+def need_finished(run_dir: Path) -> None:
     """A run still training (or stopped) has a config but no result yet; saying so beats naming
     the first missing file, which reads like damage."""
     if (run_dir / CONFIG).is_file() and not (run_dir / RESULT).exists():
@@ -100,7 +105,7 @@ def _need_finished(run_dir: Path) -> None:
 def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
     """Compare two finished runs image by image."""
     for path in (run_a, run_b):
-        _need_finished(need_run_dir(path, "give two run directories made by 'seratio train' or a study"))
+        need_finished(need_run_dir(path, "give two run directories made by 'seratio train' or a study"))
     pred_a, labels = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
     need_same_test_images(run_a, run_b, labels, labels_b)
@@ -118,5 +123,5 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
         )
         for k in (int(c) for c in classes)
     )
-    differences = _differences(_settings(Path(run_a), result_a), _settings(Path(run_b), result_b))
+    differences = settings_differences(Path(run_a), Path(run_b))
     return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class, differences)

@@ -10,9 +10,12 @@ shares when the configurations vary alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from seratio import stats
-from seratio.records import RR, Aggregate, ConfigResult
+
+if TYPE_CHECKING:  # `compare` uses this module too, and must not load optuna through `records`
+    from seratio.records import RR, Aggregate, ConfigResult
 
 ALPHA = 0.05
 POWER = 0.8
@@ -35,14 +38,19 @@ class SeedNoise:
 
 
 def seed_noise(agg: Aggregate, seeds: int, found: ConfigResult | None, baseline_rr: RR) -> SeedNoise | None:
-    """None for single-run studies, whose McNemar tests see test-set sampling only, and where the
-    seeds never differed (no spread to scale a difference by)."""
-    groups = [[t.test_accuracy for t in c.runs] for c in agg.configs.values()]
-    std, df = stats.pooled_std(groups)  # type: ignore[arg-type]  # complete runs have accuracies
-    if seeds < 2 or df == 0 or std == 0:
-        return None
+    """A study's noise, and the gap from its baseline to its best found."""
     base = agg.configs.get(baseline_rr)
     gap = None if found is None or base is None or found is base else found.test_accuracy.mean - base.test_accuracy.mean
+    return noise_of([[t.test_accuracy for t in c.runs] for c in agg.configs.values()], seeds, gap)  # type: ignore[misc]
+
+
+def noise_of(groups: list[list[float]], seeds: int, gap: float | None) -> SeedNoise | None:
+    """The noise pooled over `groups` (one configuration's seeds each), at `seeds` per configuration.
+    None with one seed (McNemar's tests see test-set sampling only) and where the seeds never
+    differed (no spread to scale a difference by)."""
+    std, df = stats.pooled_std(groups)
+    if seeds < 2 or df == 0 or std == 0:
+        return None
     return SeedNoise(
         std=std, df=df, configurations=sum(len(g) >= 2 for g in groups), seeds=seeds,
         detectable=stats.detectable_difference(seeds, std, ALPHA, POWER), gap=gap,
@@ -50,7 +58,7 @@ def seed_noise(agg: Aggregate, seeds: int, found: ConfigResult | None, baseline_
     )
 
 
-def noise_note(noise: SeedNoise) -> str:
+def noise_note(noise: SeedNoise, gap_is: str = "The best found is {gap} points from the baseline") -> str:
     text = (f"Seed noise: test accuracy varies by {100 * noise.std:.2f} points from seed to seed (pooled standard "
             f"deviation over {noise.configurations} configurations, {noise.df} degrees of freedom). With "
             f"{noise.seeds} seeds per configuration, a t-test at the 5% level (two-sided, before Holm's "
@@ -60,5 +68,5 @@ def noise_note(noise: SeedNoise) -> str:
     takes = (f"more than {stats.MOST_SEEDS:,} seeds per configuration" if noise.needed is None
              else f"{noise.needed} seeds per configuration")
     have = "; this study has them" if noise.needed is not None and noise.needed <= noise.seeds else ""
-    return (text + f" The best found is {100 * noise.gap:+.2f} points from the baseline: finding a true "
-            f"difference that large {POWER:.0%} of the time takes {takes}{have}.")
+    return (text + " " + gap_is.format(gap=f"{100 * noise.gap:+.2f}") + f": finding a true difference that large "
+            f"{POWER:.0%} of the time takes {takes}{have}.")
