@@ -123,9 +123,10 @@ def test_two_folders_of_seeds_are_compared_by_welch_with_what_the_seeds_can_dete
     assert (welch["ci_low"], welch["ci_high"]) == pytest.approx((interval.low, interval.high))
     assert document["a"]["accuracies"] == pytest.approx(list(SEEDS_A)) and document["b"]["seeds"] == [0, 1, 2]
     squares = sum(((np.asarray(s) - np.mean(s)) ** 2).sum() for s in (SEEDS_A, SEEDS_B))
-    noise = document["noise"]
-    assert noise["std"] == pytest.approx(math.sqrt(squares / 4)) and noise["seeds"] == 3
-    assert noise["detectable"] == pytest.approx(noise["std"] * TTestIndPower().solve_power(nobs1=3, power=0.8, alpha=0.05))
+    noise = document["noise"]  # named as in table.json's seed_noise
+    assert noise["pooled_std"] == pytest.approx(math.sqrt(squares / 4)) and noise["seeds"] == 3
+    assert noise["detectable_difference"] == pytest.approx(
+        noise["pooled_std"] * TTestIndPower().solve_power(nobs1=3, power=0.8, alpha=0.05))
     assert main(["compare", str(a), str(b)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"A - B = +0.33 points, 95% interval [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]" in out
@@ -145,3 +146,15 @@ def test_a_folder_of_seeds_must_hold_one_configuration_and_two_seeds(
     assert "holds 1 finished run; Welch's test over seeds needs at least 2 per side" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "one"), str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_folders_whose_seeds_all_scored_the_same_give_strict_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Welch cannot run without spread: its NaNs are null, and the text says why."""
+    a = _seeds(tmp_path / "a", (16, 16, 16), (0.9, 0.9, 0.9), 10)
+    b = _seeds(tmp_path / "b", (8, 8, 8), (0.8, 0.8, 0.8), 20)
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert document["welch"]["p_value"] is None and document["welch"]["diff"] == pytest.approx(0.1)
+    assert document["noise"] is None
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "not tested: every seed on both sides scored the same" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = compare_runs(runs_a[0], runs_b[0])
         if args.json:
-            print(json.dumps(asdict(result), indent=2, default=str))
+            print(_strict_json(asdict(result)))
         else:
             _print(result)
         return 0
@@ -84,10 +84,24 @@ def run(args: argparse.Namespace) -> int:
 
     groups = compare_groups(runs_a, runs_b, args.run_a, args.run_b)
     if args.json:
-        print(json.dumps(asdict(groups), indent=2, default=str))
+        noise = None if groups.noise is None else groups.noise.record()  # the names table.json uses
+        print(_strict_json(asdict(groups) | {"noise": noise}))
     else:
         _print_groups(groups)
     return 0
+
+
+def _strict_json(document: Any) -> str:
+    """A test that could not run (no spread) is NaN in the dataclasses: null here, since a strict
+    JSON parser refuses NaN."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return json.dumps(finite(document), indent=2, default=str, allow_nan=False)
 
 
 def _finished_runs(path: Path) -> list[Path]:
@@ -130,7 +144,7 @@ def _print_groups(result: GroupComparison) -> None:
         verdict = "significant" if w.p_value < 0.05 else "not significant"
         console.print(f"The difference is {verdict} at the 5% level, over seeds as measured on this test set.")
     if result.noise is not None:
-        console.print(noise_note(result.noise, "A is {gap} points from B"))
+        console.print(noise_note(result.noise, "A is {gap} points from B", "these folders have them"))
     if result.differences:
         console.print(f"note: the configurations also differ in {'; '.join(result.differences)}; the difference is "
                       "not the ratios' alone.")

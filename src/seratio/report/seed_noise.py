@@ -58,7 +58,8 @@ def noise_of(groups: list[list[float]], seeds: int, gap: float | None) -> SeedNo
     )
 
 
-def noise_note(noise: SeedNoise, gap_is: str = "The best found is {gap} points from the baseline") -> str:
+def noise_note(noise: SeedNoise, gap_is: str = "The best found is {gap} points from the baseline",
+               holds: str = "this study has them") -> str:
     text = (f"Seed noise: test accuracy varies by {100 * noise.std:.2f} points from seed to seed (pooled standard "
             f"deviation over {noise.configurations} configurations, {noise.df} degrees of freedom). With "
             f"{noise.seeds} seeds per configuration, a t-test at the 5% level (two-sided, before Holm's "
@@ -67,6 +68,6 @@ def noise_note(noise: SeedNoise, gap_is: str = "The best found is {gap} points f
         return text
     takes = (f"more than {stats.MOST_SEEDS:,} seeds per configuration" if noise.needed is None
              else f"{noise.needed} seeds per configuration")
-    have = "; this study has them" if noise.needed is not None and noise.needed <= noise.seeds else ""
+    have = f"; {holds}" if noise.needed is not None and noise.needed <= noise.seeds else ""
     return (text + " " + gap_is.format(gap=f"{100 * noise.gap:+.2f}") + f": finding a true difference that large "
             f"{POWER:.0%} of the time takes {takes}{have}.")
