@@ -16,7 +16,6 @@ from seratio.commands.console import stdout_console
 from seratio.commands.options import path_arg
 from seratio.errors import SeratioError
 from seratio.report.labels import fmt_p
-
 from seratio.report.seed_noise import noise_note
 from seratio.rundir import CONFIG, RESULT, need_run_dir
 
