@@ -278,6 +278,7 @@ def test_a_recipe_with_test_time_augmentation_reports_it_once_at_the_end(
     result = json.loads((out / "result.json").read_text())
     assert result["tta"] == summary["tta"] == "flip-shift"
     assert {key for key in result if key.startswith("tta")} <= set(summary)  # README: into the printed summary too
+    assert (summary["rr"], summary["seed"]) == ([4, 4, 4], 0)  # a saved summary says which run it was
     assert summary["tta_test_accuracy"] == result["tta_test_accuracy"] > 0.30
     assert 0.5 < result["tta_test_loss"] < 2.3 and result["tta_test_loss"] != pytest.approx(result["test_loss"])
     assert result["tta_val_accuracy"] is None and result["tta_val_loss"] is None  # no validation split

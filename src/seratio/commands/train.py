@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         if stored.is_file():
             console.print(f"to continue: {_resume_command(args.out, args.data_dir)}")
         raise
-    summary = {key: result[key] for key in SUMMARY_KEYS} | {key: result[key] for key in TTA_KEYS if key in result}
+    summary = ({"rr": result.get("rr"), "seed": result.get("seed")} | {key: result[key] for key in SUMMARY_KEYS}
+               | {key: result[key] for key in TTA_KEYS if key in result})  # which run it was, then how it did
     print(json.dumps(summary, indent=2))
     return 0
 
