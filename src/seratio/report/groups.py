@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from seratio import stats
 from seratio.errors import SeratioError
 from seratio.finished_run import need_same_test_images, read_correctness, read_result
-from seratio.report.pair import settings_differences
+from seratio.report.pair import run_settings, setting_differences
 from seratio.report.seed_noise import SeedNoise, noise_of
 
 
@@ -40,8 +41,8 @@ class GroupComparison:
 
 def compare_groups(runs_a: list[Path], runs_b: list[Path], path_a: Path, path_b: Path) -> GroupComparison:
     """Welch over the seeds of `runs_a` (found in `path_a`) against those of `runs_b`."""
-    a, labels = _group(path_a, runs_a)
-    b, labels_b = _group(path_b, runs_b)
+    a, labels, settings_a = _group(path_a, runs_a)
+    b, labels_b, settings_b = _group(path_b, runs_b)
     need_same_test_images(path_a, path_b, labels, labels_b)
     for group in (a, b):
         if len(group.accuracies) < 2:
@@ -50,23 +51,25 @@ def compare_groups(runs_a: list[Path], runs_b: list[Path], path_a: Path, path_b:
                 "two single run directories for McNemar's test on their test images)")
     welch = stats.welch_t_test(a.accuracies, b.accuracies)
     noise = noise_of([list(a.accuracies), list(b.accuracies)], min(len(a.accuracies), len(b.accuracies)), welch.diff)
-    return GroupComparison(a, b, welch, noise, settings_differences(runs_a[0], runs_b[0]))
+    return GroupComparison(a, b, welch, noise, setting_differences(settings_a, settings_b))
 
 
-def _group(path: Path, runs: list[Path]) -> tuple[Group, np.ndarray]:
-    """The seeds of one configuration: their runs must differ in nothing but the seed, or the
-    spread between them is not seed noise."""
+def _group(path: Path, runs: list[Path]) -> tuple[Group, np.ndarray, dict[str, Any]]:
+    """The seeds of one configuration, with its labels and settings: the runs must differ in nothing
+    but the seed, or the spread between them is not seed noise."""
     accuracies: list[float] = []
     seeds: list[int | None] = []
     labels: np.ndarray | None = None
     first = read_result(runs[0])
+    settings = run_settings(runs[0], first)
     for run in runs:
         result = read_result(run)
         predictions, run_labels = read_correctness(run)
         if labels is not None:
             need_same_test_images(runs[0], run, labels, run_labels)
         labels = run_labels
-        differences = settings_differences(runs[0], run) + _rr_difference(first.get("rr"), result.get("rr"))
+        differences = (setting_differences(settings, run_settings(run, result))
+                       + _rr_difference(first.get("rr"), result.get("rr")))
         if differences:
             raise SeratioError(f"{runs[0].name} and {run.name} in {path} differ in {'; '.join(differences)}; a folder to "
                                "compare holds the seeds of one configuration")
@@ -76,7 +79,7 @@ def _group(path: Path, runs: list[Path]) -> tuple[Group, np.ndarray]:
         raise SeratioError(f"{path} holds two runs of the same seed; each seed counts once")
     rr = first.get("rr")
     group = Group(path, None if rr is None else tuple(rr), tuple(seeds), tuple(accuracies), stats.summarize(accuracies))
-    return group, labels  # type: ignore[return-value]  # runs is never empty
+    return group, labels, settings  # type: ignore[return-value]  # runs is never empty
 
 
 def _rr_difference(a: object, b: object) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ def _summary(path: Path, result: dict[str, Any], correct: np.ndarray) -> RunSumm
     return summary
 
 
-def _settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+def run_settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """What besides the ratios and the seed shapes a run's accuracy. A run whose config.json cannot be
     read is still compared on its predictions, only without this list."""
     try:
@@ -81,15 +81,10 @@ def _settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
+def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
     """Settings known for both runs that differ: then A - B is not the ratios' and seeds' doing alone."""
     return tuple(f"{key} {a[key]} vs {b[key]}" for key in a
                  if a[key] is not None and b[key] is not None and a[key] != b[key])
-
-
-def settings_differences(run_a: Path, run_b: Path) -> tuple[str, ...]:
-    """What besides the ratios and the seed two finished runs were trained with differently."""
-    return _differences(_settings(run_a, read_result(run_a)), _settings(run_b, read_result(run_b)))
 
 
 def need_finished(run_dir: Path) -> None:
@@ -123,5 +118,5 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
         )
         for k in (int(c) for c in classes)
     )
-    differences = settings_differences(Path(run_a), Path(run_b))
+    differences = setting_differences(run_settings(Path(run_a), result_a), run_settings(Path(run_b), result_b))
     return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class, differences)
