@@ -111,8 +111,9 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     work(url, "p", FakeTrainer(table3_accuracy))
     assert main(["study", "status", "--name", "p", "--storage", url]) == 0
     shown = " ".join(capsys.readouterr().out.split())
-    assert "done" in shown and "rr 8,2,16" in shown and "0.9153" in shown and "selected on the TEST set, as the paper did" in shown
+    assert "done" in shown and "rr 8,2,16" in shown and "test accuracy 91.53%" in shown and "selected on the TEST set, as the paper did" in shown
     assert "best: rr 8,2,16" in shown and "best so far" not in shown  # the search has decided
+    assert "baseline, the plain ResNet (rr none): test accuracy 90.97%" in shown  # in percent, as the report and the paper give it
     assert f"seratio report --name p --storage {url} --out DIR" in shown
     assert "runs: 14 of the 14 planned have ended" in shown and "left" not in shown  # no time estimate once done
     assert main(["study", "status", "--name", "p", "--storage", url, "--json"]) == 0
@@ -184,7 +185,7 @@ def test_a_journal_cut_off_mid_record_is_repaired_before_anything_appends(
     assert aside.read_bytes() == cut
     create(url, "q", "constant", tmp_path / "runs-q", candidates=(2,))  # appends to the repaired journal
     assert main(["study", "status", "--name", "p", "--storage", url]) == 0
-    assert "0.9153" in capsys.readouterr().out
+    assert "91.53%" in capsys.readouterr().out
     storage = open_storage(url, create=False, patience=Patience(), log=print)
     assert [summary.study_name for summary in optuna.get_all_study_summaries(storage)] == ["p", "q"]
 

@@ -389,7 +389,7 @@ class Worker:
                 self.summary.read_back += 1
             else:
                 self.summary.trained += 1
-            self.log(f"{prefix}: done, {self.definition['select_on']} accuracy {value:.4f}")
+            self.log(f"{prefix}: done, {self.definition['select_on']} accuracy {value:.2%}")
 
     def _fail(self, view: TrialView, kind: str, reason: str) -> None:
         """Reason first, then FAIL; losing the race to another worker that failed it first is fine."""

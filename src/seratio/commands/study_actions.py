@@ -282,14 +282,15 @@ def _print_progress(name: str, storage: str, definition: dict[str, Any], state: 
     if state.best is not None:
         done = state.phase == DONE
         out.print(f"{'best' if done else 'best so far'}: rr {format_rr(state.best)}, {metric} "
-                  f"{state.best_score:.4f}{mean}{label}")
+                  f"{state.best_score:.2%}{mean}{label}")
         if done:
             where = "" if storage == DEFAULT_STORAGE else f" --storage {redact_url(storage)}"
             out.print(f"its test accuracy, with a 95% interval and tests against the baseline: "
                       f"seratio report --name {name}{where} --out DIR")
     if state.baseline_score is not None:
-        baseline = format_rr(tuple(definition["baseline"]))
-        out.print(f"baseline rr {baseline}: {metric} {state.baseline_score:.4f}{mean}")
+        baseline = tuple(definition["baseline"])
+        named = "the plain ResNet (rr none)" if all(r is None for r in baseline) else f"rr {format_rr(baseline)}"
+        out.print(f"baseline, {named}: {metric} {state.baseline_score:.2%}{mean}")
     out.print(_plan_line(state, definition["strategy"]))
 
 
