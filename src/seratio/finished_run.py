@@ -19,7 +19,7 @@ import numpy as np
 from seratio import rundir
 from seratio.errors import SeratioError, int_in
 
-def _need(run_dir: Path, name: str) -> Path:
+def _need(run_dir: Path | str, name: str) -> Path:
     path = Path(run_dir) / name
     if not path.is_file():
         raise SeratioError(f"{path} not found (run directory missing or incomplete on this machine)")
@@ -44,7 +44,7 @@ def _is_count(value: Any) -> bool:
     return int_in(value, 0, MAX_COUNT)
 
 
-def read_result(run_dir: Path) -> dict[str, Any]:
+def read_result(run_dir: Path | str) -> dict[str, Any]:
     """The run's final evaluation (`result.json`), with every value a report or comparison reads
     checked here, so that a damaged file is one message naming it rather than a crash where it is used."""
     path = _need(run_dir, rundir.RESULT)
@@ -77,7 +77,7 @@ def _result_problem(result: dict[str, Any]) -> str | None:
     return None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
     """Per-epoch metrics (`metrics.jsonl`), in epoch order, with the test accuracy that the
     report's curves read checked to be a fraction (or null)."""
     path = _need(run_dir, rundir.METRICS)

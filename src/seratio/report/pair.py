@@ -97,8 +97,9 @@ def need_finished(run_dir: Path) -> None:
         )
 
 
-def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
+def compare_runs(run_a: Path | str, run_b: Path | str) -> PairComparison:
     """Compare two finished runs image by image."""
+    run_a, run_b = Path(run_a), Path(run_b)
     for path in (run_a, run_b):
         need_finished(need_run_dir(path, "give two run directories made by 'seratio train' or a study"))
     pred_a, labels = read_correctness(run_a)
@@ -106,7 +107,7 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
     need_same_test_images(run_a, run_b, labels, labels_b)
     correct_a, correct_b = pred_a == labels, pred_b == labels
     result_a, result_b = read_result(run_a), read_result(run_b)
-    a, b = _summary(Path(run_a), result_a, correct_a), _summary(Path(run_b), result_b, correct_b)
+    a, b = _summary(run_a, result_a, correct_a), _summary(run_b, result_b, correct_b)
     names = result_a.get("class_names")
     classes = np.unique(labels)
     per_class = tuple(
@@ -118,5 +119,5 @@ def compare_runs(run_a: Path, run_b: Path) -> PairComparison:
         )
         for k in (int(c) for c in classes)
     )
-    differences = setting_differences(run_settings(Path(run_a), result_a), run_settings(Path(run_b), result_b))
+    differences = setting_differences(run_settings(run_a, result_a), run_settings(run_b, result_b))
     return PairComparison(a, b, mcnemar_exact(correct_a, correct_b), per_class, differences)
