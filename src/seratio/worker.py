@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from seratio import rundir, strategies, study
+from seratio.architecture import format_rr
 from seratio.errors import SeratioError
 from seratio.heartbeat import Heartbeat, StaleWatch
 from seratio.ledger import RR, Ledger, RunKey, Status, TrialView
@@ -283,7 +284,7 @@ class Worker:
         self.summary.duplicates += 1
 
     def _label(self, view: TrialView) -> str:
-        rr = "none" if view.rr is None else ",".join("none" if r is None else str(r) for r in view.rr)
+        rr = "none" if view.rr is None else format_rr(view.rr)
         return f"rr {rr} seed {view.seed}"
 
     def _train(self, view: TrialView, trial: optuna.trial.Trial, heartbeat: Heartbeat) -> None:

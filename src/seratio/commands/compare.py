@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from seratio.architecture import format_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import path_arg
 from seratio.errors import SeratioError
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _name(run: RunSummary) -> str:
-    rr = "?" if run.rr is None else ",".join("none" if r is None else str(r) for r in run.rr)
+    rr = "?" if run.rr is None else format_rr(run.rr)
     return f"{run.path.name} (rr {rr}, seed {run.seed})"
 
 
@@ -124,7 +125,7 @@ def _is_run(path: Path) -> bool:
 
 def _group_line(label: str, group: Group) -> str:
     s = group.summary
-    rr = "?" if group.rr is None else ",".join("none" if r is None else str(r) for r in group.rr)
+    rr = "?" if group.rr is None else format_rr(group.rr)
     spread = f" ± {100 * s.std:.2f}" if len(group.accuracies) > 1 else ""
     return (f"{label}  {group.path} (rr {rr}, seeds {', '.join(map(str, group.seeds))}): test accuracy "
             f"{100 * s.mean:.2f}{spread}% (mean ± std over {s.n} seeds)")

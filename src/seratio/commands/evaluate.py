@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from seratio.architecture import format_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import add_threads_option, checked_threads, path_arg, path_text
 from seratio.config import resolve_device
@@ -126,7 +127,7 @@ def _table(scored: list[dict[str, Any]]) -> Table:
 
 
 def _rr(scores: dict[str, Any]) -> str:
-    return ",".join("none" if r is None else str(r) for r in scores["rr"])
+    return format_rr(scores["rr"])
 
 
 def _views(scores: dict[str, Any]) -> str:
