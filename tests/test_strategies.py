@@ -19,9 +19,9 @@ from seratio.ledger import Ledger
 from seratio.overview import progress, trial_row
 from seratio.records import load_study
 from seratio.report.content import build_content
-from seratio.store import Patience
-from seratio.study import pruner, run_name
-from study_fakes import TABLE3, TINY, FakeTrainer, _result, create, smooth_accuracy, table3_accuracy, work
+from seratio.store import Patience, StudyStore
+from seratio.study import StudyRequest, build_definition, create_or_join, pruner, run_name
+from study_fakes import TABLE3, TINY, FakeTrainer, _open, _result, create, smooth_accuracy, table3_accuracy, work
 
 
 def _study(tmp_path: Path, strategy: str, trainer: FakeTrainer, **request: object) -> tuple[Ledger, strategies.Plan]:
@@ -179,6 +179,21 @@ def test_halving_never_prunes_a_finished_run_nor_lets_the_baseline_compete(tmp_p
     (baseline,) = [t for t in trials if t.user_attrs["rr"] == [None, None, None]]
     assert baseline.state == TrialState.COMPLETE and baseline.intermediate_values == {}
     assert strategies.plan(definition, Ledger(trials)).done
+
+
+@pytest.mark.parametrize(("baseline", "warned"), [((4, 4, 4), True), ((16, 16, 16), False), ((None, None, None), False)])
+def test_halving_warns_when_its_uncut_baseline_is_also_a_candidate(
+    tmp_path: Path, baseline: tuple[int | None, ...], warned: bool
+) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    definition = build_definition(StudyRequest(strategy="halving", run=dataclasses.replace(TINY, epochs=3), candidates=(2, 4),
+                                               baseline=baseline))
+    store = StudyStore.create_or_join(_open(url, create=True), "s", Patience(seconds=30), lambda m: None)
+    _, warnings = create_or_join(store, definition, tmp_path / "runs")
+    said = [w for w in warnings if "also in the halving grid" in w]
+    assert said == ([f"the baseline 4,4,4 is also in the halving grid: as the baseline it trains every epoch and no "
+                     "cut applies to it, so it can win where an equal candidate would have been cut; a baseline "
+                     "outside the grid (none, the default) puts every candidate under the same cuts"] if warned else [])
 
 
 def test_halving_judges_a_retried_run_once_at_a_cut_not_as_its_failed_trial_and_its_retry() -> None:

@@ -130,13 +130,30 @@ def _check_grid_size(request: StudyRequest, candidates: list[int], stage_lists: 
     if request.strategy not in ("grid", "halving"):
         return
     configs = math.prod(len(ratios) for ratios in stage_lists)
-    runs = configs * request.seeds
+    baseline = not _in_grid(parse_rr(list(request.baseline)), stage_lists)  # trained beside the grid
+    runs = (configs + baseline) * request.seeds
     if runs > MAX_N_TRIALS:
+        and_baseline = " and the baseline" if baseline else ""
         raise SeratioError(
-            f"--candidates {format_rr(tuple(candidates))} give {request.strategy} {configs:,} combinations, "
+            f"--candidates {format_rr(tuple(candidates))} give {request.strategy} {configs:,} combinations{and_baseline}, "
             f"{runs:,} runs with {request.seeds} seed(s); at most {MAX_N_TRIALS:,}: give fewer candidates or seeds, "
             "or search with tpe --n-trials"
         )
+
+
+def _in_grid(rr: Ratios, stage_lists: Sequence[Sequence[int]]) -> bool:
+    return all(r in ratios for r, ratios in zip(rr, stage_lists))
+
+
+def _baseline_warnings(definition: dict[str, Any]) -> list[str]:
+    """Halving never cuts the baseline, which the report needs fully trained; where the baseline is
+    also a candidate, that lets it win past cuts that stop its equals."""
+    baseline = parse_rr(list(definition["baseline"]))
+    if definition["strategy"] != "halving" or not _in_grid(baseline, definition["stage_candidates"]):
+        return []
+    return [f"the baseline {format_rr(baseline)} is also in the halving grid: as the baseline it trains every "
+            "epoch and no cut applies to it, so it can win where an equal candidate would have been cut; a "
+            "baseline outside the grid (none, the default) puts every candidate under the same cuts"]
 
 
 def build_definition(request: StudyRequest) -> dict[str, Any]:
@@ -237,7 +254,8 @@ def create_or_join(store: StudyStore, definition: dict[str, Any], artifacts: Pat
             "rerun with the same options or choose another --name"
         )
     root = artifacts.resolve() if artifacts else Path(attrs[ARTIFACTS_ATTR])
-    return root, code_warnings(attrs[DEFINITION_ATTR]) + _artifacts_warnings(root, Path(attrs[ARTIFACTS_ATTR]))
+    stored = attrs[DEFINITION_ATTR]
+    return root, code_warnings(stored) + _baseline_warnings(stored) + _artifacts_warnings(root, Path(attrs[ARTIFACTS_ATTR]))
 
 
 def _artifacts_warnings(root: Path, stored: Path) -> list[str]:
