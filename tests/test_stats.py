@@ -14,6 +14,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
 from seratio import stats
+from seratio.errors import SeratioError
 
 # Three seeds per configuration, as accuracies in percent (fixed inputs).
 SE_8_2_16 = [91.53, 91.21, 91.40]
@@ -40,7 +41,7 @@ def test_summary_of_one_value_has_no_spread() -> None:
 
 
 def test_summary_needs_a_value() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(SeratioError):
         stats.summarize([])
 
 
@@ -76,7 +77,7 @@ def test_welch_without_variance_is_undefined() -> None:
 
 
 def test_welch_needs_two_values_per_group() -> None:
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(SeratioError, match="at least 2"):
         stats.welch_t_test([91.0], RESNET)
 
 
@@ -126,7 +127,7 @@ def test_mcnemar_from_paired_correctness() -> None:
 
 
 def test_mcnemar_rejects_unpaired_arrays() -> None:
-    with pytest.raises(ValueError, match="equal length"):
+    with pytest.raises(SeratioError, match="equal length"):
         stats.mcnemar_exact(np.ones(5, bool), np.ones(6, bool))
 
 
@@ -169,3 +170,24 @@ def test_seeds_needed_gives_up_beyond_the_largest_study() -> None:
 def test_detectable_difference_is_where_power_reaches_80_percent(seeds: int) -> None:
     exact = 0.15 * TTestIndPower().solve_power(nobs1=seeds, power=0.8, alpha=0.05)
     assert stats.detectable_difference(seeds, 0.15) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: stats.summarize([0.91, 0.92], confidence=95), "confidence 95 must lie strictly between 0 and 1"),
+    (lambda: stats.welch_t_test([0.91, 0.92], [0.90, 0.91], confidence=0), "confidence 0 must lie"),
+    (lambda: stats.seeds_needed(0.0036, 0.0015, power=1.5), "power 1.5 must lie"),
+    (lambda: stats.seeds_needed(0.0036, 0.0015, alpha=0), "alpha 0 must lie"),
+    (lambda: stats.seeds_needed(0.0036, stats.summarize([0.91]).std), "deviation nan must be a positive number"),
+    (lambda: stats.seeds_needed(0.0036, 0.0), "deviation 0.0 must be a positive number"),
+    (lambda: stats.detectable_difference(4, 0.0), "deviation 0.0 must be a positive number"),
+    (lambda: stats.holm([1.5, -0.1]), r"p-values \[1.5, -0.1\] must lie from 0 to 1"),
+    (lambda: stats.mcnemar_exact(np.array([3, 0, 7]), np.array([3, 1, 2])), "correct_a holds values other than 0 and 1"),
+])
+def test_values_a_test_cannot_mean_are_refused_by_name(call: object, message: str) -> None:
+    """A percent for a fraction, one seed's NaN spread or class predictions gave quiet wrong answers before."""
+    with pytest.raises(SeratioError, match=message):
+        call()  # type: ignore[operator]
+
+
+def test_zero_one_correctness_is_read_as_truth_values() -> None:
+    assert stats.mcnemar_exact(np.array([1, 0, 1]), np.array([0, 0, 1])) == stats.mcnemar_exact_counts(1, 0)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seratio.errors import SeratioError
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -65,9 +67,10 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     """Summarise replicate runs of one configuration; needs at least one value."""
     from scipy import stats as sps
 
+    _check_level("confidence", confidence)
     x = np.asarray(values, dtype=float)
     if x.size == 0:
-        raise ValueError("summarize needs at least one value")
+        raise SeratioError("summarize needs at least one value")
     mean = float(x.mean())
     if x.size < 2:
         return Summary(1, mean, math.nan, math.nan, math.nan, confidence)
@@ -94,9 +97,10 @@ def welch_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.9
     """
     from scipy import stats as sps
 
+    _check_level("confidence", confidence)
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
-        raise ValueError(f"Welch's t-test needs at least 2 values per group, got {x.size} and {y.size}")
+        raise SeratioError(f"Welch's t-test needs at least 2 values per group, got {x.size} and {y.size}")
     diff = float(x.mean() - y.mean())
     vx, vy = _variance(x) / x.size, _variance(y) / y.size
     se2 = vx + vy
@@ -114,17 +118,18 @@ def mcnemar_exact_counts(b: int, c: int) -> McNemarResult:
     from scipy import stats as sps
 
     if b < 0 or c < 0:
-        raise ValueError(f"discordant counts must be non-negative, got b={b}, c={c}")
+        raise SeratioError(f"discordant counts must be non-negative, got b={b}, c={c}")
     n = b + c
     p_value = 1.0 if n == 0 else min(1.0, 2.0 * float(sps.binom.cdf(min(b, c), n, 0.5)))
     return McNemarResult(b, c, n, p_value)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemarResult:
-    """McNemar on two runs' per-image correctness over the same test images, in the same order."""
-    x, y = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    """McNemar on two runs' per-image correctness over the same test images, in the same order:
+    True where a run got the image right. Class predictions are refused, not read as truth values."""
+    x, y = _correctness(correct_a, "correct_a"), _correctness(correct_b, "correct_b")
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"paired correctness must be two 1-D arrays of equal length, got {x.shape} and {y.shape}")
+        raise SeratioError(f"paired correctness must be two 1-D arrays of equal length, got {x.shape} and {y.shape}")
     return mcnemar_exact_counts(int(np.sum(x & ~y)), int(np.sum(~x & y)))
 
 
@@ -134,6 +139,8 @@ def holm(p_values: Sequence[float]) -> list[float]:
     NaN entries (tests that could not run) are kept as NaN and do not count as tests.
     """
     p = np.asarray(p_values, dtype=float)
+    if np.any((p < 0) | (p > 1)):
+        raise SeratioError(f"p-values {list(p_values)!r} must lie from 0 to 1 (NaN for a test that could not run)")
     adjusted = np.full(p.shape, math.nan)
     valid = np.flatnonzero(~np.isnan(p))
     order = valid[np.argsort(p[valid], kind="stable")]
@@ -169,7 +176,9 @@ def t_test_power(diff: float, std: float, seeds: int, alpha: float = 0.05) -> fl
     from scipy import stats as sps
 
     if seeds < 2:
-        raise ValueError(f"a t-test needs at least 2 seeds per side, got {seeds}")
+        raise SeratioError(f"a t-test needs at least 2 seeds per side, got {seeds}")
+    _check_level("alpha", alpha)
+    _check_std(std)
     df = 2 * seeds - 2
     shift = abs(diff) / (std * math.sqrt(2 / seeds))
     if shift > 40:  # certain to be found, and beyond where scipy's noncentral t is accurate
@@ -182,6 +191,8 @@ def seeds_needed(diff: float, std: float, alpha: float = 0.05, power: float = 0.
     """The fewest seeds per configuration at which the t-test reaches `power` for `diff`; None
     when even MOST_SEEDS do not (or `diff` is 0). Power grows with seeds: doubling brackets the
     answer, and a bisection inside the bracket finds it."""
+    _check_level("power", power)
+    _check_std(std)
     if diff == 0:
         return None
     low, high = 2, 2
@@ -199,7 +210,30 @@ def detectable_difference(seeds: int, std: float, alpha: float = 0.05, power: fl
     """The smallest true difference that `seeds` runs per configuration find with `power`."""
     from scipy.optimize import brentq
 
+    _check_level("power", power)
+    _check_std(std)
     high = std
     while t_test_power(high, std, seeds, alpha) < power:
         high *= 2
     return float(brentq(lambda diff: t_test_power(diff, std, seeds, alpha) - power, 0.0, high, xtol=std * 1e-9))
+
+
+def _check_level(name: str, value: float) -> None:
+    """Levels are fractions: a confidence of 95 meant as percent would give NaN intervals silently."""
+    if not 0 < value < 1:
+        raise SeratioError(f"{name} {value!r} must lie strictly between 0 and 1 (e.g. 0.95, 0.05, 0.8)")
+
+
+def _check_std(std: float) -> None:
+    """A power calculation divides by the seed noise: one seed's NaN spread or a zero one has no answer."""
+    if not (math.isfinite(std) and std > 0):
+        raise SeratioError(f"seed-to-seed standard deviation {std!r} must be a positive number; "
+                           "it takes at least two seeds that differ to measure")
+
+
+def _correctness(values: np.ndarray | Sequence[bool], name: str) -> np.ndarray:
+    x = np.asarray(values)
+    if x.dtype != bool and not np.isin(x, (0, 1)).all():
+        raise SeratioError(f"{name} holds values other than 0 and 1; give per-image correctness "
+                           "(predictions == labels), not class predictions")
+    return x.astype(bool)
