@@ -164,9 +164,9 @@ def test_bad_arguments_are_rejected(kwargs: dict, error: type, message: str) -> 
 
 
 def test_non_uint8_images_are_rejected() -> None:
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(SeratioError, match="uint8"):
         augment_batch(torch.zeros(2, 3, H, W), seeded())
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(SeratioError, match="uint8"):
         augment_batch(torch.zeros(3, H, W, dtype=torch.uint8), seeded())
 
 
@@ -174,5 +174,5 @@ def test_to_float_scales_to_unit_range() -> None:
     images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
     assert torch.equal(to_float(images), torch.tensor([0.0, 0.2, 1.0]).view(1, 1, 1, 3))
     assert to_float(images, torch.float64).dtype == torch.float64
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(SeratioError, match="uint8"):
         to_float(to_float(images))

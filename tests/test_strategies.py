@@ -191,7 +191,7 @@ def test_halving_warns_when_its_uncut_baseline_is_also_a_candidate(
     store = StudyStore.create_or_join(_open(url, create=True), "s", Patience(seconds=30), lambda m: None)
     _, warnings = create_or_join(store, definition, tmp_path / "runs")
     said = [w for w in warnings if "also in the halving grid" in w]
-    assert said == ([f"the baseline 4,4,4 is also in the halving grid: as the baseline it trains every epoch and no "
+    assert said == (["the baseline 4,4,4 is also in the halving grid: as the baseline it trains every epoch and no "
                      "cut applies to it, so it can win where an equal candidate would have been cut; a baseline "
                      "outside the grid (none, the default) puts every candidate under the same cuts"] if warned else [])
 

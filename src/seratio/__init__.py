@@ -18,13 +18,21 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from seratio.architecture import count_params as count_params
     from seratio.architecture import parse_rr as parse_rr
     from seratio.architecture import se_hidden as se_hidden
+    from seratio.augment import to_float as to_float
     from seratio.cli import main as main
+    from seratio.concurrent import train_concurrently as train_concurrently
     from seratio.config import RunConfig as RunConfig
+    from seratio.data import load_cifar as load_cifar
     from seratio.errors import SeratioError as SeratioError
     from seratio.finished_run import read_metrics as read_metrics
     from seratio.finished_run import read_result as read_result
     from seratio.models import build_model as build_model
+    from seratio.records import aggregate as aggregate
+    from seratio.records import read_study as read_study
+    from seratio.report.groups import compare_seeds as compare_seeds
     from seratio.report.pair import compare_runs as compare_runs
+    from seratio.rescore import load_model as load_model
+    from seratio.rescore import rescore_run as rescore_run
     from seratio.stats import detectable_difference as detectable_difference
     from seratio.stats import holm as holm
     from seratio.stats import mcnemar_exact as mcnemar_exact
@@ -33,19 +41,24 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from seratio.stats import welch_t_test as welch_t_test
     from seratio.train import train_run as train_run
 
-_HOMES = {
-    "ModelConfig": "seratio.architecture", "count_macs": "seratio.architecture", "count_params": "seratio.architecture",
-    "parse_rr": "seratio.architecture", "se_hidden": "seratio.architecture",
-    "main": "seratio.cli",
-    "RunConfig": "seratio.config",
-    "SeratioError": "seratio.errors",
-    "read_metrics": "seratio.finished_run", "read_result": "seratio.finished_run",
-    "build_model": "seratio.models",
-    "compare_runs": "seratio.report.pair",
-    "detectable_difference": "seratio.stats", "holm": "seratio.stats", "mcnemar_exact": "seratio.stats",
-    "seeds_needed": "seratio.stats", "summarize": "seratio.stats", "welch_t_test": "seratio.stats",
-    "train_run": "seratio.train",
+_NAMES = {
+    "seratio.architecture": ("ModelConfig", "count_macs", "count_params", "parse_rr", "se_hidden"),
+    "seratio.augment": ("to_float",),
+    "seratio.cli": ("main",),
+    "seratio.concurrent": ("train_concurrently",),
+    "seratio.config": ("RunConfig",),
+    "seratio.data": ("load_cifar",),
+    "seratio.errors": ("SeratioError",),
+    "seratio.finished_run": ("read_metrics", "read_result"),
+    "seratio.models": ("build_model",),
+    "seratio.records": ("aggregate", "read_study"),
+    "seratio.report.groups": ("compare_seeds",),
+    "seratio.report.pair": ("compare_runs",),
+    "seratio.rescore": ("load_model", "rescore_run"),
+    "seratio.stats": ("detectable_difference", "holm", "mcnemar_exact", "seeds_needed", "summarize", "welch_t_test"),
+    "seratio.train": ("train_run",),
 }
+_HOMES = {name: home for home, names in _NAMES.items() for name in names}
 __all__ = sorted(_HOMES)
 
 
@@ -59,4 +72,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The API and the version: tab completion should not offer this module's own imports."""
+    return sorted([*__all__, "__version__"])

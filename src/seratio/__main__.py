@@ -1,8 +1,8 @@
 """The `seratio` command and `python -m seratio`: a guard around everything it runs.
 
 A Ctrl-C or SIGTERM at any instant must end in one line. Python spends some 50 ms importing
-`seratio.cli` (twice, with the tcmalloc re-exec), and an interrupt there used to print a
-traceback, so that import happens inside the guard. Only `signal` and `sys`, built into the
+`seratio.cli`, and an interrupt there used to print a traceback, so that import happens inside
+the guard, after the tcmalloc re-exec (so it is imported once). Only `signal` and `sys`, built into the
 interpreter, and `seratio.interrupts`, which imports only small standard modules, are imported before it.
 SIGTERM, what batch schedulers and service managers stop jobs with, is turned into the same
 KeyboardInterrupt first of all, so that every command (a report waiting for its storage, `study
@@ -23,6 +23,9 @@ INTERRUPTED = 130
 def run() -> int:
     try:
         install()
+        from seratio.runtime import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc()  # here, not in cli.main: a call from Python must never replace its process
         from seratio.cli import main
 
         code = main()

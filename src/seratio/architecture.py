@@ -11,12 +11,13 @@ same width and collapse the search space this tool exists to explore.
 
 from __future__ import annotations
 
+import numbers
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, exact_int
 
 STAGE_CHANNELS = (16, 32, 64)
 STEM_CHANNELS = 16
@@ -49,13 +50,21 @@ def _parse_one(token: str | int | None, stage: int) -> Ratio:
     return value
 
 
-def parse_rr(spec: str | Sequence[str | int | None], stages: int = len(STAGE_CHANNELS)) -> Ratios:
-    """Parse '8,2,16', 'none' or a sequence into one ratio per stage.
+def parse_rr(spec: str | int | None | Sequence[str | int | None], stages: int = len(STAGE_CHANNELS)) -> Ratios:
+    """Parse '8,2,16', 'none', 8, None or a sequence into one ratio per stage.
 
-    A single value applies to every stage, so `--rr none` is the plain ResNet
-    and `--rr 8` is the constant (8, 8, 8).
+    A single value applies to every stage, so `--rr none` (or None) is the plain ResNet
+    and `--rr 8` (or 8) is the constant (8, 8, 8).
     """
-    tokens = spec.split(",") if isinstance(spec, str) else list(spec)
+    if isinstance(spec, str):
+        tokens: list[Any] = spec.split(",")
+    elif spec is None or isinstance(spec, numbers.Integral):
+        tokens = [spec]
+    elif isinstance(spec, Iterable):
+        tokens = list(spec)
+    else:
+        raise SeratioError(f"reduction ratios {spec!r} are not a ratio or a sequence of them; e.g. 8, None, "
+                           "(8, 2, 16) or '8,2,16'")
     if len(tokens) == 1:
         tokens = tokens * stages
     if len(tokens) != stages:
@@ -83,6 +92,8 @@ class ModelConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", exact_int(self.depth))
+        object.__setattr__(self, "num_classes", exact_int(self.num_classes))
         if not isinstance(self.depth, int) or not 8 <= self.depth <= MAX_DEPTH or (self.depth - 2) % 6:
             raise SeratioError(
                 f"depth {self.depth!r} is not 6n+2 with 1 <= n <= {(MAX_DEPTH - 2) // 6}; "
@@ -90,7 +101,7 @@ class ModelConfig:
             )
         if not isinstance(self.num_classes, int) or not 2 <= self.num_classes <= MAX_CLASSES:
             raise SeratioError(f"number of classes {self.num_classes!r} must be an integer from 2 to {MAX_CLASSES}")
-        object.__setattr__(self, "rr", parse_rr(list(self.rr)))
+        object.__setattr__(self, "rr", parse_rr(self.rr))
         se_hidden(self)
 
     @property

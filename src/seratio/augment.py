@@ -50,7 +50,7 @@ def view_batch(images: torch.Tensor, flip: bool, dy: int, dx: int) -> torch.Tens
 
 def _check_images(images: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise SeratioError(f"expected uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
 
 
 def _flip_and_shift(images: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -67,5 +67,5 @@ def _flip_and_shift(images: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, 
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Scale uint8 pixels to [0, 1]; refusing other dtypes stops an image from being scaled twice."""
     if images.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images, got {images.dtype}")
+        raise SeratioError(f"expected uint8 images, got {images.dtype}")
     return images.to(dtype).div_(255)

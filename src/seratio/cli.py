@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -17,7 +19,6 @@ from typing import Any, NoReturn
 from seratio import __version__
 from seratio.__main__ import INTERRUPTED
 from seratio.errors import SeratioError, user_message
-from seratio.runtime import reexec_with_tcmalloc
 
 COMMANDS = ("info", "train", "evaluate", "report", "compare", "study")
 INNERMOST = "_seratio_parser"
@@ -79,11 +80,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # the `seratio` command itself, never a call from Python: exec replaces the process
-        reexec_with_tcmalloc()
-    arguments = list(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str | os.PathLike[str] | int | float] | str | None = None) -> int:
+    """Run one `seratio` command line and return its exit code as a shell would see it: 0 done, 2
+    refused, 130 interrupted. From Python give the arguments as a list (paths and numbers are
+    written as text) or as one string, split as a shell would; None reads `sys.argv`, which only
+    the `seratio` command itself does."""
     try:  # from the imports on: a Ctrl-C while torch loads is an interruption too, not a traceback
+        arguments = sys.argv[1:] if argv is None else _arguments(argv)
         parser = build_parser(arguments[0] if arguments and arguments[0] in COMMANDS else None)
         args = parser.parse_args(arguments)
         return int(args.func(args) or 0)
@@ -93,3 +96,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seratio: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except SystemExit as stop:  # argparse ends --help, --version and a bad option by exiting
+        if argv is None:
+            raise
+        return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+
+
+def _arguments(argv: Sequence[str | os.PathLike[str] | int | float] | str) -> list[str]:
+    """A caller from Python writes `main(["train", "--out", Path("r"), "--seed", 3])`; argparse
+    takes only text, and would read a plain string letter by letter."""
+    if isinstance(argv, str):
+        return shlex.split(argv)
+    arguments = []
+    for value in argv:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise SeratioError(f"argument {value!r} is not text, a path or a number; give the command line "
+                               "as a list of those, e.g. ['info', '--rr', '8,2,16']")
+        arguments.append(str(value))
+    return arguments

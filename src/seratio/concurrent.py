@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seratio.config import RunConfig
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, print_to_stderr
 from seratio.runtime import set_threads
 
 T = TypeVar("T")
@@ -73,6 +73,7 @@ def train_concurrently(
 
 
 def _train_one(config: RunConfig, out_dir: str) -> dict[str, Any]:
+    """Each child's lines carry its run directory: K runs write to one stderr."""
     from seratio.train import train_run
 
-    return train_run(config, out_dir, resume=True)
+    return train_run(config, out_dir, resume=True, log=lambda message: print_to_stderr(f"{out_dir}: {message}"))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import numbers
+import os
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, fields
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from seratio import __version__
 from seratio.architecture import ModelConfig, Ratios, parse_rr
 from seratio.datasets import dataset_info
-from seratio.errors import SeratioError, int_in
+from seratio.errors import SeratioError, exact_int, int_in
 from seratio.recipes import Recipe, get_recipe
 
 if TYPE_CHECKING:
@@ -35,8 +37,20 @@ MAX_SEED = 2**32 - 1
 _NOT_IDENTITY = {"device", "data_dir"}
 
 
+_INTEGERS = ("depth", "epochs", "batch_size", "seed", "train_subset", "test_subset", "val_size", "split_seed")
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    """Everything that makes one run, checked when made, so a bad value fails before any training.
+
+    None for `epochs`, `batch_size` and `lr` takes the recipe's (`paper`: 200 epochs, batch 32,
+    lr 1e-3); None for a subset uses the whole split. `val_size` 5000 holds out a validation split
+    from the 50,000 training images for selection; the paper had none, so its run is `val_size=0`.
+    `rr` takes what `parse_rr` does: 8, None, (8, 2, 16) or "8,2,16". `device` and `data_dir` say
+    where this machine runs it and are not part of the run's identity.
+    """
+
     rr: Ratios = (None, None, None)
     depth: int = 50
     dataset: str = "cifar10"
@@ -54,7 +68,15 @@ class RunConfig:
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rr", parse_rr(list(self.rr)))
+        object.__setattr__(self, "rr", parse_rr(self.rr))
+        for name in _INTEGERS:
+            object.__setattr__(self, name, exact_int(getattr(self, name)))
+        if isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool):
+            object.__setattr__(self, "lr", float(self.lr))
+        if isinstance(self.data_dir, os.PathLike):
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise SeratioError(f"data_dir {self.data_dir!r} must be a path or None (then $SERATIO_DATA or the cache)")
         for name in ("seed", "split_seed"):
             value = getattr(self, name)
             if not int_in(value, 0, MAX_SEED):

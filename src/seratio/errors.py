@@ -3,12 +3,22 @@
 The CLI turns a `SeratioError` into a one-line message and exit code 2, so
 nothing a user types ends in a traceback; an `OSError` (a file the system
 refused) gets the same treatment through `os_error_message`. Anything else
-escaping is a bug. `int_in` is the check that most refusals of a count rest on.
+escaping is a bug. `int_in` is the check that most refusals of a count rest on, and
+`print_to_stderr` is where the Python API's warnings go when its caller names no `log`.
 """
+
+import numbers
+import sys
 
 
 class SeratioError(Exception):
     """A user-facing error: the message names the bad value and what is allowed."""
+
+
+def exact_int(value: object) -> object:
+    """numpy's integers as Python ints, anything else unchanged for the checks to judge: a sweep
+    built with np.arange passes them, and JSON cannot write them."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
 def int_in(value: object, low: int, high: int) -> bool:
@@ -27,3 +37,9 @@ def os_error_message(error: OSError) -> str:
     reason = error.strerror or str(error)
     paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
     return f"{reason}: {' -> '.join(paths)}" if paths else reason
+
+
+def print_to_stderr(message: str) -> None:
+    """The Python API's default `log`: a caller from a script or notebook sees the warnings too, as
+    the command line's user does."""
+    print(message, file=sys.stderr, flush=True)

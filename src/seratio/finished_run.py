@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from seratio import rundir
 from seratio.errors import SeratioError, int_in
+
 
 def _need(run_dir: Path | str, name: str) -> Path:
     path = Path(run_dir) / name
@@ -44,9 +46,48 @@ def _is_count(value: Any) -> bool:
     return int_in(value, 0, MAX_COUNT)
 
 
+PAIR_HINT = "give two run directories made by 'seratio train' or a study, or two folders of them"
+
+
+def need_finished(run_dir: Path) -> None:
+    """A run still training (or stopped) has a config but no result yet; saying so beats naming
+    the first missing file, which reads like damage."""
+    if (run_dir / rundir.CONFIG).is_file() and not (run_dir / rundir.RESULT).exists():
+        raise SeratioError(
+            f"run {str(run_dir)!r} has not finished: it has no {rundir.RESULT} yet; read it once it has "
+            f"(continue a stopped run with: seratio train --resume --out {shlex.quote(str(run_dir))})"
+        )
+
+
+def finished_runs(path: Path | str) -> list[Path]:
+    """A run directory, or the runs in a folder; an unfinished run in a folder is named, since
+    leaving it out silently would compare fewer seeds than the user thinks. A run copied without
+    its config.json counts: it is compared on the files it has."""
+    path = rundir.need_run_dir(Path(path), PAIR_HINT)
+    runs = [path] if _is_run(path) else sorted(child for child in path.iterdir() if child.is_dir() and _is_run(child))
+    if not runs:
+        raise SeratioError(f"{path} is neither a run directory (no {rundir.CONFIG} or {rundir.RESULT}) nor a folder of runs")
+    for run in runs:
+        need_finished(run)
+    return runs
+
+
+def _is_run(path: Path) -> bool:
+    return (path / rundir.CONFIG).exists() or (path / rundir.RESULT).exists()
+
+
+def need_two(a: Path | str, b: Path | str) -> tuple[Path, Path]:
+    """A run compared with itself agrees on every image: a typo, not a finding."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        raise SeratioError(f"{a} and {b} are the same run directory; give two different runs")
+    return a, b
+
+
 def read_result(run_dir: Path | str) -> dict[str, Any]:
     """The run's final evaluation (`result.json`), with every value a report or comparison reads
     checked here, so that a damaged file is one message naming it rather than a crash where it is used."""
+    need_finished(Path(run_dir))
     path = _need(run_dir, rundir.RESULT)
     result = rundir.read_result(Path(run_dir))
     problem = _result_problem(result)

@@ -20,9 +20,10 @@ from typing import Any
 import optuna
 
 from seratio.architecture import Ratios as RR
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, print_to_stderr
 from seratio.stats import Summary, summarize
-from seratio.store import Patience, StudyStore, open_storage
+from seratio.store import Patience, StudyStore, open_storage, read_patience
+from seratio.study_choices import DEFAULT_STORAGE
 
 PROVENANCE_FIELDS = ("code_version", "recipe_hash", "epochs", "precision")
 
@@ -228,6 +229,15 @@ def load_study(
     definition = _definition(store.user_attrs(), name)
     trials = tuple(_moved(_checked_trial_record(t, name), artifacts) for t in store.trials())
     return StudyRecords(name, storage_url, definition, trials)
+
+
+def read_study(
+    name: str, storage: str = DEFAULT_STORAGE, *, artifacts: Path | str | None = None, db_patience: float = 30.0,
+) -> StudyRecords:
+    """`load_study` for a notebook: what `seratio report` reads, with the command line's defaults,
+    and any warning about the storage on stderr."""
+    return load_study(name, storage, read_patience(db_patience), print_to_stderr,
+                      artifacts=None if artifacts is None else Path(artifacts))
 
 
 def _moved(record: TrialRecord, artifacts: Path | None) -> TrialRecord:

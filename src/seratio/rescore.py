@@ -1,4 +1,5 @@
-"""Score a run's saved weights again, with test-time augmentation it did not use when it trained.
+"""A run's saved weights, read again: scored with test-time augmentation it did not use when it
+trained (`seratio evaluate`), or loaded as a model to look inside.
 
 Why: the views change no training, so a run trained before they existed, or with a recipe that
 has none (`paper`), need not be retrained to learn what they add. The run directory is only read:
@@ -16,6 +17,7 @@ from seratio import rundir
 from seratio.config import RunConfig, resolve_device
 from seratio.datasets import ENV_VAR
 from seratio.errors import SeratioError
+from seratio.models import CifarResNet, build_model
 from seratio.recipes import TTA_VIEWS
 from seratio.resume import CHECKPOINT_KEYS
 from seratio.session import start_session
@@ -52,7 +54,7 @@ def rescore_run(
     if checkpoint is None:
         raise SeratioError(f"{run_dir} holds no usable checkpoint to score{_because(notes)}")
     session = start_session(config, compile_cpu=False)
-    load_weights(session, checkpoint, run_dir)
+    load_weights(session.model, session.config, checkpoint, run_dir)
     scores = score(session, views)
     return {
         "run": str(run_dir),
@@ -72,6 +74,21 @@ def rescore_run(
         "seconds": scores["seconds"],
         "warnings": moved + [f"{note}; scored the previous checkpoint instead" for note in notes],
     }
+
+
+def load_model(run_dir: Path | str, device: str = "cpu") -> CifarResNet:
+    """The network a run trained, with the weights of its newest checkpoint (the final ones once it
+    has finished), in eval mode: for looking at its SE gates or features from a notebook. It takes
+    float images in [0, 1], (B, 3, 32, 32), as `to_float` makes them from the uint8 pixels; training
+    normalised nothing else."""
+    run_dir = Path(run_dir)
+    config, _ = _recorded_config(run_dir)
+    checkpoint, notes = rundir.load_checkpoint(run_dir, ("epoch", "model"))
+    if checkpoint is None:
+        raise SeratioError(f"{run_dir} holds no usable checkpoint to load{_because(notes)}")
+    model = build_model(config.model_config())
+    load_weights(model, config, checkpoint, run_dir)
+    return model.to(resolve_device(device)).eval()
 
 
 def _data_here(config: RunConfig, data_dir: str | None) -> tuple[RunConfig, list[str]]:

@@ -173,7 +173,7 @@ def checkpoint_to_resume(
         _start_over(out, resume, log)
         return None
     if not resume:
-        raise SeratioError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+        raise SeratioError(f"{out} holds an unfinished run; pass --resume (resume=True from Python) to continue it or choose another --out")
     _check_same_recipe(config, record, out)
     for path in checkpoints:
         if path.exists() and not path.is_file():  # checked before training: the epoch's checkpoint goes there
@@ -198,7 +198,7 @@ def _start_over(out: Path, resume: bool, log: Callable[[str], None]) -> None:
     if epochs and not resume:
         raise SeratioError(
             f"{out} holds an unfinished run whose metrics.jsonl records {epochs} epoch(s) but no checkpoint to "
-            "continue from; pass --resume to train it again from epoch 0 (replacing those metrics) or choose "
+            "continue from; pass --resume (resume=True from Python) to train it again from epoch 0 (replacing those metrics) or choose "
             "another --out"
         )
     if resume:

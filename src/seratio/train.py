@@ -25,7 +25,7 @@ from seratio.augment import augment_batch, view_batch
 from seratio.config import RunConfig, environment
 from seratio.cpu_compile import forget_compiled_graphs
 from seratio.data import Split
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, print_to_stderr
 from seratio.interrupts import stop_signals_held
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, View
@@ -47,15 +47,22 @@ def train_run(
     *,
     resume: bool = False,
     show_progress: bool = False,
-    log: Callable[[str], None] = lambda message: None,
+    log: Callable[[str], None] = print_to_stderr,
     on_epoch: EpochCallback | None = None,
     wait_for_lock: bool = False,
 ) -> dict[str, Any]:
-    """Train (or finish, or just read back) the run that `config` defines in `out_dir`.
+    """Train (or finish, or just read back) the run that `config` defines in `out_dir`, and return
+    its result.json. A finished run is read back, never retrained or overwritten.
 
     One process at a time writes a run directory: another writer makes this call refuse, or with
-    `wait_for_lock` wait until that writer stops (then read back or resume what it left).
+    `wait_for_lock` wait until that writer stops (then read back or resume what it left). `log`
+    gets the per-epoch lines and every warning (on stderr unless given); `on_epoch` gets each
+    epoch's metrics row as it is recorded.
     """
+    if not isinstance(config, RunConfig):
+        raise SeratioError(f"config {config!r} is not a RunConfig; make one with RunConfig(rr=..., ...)")
+    if on_epoch is not None and not callable(on_epoch):  # else it fails after an epoch has trained
+        raise SeratioError(f"on_epoch {on_epoch!r} is not callable; give a function of one metrics row, or None")
     out = Path(out_dir)
     finished = finished_result(config, out, log)
     if finished is not None:
@@ -213,20 +220,20 @@ def _snapshot(session: Session, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_weights(session: Session, checkpoint: dict[str, Any], run_dir: Path) -> None:
+def load_weights(model: torch.nn.Module, config: RunConfig, checkpoint: dict[str, Any], run_dir: Path) -> None:
     """The checkpoint's weights into the model that config.json describes. A config.json edited or
     copied from another run must end in one line, not in torch's page of size mismatches."""
     try:
-        session.model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
         raise SeratioError(
-            f"the checkpoint in {run_dir} does not match {run_dir / rundir.CONFIG} (depth {session.config.depth}, "
-            f"rr {format_rr(session.config.rr)}): they come from different runs"
+            f"the checkpoint in {run_dir} does not match {run_dir / rundir.CONFIG} (depth {config.depth}, "
+            f"rr {format_rr(config.rr)}): they come from different runs"
         ) from error
 
 
 def _restore(session: Session, checkpoint: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    load_weights(session, checkpoint, out)
+    load_weights(session.model, session.config, checkpoint, out)
     session.optimizer.load_state_dict(portable_optimizer_state(session.optimizer, checkpoint["optimizer"]))
     _restore_generator(session, checkpoint["generator"], checkpoint["epoch"], log)
     torch.set_rng_state(checkpoint["torch_rng"])

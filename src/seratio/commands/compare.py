@@ -7,7 +7,6 @@ import argparse
 import json
 import math
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -15,10 +14,9 @@ from rich.table import Table
 from seratio.architecture import format_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import path_arg
-from seratio.errors import SeratioError
+from seratio.finished_run import finished_runs, need_two
 from seratio.report.labels import fmt_p
 from seratio.report.seed_noise import noise_note
-from seratio.rundir import CONFIG, RESULT, need_run_dir
 
 if TYPE_CHECKING:
     from seratio.report.groups import Group, GroupComparison
@@ -68,9 +66,8 @@ def _print(result: PairComparison) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.run_a.resolve() == args.run_b.resolve():
-        raise SeratioError(f"{args.run_a} and {args.run_b} are the same run directory; give two different runs")
-    runs_a, runs_b = _finished_runs(args.run_a), _finished_runs(args.run_b)
+    need_two(args.run_a, args.run_b)
+    runs_a, runs_b = finished_runs(args.run_a), finished_runs(args.run_b)
     if len(runs_a) == 1 and len(runs_b) == 1:
         from seratio.report.pair import compare_runs
 
@@ -102,25 +99,6 @@ def _strict_json(document: Any) -> str:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     return json.dumps(finite(document), indent=2, default=str, allow_nan=False)
-
-
-def _finished_runs(path: Path) -> list[Path]:
-    """A run directory, or the runs in a folder; an unfinished run in a folder is named, since
-    leaving it out silently would compare fewer seeds than the user thinks."""
-    from seratio.report.pair import need_finished
-
-    need_run_dir(path, "give two run directories made by 'seratio train' or a study, or two folders of them")
-    runs = [path] if _is_run(path) else sorted(child for child in path.iterdir() if child.is_dir() and _is_run(child))
-    if not runs:
-        raise SeratioError(f"{path} is neither a run directory (no {CONFIG} or {RESULT}) nor a folder of runs")
-    for run in runs:
-        need_finished(run)
-    return runs
-
-
-def _is_run(path: Path) -> bool:
-    """A run copied without its config.json is still compared on the files it has."""
-    return (path / CONFIG).exists() or (path / RESULT).exists()
 
 
 def _group_line(label: str, group: Group) -> str:

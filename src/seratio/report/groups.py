@@ -16,7 +16,13 @@ import numpy as np
 
 from seratio import stats
 from seratio.errors import SeratioError
-from seratio.finished_run import need_same_test_images, read_correctness, read_result
+from seratio.finished_run import (
+    finished_runs,
+    need_same_test_images,
+    need_two,
+    read_correctness,
+    read_result,
+)
 from seratio.report.pair import run_settings, setting_differences
 from seratio.report.seed_noise import SeedNoise, noise_of
 
@@ -37,6 +43,13 @@ class GroupComparison:
     welch: stats.WelchResult
     noise: SeedNoise | None
     differences: tuple[str, ...]  # settings besides the ratios and seeds, e.g. "epochs 3 vs 5"
+
+
+def compare_seeds(folder_a: Path | str, folder_b: Path | str) -> GroupComparison:
+    """Two folders of seeds, one configuration each (the runs of `train --seed`, or a study's
+    artifacts folder): what `seratio compare A B` does with two folders."""
+    a, b = need_two(folder_a, folder_b)
+    return compare_groups(finished_runs(a), finished_runs(b), a, b)
 
 
 def compare_groups(runs_a: list[Path], runs_b: list[Path], path_a: Path, path_b: Path) -> GroupComparison:

@@ -7,7 +7,6 @@ would give a meaningless test.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,14 @@ from typing import Any
 import numpy as np
 
 from seratio.errors import SeratioError
-from seratio.finished_run import need_same_test_images, read_correctness, read_result
-from seratio.rundir import CONFIG, RESULT, need_run_dir, read_run_config
+from seratio.finished_run import (
+    finished_runs,
+    need_same_test_images,
+    need_two,
+    read_correctness,
+    read_result,
+)
+from seratio.rundir import read_run_config
 from seratio.stats import McNemarResult, mcnemar_exact
 
 
@@ -87,21 +92,12 @@ def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]
                  if a[key] is not None and b[key] is not None and a[key] != b[key])
 
 
-def need_finished(run_dir: Path) -> None:
-    """A run still training (or stopped) has a config but no result yet; saying so beats naming
-    the first missing file, which reads like damage."""
-    if (run_dir / CONFIG).is_file() and not (run_dir / RESULT).exists():
-        raise SeratioError(
-            f"run {str(run_dir)!r} has not finished: it has no {RESULT} yet; compare it once it has "
-            f"(continue a stopped run with: seratio train --resume --out {shlex.quote(str(run_dir))})"
-        )
-
-
 def compare_runs(run_a: Path | str, run_b: Path | str) -> PairComparison:
     """Compare two finished runs image by image."""
-    run_a, run_b = Path(run_a), Path(run_b)
+    run_a, run_b = need_two(run_a, run_b)
     for path in (run_a, run_b):
-        need_finished(need_run_dir(path, "give two run directories made by 'seratio train' or a study"))
+        if finished_runs(path) != [path]:
+            raise SeratioError(f"{path} is a folder of runs, not one run; compare_seeds compares two folders of seeds")
     pred_a, labels = read_correctness(run_a)
     pred_b, labels_b = read_correctness(run_b)
     need_same_test_images(run_a, run_b, labels, labels_b)
