@@ -309,6 +309,45 @@ def test_the_caption_gives_the_training_settings_that_override_the_recipe(tmp_pa
     assert {k: document["definition"][k] for k in stored} == stored
 
 
+def _paper_study(root: Path, seeds: int, shift: dict[tuple[int | None, ...], float], **stored: Any) -> dict[str, Any]:
+    """A study set up as the paper's (200 epochs, all the data), its numbers Table 3's moved by `shift`."""
+    table = [(phase, rr, acc + shift.get(rr, 0.0), loss) for phase, rr, acc, loss in TABLE3]
+    fixture = make_study(root / "s", seeds=seeds, table=table, stored={"epochs": 200, **stored})
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), root / "r", ("md", "json", "csv"))
+    return _table(root / "r")
+
+
+def test_a_paper_setup_study_shows_table_3_and_says_where_the_seeds_place_it(tmp_path: Path) -> None:
+    """Three seeds 0.15 points apart put one run within about ±0.75 points of their mean: 91.53 lies
+    0.90 below (8, 2, 16)'s mean here, so it is named; every other paper number is inside."""
+    document = _paper_study(tmp_path, 3, {(8, 2, 16): 0.009}, val_size=5000)
+    rows = {_rr(r): r for r in document["rows"]}
+    assert {rr: r["paper_test_accuracy"] for rr, r in rows.items()} == {rr: acc for rr, (acc, _) in PAPER.items()}
+    values = [0.9243, 0.9228, 0.9258]
+    half = sps.t.ppf(0.975, 2) * np.std(values, ddof=1) * math.sqrt(1 + 1 / 3)
+    note = next(n for n in document["notes"] if n.startswith("Against the paper's single runs"))
+    assert (f"for 13 of 14 configurations; outside: (8, 2, 16) 91.53% against [{100 * (0.9243 - half):.2f}, "
+            f"{100 * (0.9243 + half):.2f}].") in note
+    assert "This study trained on 45,000 images, holding 5,000 out for validation" in note
+    markdown = (tmp_path / "r" / "table.md").read_text()
+    assert "| n | Paper (%) |" in markdown and "| **92.43 ± 0.15** | **[92.06, 92.80]** | **3** | **91.53** |" in markdown  # the winner, bold
+    with (tmp_path / "r" / "table.csv").open() as handle:
+        assert {row["ratios"]: row["paper_test_accuracy"] for row in csv.DictReader(handle)}["(8, 2, 16)"] == "0.9153"
+
+
+def test_single_runs_against_the_paper_give_the_mean_gap_and_a_study_unlike_it_no_column(tmp_path: Path) -> None:
+    document = _paper_study(tmp_path / "one", 1, {(8, 2, 16): -0.014, (2, 2, 2): 0.0})
+    note = next(n for n in document["notes"] if n.startswith("Against the paper's single runs"))
+    assert "over the 14 configurations both have, this study is -0.10 points from the paper on average (from -1.40 to " \
+           "+0.00)" in note and "trained on" not in note  # an old study without val_size says nothing of it
+    fixture = make_study(tmp_path / "short" / "s")  # 20 epochs: another schedule than the paper's
+    write_report(load_study(fixture.name, fixture.storage, PATIENCE), tmp_path / "short" / "r", ("md", "json"))
+    short = _table(tmp_path / "short" / "r")
+    assert all(r["paper_test_accuracy"] is None for r in short["rows"])
+    assert "Paper (%)" not in (tmp_path / "short" / "r" / "table.md").read_text()
+    assert not any(n.startswith("Against the paper") for n in short["notes"])
+
+
 def test_the_plain_resnet_is_named_in_the_conclusion_when_another_baseline_is_chosen(tmp_path: Path) -> None:
     table = [("baseline", NONE3, 0.80, 0.5), ("constant", (8, 8, 8), 0.95, 0.3)]
     fixture = make_study(tmp_path, table=table)

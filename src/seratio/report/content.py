@@ -18,6 +18,7 @@ from seratio.records import (
     RR, Aggregate, ConfigResult, Excluded, StudyDefinition, StudyRecords, TrialRecord, aggregate,
 )
 from seratio.report.labels import model_label, short_label
+from seratio.report.paper_table import paper_accuracies, paper_note
 from seratio.report.seed_noise import SeedNoise, noise_note, seed_noise
 from seratio.report.significance import Significance, against_baseline, conclusion
 from seratio.strategies import ratio_order
@@ -60,6 +61,7 @@ class ReportContent:
     pareto_note: str
     notes: tuple[str, ...]
     seed_noise: SeedNoise | None = None
+    paper: dict[RR, float] | None = None  # Table 3's accuracies, where the study trained as the paper did
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
@@ -246,6 +248,9 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     noise = seed_noise(agg, study.definition.seeds, found, baseline)
     if noise is not None:
         notes.append(noise_note(noise))
+    paper = paper_accuracies(study.definition)
+    compared = None if paper is None else paper_note(agg, paper, study.definition.val_size)
+    notes += [compared] if compared else []
     notes += _subset_notes(study.definition)
     notes += _few_seeds_notes(agg)
     return ReportContent(
@@ -260,4 +265,5 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
         pareto_note=_pareto_note(agg, highlights, depth),
         notes=tuple(notes),
         seed_noise=noise,
+        paper=paper,
     )

@@ -64,6 +64,8 @@ def display_header(content: ReportContent) -> list[str]:
     header = ["Experiment", "Model", "Ratios", "Test acc (%)"]
     if several_seeds(content):
         header += ["95% CI", "n"]
+    if content.paper is not None:
+        header.append("Paper (%)")
     header += ["Test loss", "Params", "MACs", "Epochs"]
     if content.study.definition.select_on == "val":
         header.append("Val acc (%)")
@@ -76,6 +78,8 @@ def display_cells(content: ReportContent, row: Row, first_in_phase: bool) -> lis
              ratios_text(c.rr), fmt_pct(c.test_accuracy)]
     if several_seeds(content):
         cells += [fmt_ci(c.test_accuracy), str(c.test_accuracy.n)]
+    if content.paper is not None:
+        cells.append(f"{100 * content.paper[c.rr]:.2f}" if c.rr in content.paper else "-")
     cells += [fmt_loss(c.test_loss), fmt_int(c.params), fmt_macs(c.macs), fmt_int(c.epochs)]
     if content.study.definition.select_on == "val":
         cells.append(fmt_pct(c.selection))
@@ -146,6 +150,7 @@ def row_record(content: ReportContent, row: Row) -> dict[str, Any]:
         "test_accuracy_std": _num(c.test_accuracy.std),
         "test_accuracy_ci_low": _num(c.test_accuracy.ci_low),
         "test_accuracy_ci_high": _num(c.test_accuracy.ci_high),
+        "paper_test_accuracy": None if content.paper is None else content.paper.get(c.rr),
         "test_loss": _num(c.test_loss.mean),
         "test_loss_std": _num(c.test_loss.std),
         "best_test_accuracy": None if c.best_test_accuracy is None else _num(c.best_test_accuracy.mean),
