@@ -159,6 +159,11 @@ def test_statistics_of_the_papers_gap() -> None:
 def test_a_bad_value_is_a_seratio_error_naming_it() -> None:
     with pytest.raises(seratio.SeratioError, match="stage 1 has 16 channels; ratio 32"):
         seratio.ModelConfig(rr=(32, 4, 4))
+    run = seratio.RunConfig(rr=(8, 2, 16))
+    for count in (seratio.count_params, seratio.count_macs, seratio.build_model):
+        with pytest.raises(seratio.SeratioError, match=r"RunConfig .* is not a ModelConfig; RunConfig.model_config\(\)"):
+            count(run)  # type: ignore[arg-type]
+    assert seratio.count_params(run.model_config()) == 772_426
 
 
 def test_main_runs_a_command_and_returns_its_exit_code(capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,7 +110,12 @@ class ModelConfig:
 
 
 def se_hidden(config: ModelConfig) -> list[int | None]:
-    """Hidden width c // r per stage; a width of 0 is an error naming stage, c and r."""
+    """Hidden width c // r per stage; a width of 0 is an error naming stage, c and r. Every count
+    and the torch model go through here, so a caller from Python who passes a run's config hears
+    what to give instead of an AttributeError."""
+    if not isinstance(config, ModelConfig):
+        raise SeratioError(f"{type(config).__name__} {config!r:.60} is not a ModelConfig; "
+                           "RunConfig.model_config() gives a run's")
     widths: list[int | None] = []
     for stage, (channels, ratio) in enumerate(zip(STAGE_CHANNELS, config.rr), start=1):
         if ratio is None:
