@@ -86,7 +86,7 @@ def test_a_loaded_model_predicts_what_the_run_recorded(readme_script: tuple[Path
         predicted = model(seratio.to_float(data.test.images)).argmax(1).numpy()
     recorded = np.load(run / "test_predictions.npy")
     assert (predicted == recorded).mean() > 0.99  # the run evaluated the same weights in channels_last
-    assert seratio.rescore_run(run, "none")["test_accuracy"] == pytest.approx(seratio.read_result(run)["test_accuracy"],
+    assert seratio.rescore_run(str(run), "none")["test_accuracy"] == pytest.approx(seratio.read_result(run)["test_accuracy"],
                                                                                abs=0.002)
 
 
@@ -121,6 +121,7 @@ def test_configs_take_ratios_numpy_integers_and_paths_as_a_notebook_gives_them(t
                                data_dir=tmp_path)
     assert (type(config.depth), type(config.seed), type(config.epochs), type(config.lr)) == (int, int, int, float)
     assert config.data_dir == str(tmp_path) and json.dumps(config.to_dict())
+    assert seratio.RunConfig(lr=np.float32(1e-3)).lr == 0.001  # what was meant, not 0.0010000000474974513
     assert seratio.ModelConfig(depth=np.int64(8), num_classes=np.int64(10)).depth == 8
     with pytest.raises(seratio.SeratioError, match="reduction ratios 8.0 are not a ratio or a sequence"):
         seratio.RunConfig(rr=8.0)
@@ -167,11 +168,13 @@ def test_a_bad_value_is_a_seratio_error_naming_it() -> None:
 
 
 def test_main_runs_a_command_and_returns_its_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
     assert seratio.main(["info", "--rr", "8,2,16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == seratio.count_params(seratio.ModelConfig(rr=(8, 2, 16)))
     assert seratio.main("info --rr 8,2,16 --depth 8 --json") == 0  # one string, split as a shell would
     assert json.loads(capsys.readouterr().out)["params"] == 79_776
-    assert seratio.main(["info", "--depth", 8, "--rr", Path("8"), "--json"]) == 0  # numbers and paths as text
+    assert seratio.main(["info", "--depth", np.int64(8), "--rr", Path("8"), "--json"]) == 0  # numbers, paths as text
     assert json.loads(capsys.readouterr().out)["se_hidden"] == [2, 4, 8]
     assert [seratio.main(["--version"]), seratio.main(["--help"]), seratio.main([]), seratio.main(["trian"])] == [0, 0, 2, 2]
     assert seratio.main(["info", None]) == 2  # type: ignore[list-item]

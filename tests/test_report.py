@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ from seratio.records import aggregate, load_study
 from seratio.store import redact_url
 from seratio.report.writer import write_report
 from seratio.report.content import build_content, pareto_front
+from seratio.report.paper_table import paper_note
+from seratio.stats import summarize
 from seratio.store import Patience
 
 PATIENCE = Patience(seconds=30)
@@ -346,6 +349,21 @@ def test_single_runs_against_the_paper_give_the_mean_gap_and_a_study_unlike_it_n
     assert all(r["paper_test_accuracy"] is None for r in short["rows"])
     assert "Paper (%)" not in (tmp_path / "short" / "r" / "table.md").read_text()
     assert not any(n.startswith("Against the paper") for n in short["notes"])
+
+
+def test_the_paper_note_places_every_shared_configuration_and_bf16_gets_no_column(tmp_path: Path) -> None:
+    """A one-seed row and a row whose seeds all scored alike have no range to place the paper's
+    number in; they are given by their gap rather than left out of the count."""
+    agg = SimpleNamespace(configs={NONE3: SimpleNamespace(test_accuracy=summarize([0.90, 0.91, 0.92])),
+                                   (8, 8, 8): SimpleNamespace(test_accuracy=summarize([0.80])),
+                                   (2, 2, 2): SimpleNamespace(test_accuracy=summarize([0.85, 0.85, 0.85]))})
+    note = paper_note(agg, {rr: acc for rr, (acc, _) in PAPER.items()}, None)  # type: ignore[arg-type]
+    assert note == ("Against the paper's single runs (Table 3): the paper's accuracy lies within this study's 95% range "
+                    "for one run of the same configuration (mean ± t·s·√(1 + 1/n) over its seeds) for 1 of 1 "
+                    "configurations; over the 2 other configurations (one seed, or no spread), this study is -8.51 "
+                    "points from the paper on average (from -11.17 to -5.86).")
+    fixture = make_study(tmp_path / "s", table=TABLE3[:3], stored={"epochs": 200, "precision": "bf16"})
+    assert build_content(load_study(fixture.name, fixture.storage, PATIENCE)).paper is None  # the paper trained in fp32
 
 
 def test_the_plain_resnet_is_named_in_the_conclusion_when_another_baseline_is_chosen(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import numbers
 import os
 import shlex
 import sys
@@ -111,7 +112,7 @@ def _arguments(argv: Sequence[str | os.PathLike[str] | int | float] | str) -> li
     for value in argv:
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
             raise SeratioError(f"argument {value!r} is not text, a path or a number; give the command line "
                                "as a list of those, e.g. ['info', '--rr', '8,2,16']")
         arguments.append(str(value))

@@ -72,7 +72,7 @@ class RunConfig:
         for name in _INTEGERS:
             object.__setattr__(self, name, exact_int(getattr(self, name)))
         if isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool):
-            object.__setattr__(self, "lr", float(self.lr))
+            object.__setattr__(self, "lr", _plain_float(self.lr))
         if isinstance(self.data_dir, os.PathLike):
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
         if self.data_dir is not None and not isinstance(self.data_dir, str):
@@ -135,6 +135,12 @@ class RunConfig:
         if "rr" in data and not isinstance(data["rr"], list):
             raise SeratioError(f"rr {data['rr']!r} must be a list of three ratios (an integer or null each)")
         return cls(**{k: (tuple(v) if k == "rr" else v) for k, v in data.items() if k in known})
+
+
+def _plain_float(value: numbers.Real) -> float:
+    """numpy's float32 1e-3 is 0.0010000000474974513 as a float, another run than `--lr 0.001`;
+    its shortest text is 0.001, which is what its writer meant."""
+    return float(str(value)) if hasattr(value, "dtype") else float(value)
 
 
 @functools.lru_cache(maxsize=1)

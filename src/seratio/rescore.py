@@ -35,13 +35,14 @@ def _need_recorded_device(run_dir: Path, device: str) -> None:
 
 
 def rescore_run(
-    run_dir: Path, tta: str | None = None, *, data_dir: str | None = None, device: str | None = None,
+    run_dir: Path | str, tta: str | None = None, *, data_dir: str | None = None, device: str | None = None,
 ) -> dict[str, Any]:
     """Validation and test loss and accuracy of the newest checkpoint in `run_dir` under `tta`.
 
     `tta` None means the run's own recipe's views. `data_dir` and `device` replace the recorded
     ones, since a run is often scored on another machine than the one that trained it.
     """
+    run_dir = Path(run_dir)
     config, recorded_epochs = _recorded_config(run_dir)
     config = dataclasses.replace(config, **{k: v for k, v in {"data_dir": data_dir, "device": device}.items() if v})
     config, moved = _data_here(config, data_dir)

@@ -130,12 +130,10 @@ def _check_grid_size(request: StudyRequest, candidates: list[int], stage_lists: 
     if request.strategy not in ("grid", "halving"):
         return
     configs = math.prod(len(ratios) for ratios in stage_lists)
-    baseline = not _in_grid(parse_rr(list(request.baseline)), stage_lists)  # trained beside the grid
-    runs = (configs + baseline) * request.seeds
+    runs = configs * request.seeds  # the baseline's runs beside them are not counted: studies stored so are reopened
     if runs > MAX_N_TRIALS:
-        and_baseline = " and the baseline" if baseline else ""
         raise SeratioError(
-            f"--candidates {format_rr(tuple(candidates))} give {request.strategy} {configs:,} combinations{and_baseline}, "
+            f"--candidates {format_rr(tuple(candidates))} give {request.strategy} {configs:,} combinations, "
             f"{runs:,} runs with {request.seeds} seed(s); at most {MAX_N_TRIALS:,}: give fewer candidates or seeds, "
             "or search with tpe --n-trials"
         )

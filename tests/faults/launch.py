@@ -75,12 +75,12 @@ def main(argv: list[str]) -> int:
     if point != "-":
         name, step, nth = point.split(":")
         install(name, step, int(nth))
-    from seratio.cli import main as seratio_main
+    from seratio.__main__ import run as seratio_command
 
     # Exactly as the `seratio` command starts: from sys.argv, so whatever the command does first
     # (e.g. re-executing itself with another allocator, which replays this launcher) happens here too.
     sys.argv = ["seratio", *args]
-    return seratio_main()
+    return seratio_command()
 
 
 if __name__ == "__main__":
