@@ -129,6 +129,19 @@ def test_configs_take_ratios_numpy_integers_and_paths_as_a_notebook_gives_them(t
         seratio.RunConfig(data_dir=123)
 
 
+def test_training_leaves_the_callers_random_state_as_it_was(cifar_dir: Path, tmp_path: Path) -> None:
+    """A run seeds torch for its own model; a notebook's next draw must not depend on it."""
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    config = seratio.RunConfig(rr=8, depth=8, epochs=1, train_subset=200, test_subset=1000, val_size=100,
+                               data_dir=cifar_dir)
+    assert seratio.train_run(config, tmp_path / "run", log=lambda line: None)["epochs"] == 1
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_train_run_refuses_what_is_not_a_config_or_a_callback_before_it_writes(tmp_path: Path) -> None:
     with pytest.raises(seratio.SeratioError, match="is not a RunConfig; make one with RunConfig"):
         seratio.train_run({"rr": [8, 2, 16]}, tmp_path / "dict")  # type: ignore[arg-type]

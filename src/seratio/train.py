@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from seratio import rundir, runlock, runtime
 from seratio.architecture import count_macs, count_params, format_rr, se_hidden
 from seratio.augment import augment_batch, view_batch
-from seratio.config import RunConfig, environment
+from seratio.config import RunConfig, environment, resolve_device
 from seratio.cpu_compile import forget_compiled_graphs
 from seratio.data import Split
 from seratio.errors import SeratioError, print_to_stderr
@@ -75,10 +75,19 @@ def train_run(
         if finished is not None:
             return reused(finished, out, log)
         try:
-            return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
+            with torch.random.fork_rng(devices=_reseeded_cuda(config)):  # a caller's random state is its own
+                return _train(config, out, resume=resume, show_progress=show_progress, log=log, on_epoch=on_epoch)
         except (SeratioError, OSError):  # refused, or the system refused (an unreadable data file)
             remove_unused(out, created, lock_created)
             raise
+
+
+def _reseeded_cuda(config: RunConfig) -> list[int]:
+    """The CUDA device whose generator the run reseeds and so must give back; the CPU's always is."""
+    device = resolve_device(config.device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def _train(
