@@ -19,9 +19,9 @@ from seratio.ledger import Ledger
 from seratio.overview import progress, trial_row
 from seratio.records import load_study
 from seratio.report.content import build_content
-from seratio.store import Patience, StudyStore
-from seratio.study import StudyRequest, build_definition, create_or_join, pruner, run_name
-from study_fakes import TABLE3, TINY, FakeTrainer, _open, _result, create, smooth_accuracy, table3_accuracy, work
+from seratio.store import Patience
+from seratio.study import pruner, run_name
+from study_fakes import TABLE3, TINY, FakeTrainer, _result, create, smooth_accuracy, table3_accuracy, work
 
 
 def _study(tmp_path: Path, strategy: str, trainer: FakeTrainer, **request: object) -> tuple[Ledger, strategies.Plan]:
@@ -181,19 +181,36 @@ def test_halving_never_prunes_a_finished_run_nor_lets_the_baseline_compete(tmp_p
     assert strategies.plan(definition, Ledger(trials)).done
 
 
-@pytest.mark.parametrize(("baseline", "warned"), [((4, 4, 4), True), ((16, 16, 16), False), ((None, None, None), False)])
-def test_halving_warns_when_its_uncut_baseline_is_also_a_candidate(
-    tmp_path: Path, baseline: tuple[int | None, ...], warned: bool
-) -> None:
+def test_halving_lets_a_baseline_in_its_grid_train_past_a_cut_but_not_win(tmp_path: Path) -> None:
+    """(4, 4, 4) is the baseline and a candidate, worst until its last epoch and then best: the
+    first cut would stop it. It trains to the end, for the comparisons, but the pick is another."""
+    late = (4, 4, 4)
+    base = FakeTrainer(lambda rr, seed: 0.95 if rr == late else smooth_accuracy(rr, seed), epochs=9)
+
+    def trainer(config, out_dir, *, on_epoch=None, **hooks):  # type: ignore[no-untyped-def]
+        def slow_start(row: dict[str, Any]) -> None:
+            early = config.rr == late and row["epoch"] < 9
+            on_epoch(row | {"val_accuracy": 0.05, "test_accuracy": 0.05} if early else row)
+        return base(config, out_dir, on_epoch=slow_start if on_epoch else None, **hooks)
+
     url = f"journal:{tmp_path / 'study.log'}"
-    definition = build_definition(StudyRequest(strategy="halving", run=dataclasses.replace(TINY, epochs=3), candidates=(2, 4),
-                                               baseline=baseline))
-    store = StudyStore.create_or_join(_open(url, create=True), "s", Patience(seconds=30), lambda m: None)
-    _, warnings = create_or_join(store, definition, tmp_path / "runs")
-    said = [w for w in warnings if "also in the halving grid" in w]
-    assert said == (["the baseline 4,4,4 is also in the halving grid: as the baseline it trains every epoch and no "
-                     "cut applies to it, so it can win where an equal candidate would have been cut; a baseline "
-                     "outside the grid (none, the default) puts every candidate under the same cuts"] if warned else [])
+    store, definition = create(url, "s", "halving", tmp_path / "runs", candidates=(2, 4), halving_min_epochs=1,
+                               baseline=late, run=dataclasses.replace(TINY, epochs=9))
+    work(url, "s", trainer)  # type: ignore[arg-type]
+    trials = store.trials()
+    (baseline,) = [t for t in trials if tuple(t.user_attrs["rr"]) == late]
+    assert baseline.state == TrialState.COMPLETE and baseline.value == 0.95
+    assert baseline.user_attrs["halving_cut"] == 1 and set(baseline.intermediate_values) == {1}  # reported no more
+    assert trial_row(baseline)["halving_cut"] == 1
+    plan = strategies.plan(definition, Ledger(trials))
+    finished = {tuple(t.user_attrs["rr"]): t.value for t in trials if t.state == TrialState.COMPLETE}
+    assert plan.done and plan.best == max((rr for rr in finished if rr != late), key=lambda rr: finished[rr])
+    assert progress(definition, trials).best == plan.best
+    content = build_content(load_study("s", url, Patience(seconds=30)))
+    assert late not in [row.config.rr for _, rows in content.phases for row in rows if row.winner]
+    assert [h.config.rr for h in content.highlights if "best found" in h.roles] == [plan.best]
+    assert ("The baseline SE-ResNet-8 (4, 4, 4) is in the halving grid: it trained every epoch for the comparisons, "
+            "but a cut would have stopped it (at epoch 1), so it could not win.") in content.notes
 
 
 def test_halving_judges_a_retried_run_once_at_a_cut_not_as_its_failed_trial_and_its_retry() -> None:

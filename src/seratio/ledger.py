@@ -22,6 +22,9 @@ from seratio.store import HEARTBEAT_ATTR
 
 RunKey = tuple[RR, int]
 
+HALVING_CUT = "halving_cut"
+"""The epoch at which successive halving would have cut a baseline that it lets train on."""
+
 FINAL_FAILURES = frozenset({"diverged"})
 """Failures that a retry would only repeat; every other failure (stale, interrupted, error) is retried."""
 
@@ -120,6 +123,10 @@ class Ledger:
         """The selection metric of the run's first completed trial."""
         done = [v for v in self._by_key.get(key, []) if v.state == TrialState.COMPLETE]
         return done[0].value if done else None
+
+    def cut_by_halving(self, rr: RR) -> bool:
+        """Whether a run of `rr` trained on past a cut that stopped its equals (the baseline's)."""
+        return any(v.rr == rr and v.attrs.get(HALVING_CUT) is not None for v in self.views if v.counts)
 
     def slot_used(self, slot: int) -> bool:
         """A TPE slot is used once a trial for it is in flight or has drawn its ratios.

@@ -17,12 +17,12 @@ from optuna.trial import FrozenTrial, TrialState
 from seratio import strategies
 from seratio.architecture import format_rr
 from seratio.errors import SeratioError
-from seratio.ledger import RR, Ledger, Status
+from seratio.ledger import HALVING_CUT, RR, Ledger, Status
 
 EXPORT_ATTRS = (
     "phase", "seed", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_test_accuracy",
     "best_epoch", "params", "macs", "seconds", "epochs", "code_version", "recipe_hash", "precision", "run_dir",
-    "fail_reason", "duplicate_of", "reused_from", "tta_test_accuracy", "tta_val_accuracy",
+    "fail_reason", "duplicate_of", "reused_from", "tta_test_accuracy", "tta_val_accuracy", HALVING_CUT,
 )
 
 
@@ -148,7 +148,8 @@ def status_record(name: str, definition: dict[str, Any], state: Progress) -> dic
 
 def _best_measured(ledger: Ledger, current: strategies.Plan, seeds: int) -> RR | None:
     """Before greedy's first decision: the best finished configuration the search asked for."""
-    return strategies.best_measured(ledger, [u.rr for u in current.units if u.phase != "baseline"], seeds)
+    return strategies.best_measured(
+        ledger, [u.rr for u in current.units if u.phase != "baseline" and not ledger.cut_by_halving(u.rr)], seeds)
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import optuna
 
 from seratio.architecture import Ratios as RR
 from seratio.errors import SeratioError, print_to_stderr
+from seratio.ledger import HALVING_CUT
 from seratio.stats import Summary, summarize
 from seratio.store import Patience, StudyStore, open_storage, read_patience
 from seratio.study_choices import DEFAULT_STORAGE
@@ -85,6 +86,7 @@ class TrialRecord:
     last_reported_epoch: int | None
     reused_from: int | None  # a TPE draw of a measured configuration copies that trial's result
     duplicate_of: int | None  # lost a claim race to that trial and was closed without training
+    halving_cut: int | None = None  # a baseline in the halving grid: the epoch a cut would have stopped it
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         last_reported_epoch=max(trial.intermediate_values, default=None),
         reused_from=_opt(a, "reused_from", int),
         duplicate_of=_opt(a, "duplicate_of", int),
+        halving_cut=_opt(a, HALVING_CUT, int),
     )
 
 

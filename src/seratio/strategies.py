@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from seratio.errors import SeratioError
@@ -105,7 +105,8 @@ def _greedy(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
     return Plan(tuple(units), DONE if _resolved(ledger, units) else "baseline", best=best)
 
 
-def _all_configs(definition: Mapping[str, Any]) -> list[RR]:
+def grid_configs(definition: Mapping[str, Any]) -> list[RR]:
+    """Every combination of the stages' candidates: what grid and halving search."""
     per_stage = definition["stage_candidates"]
     return [(a, b, c) for a in per_stage[0] for b in per_stage[1] for c in per_stage[2]]
 
@@ -133,11 +134,16 @@ def _constant(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
 
 
 def _grid(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
-    return _exhaustive(definition, ledger, _all_configs(definition), "grid")
+    return _exhaustive(definition, ledger, grid_configs(definition), "grid")
 
 
 def _halving(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
-    return _exhaustive(definition, ledger, _all_configs(definition), "halving")
+    """The grid's plan; a baseline in the grid trains to the end for the comparisons, but where a
+    cut would have stopped it, it cannot be the pick, or passing the cuts would be its privilege."""
+    configs = grid_configs(definition)
+    plan = _exhaustive(definition, ledger, configs, "halving")
+    eligible = [rr for rr in configs if not ledger.cut_by_halving(rr)]
+    return replace(plan, best=best_measured(ledger, eligible, definition["seeds"]))
 
 
 def _tpe(definition: Mapping[str, Any], ledger: Ledger) -> Plan:
@@ -163,7 +169,7 @@ def most_runs(definition: Mapping[str, Any]) -> int:
         configs, extra = [], definition["n_trials"]
     else:
         configs, extra = ([(r, r, r) for r in phases["constant"]] if strategy == "constant"
-                          else _all_configs(definition)), 0
+                          else grid_configs(definition)), 0
     baseline = tuple(definition["baseline"]) not in configs
     return (len(configs) + extra + baseline) * definition["seeds"]
 

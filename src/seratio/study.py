@@ -139,21 +139,6 @@ def _check_grid_size(request: StudyRequest, candidates: list[int], stage_lists: 
         )
 
 
-def _in_grid(rr: Ratios, stage_lists: Sequence[Sequence[int]]) -> bool:
-    return all(r in ratios for r, ratios in zip(rr, stage_lists))
-
-
-def _baseline_warnings(definition: dict[str, Any]) -> list[str]:
-    """Halving never cuts the baseline, which the report needs fully trained; where the baseline is
-    also a candidate, that lets it win past cuts that stop its equals."""
-    baseline = parse_rr(list(definition["baseline"]))
-    if definition["strategy"] != "halving" or not _in_grid(baseline, definition["stage_candidates"]):
-        return []
-    return [f"the baseline {format_rr(baseline)} is also in the halving grid: as the baseline it trains every "
-            "epoch and no cut applies to it, so it can win where an equal candidate would have been cut; a "
-            "baseline outside the grid (none, the default) puts every candidate under the same cuts"]
-
-
 def build_definition(request: StudyRequest) -> dict[str, Any]:
     """The JSON-ready definition; every key that changes results is here and compared on join."""
     recipe = request.run.resolved_recipe()
@@ -252,8 +237,7 @@ def create_or_join(store: StudyStore, definition: dict[str, Any], artifacts: Pat
             "rerun with the same options or choose another --name"
         )
     root = artifacts.resolve() if artifacts else Path(attrs[ARTIFACTS_ATTR])
-    stored = attrs[DEFINITION_ATTR]
-    return root, code_warnings(stored) + _baseline_warnings(stored) + _artifacts_warnings(root, Path(attrs[ARTIFACTS_ATTR]))
+    return root, code_warnings(attrs[DEFINITION_ATTR]) + _artifacts_warnings(root, Path(attrs[ARTIFACTS_ATTR]))
 
 
 def _artifacts_warnings(root: Path, stored: Path) -> list[str]:

@@ -33,7 +33,7 @@ from seratio import rundir, strategies, study
 from seratio.architecture import format_rr
 from seratio.errors import SeratioError
 from seratio.heartbeat import Heartbeat, StaleWatch
-from seratio.ledger import RR, Ledger, RunKey, Status, TrialView
+from seratio.ledger import HALVING_CUT, RR, Ledger, RunKey, Status, TrialView
 from seratio.store import StudyStore
 from seratio.train import TrainingDiverged, train_run
 
@@ -301,7 +301,7 @@ class Worker:
         try:
             result = self.trainer(
                 config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"),
-                on_epoch=self._epoch_hook(trial, heartbeat, run_dir, prefix, self._competes(view)),
+                on_epoch=self._epoch_hook(view, trial, heartbeat, run_dir, prefix),
                 wait_for_lock=True,
             )
         except TrainingDiverged as error:
@@ -322,40 +322,53 @@ class Worker:
             self._record(view, result, prefix, read_back=finished_before)
 
     def _competes(self, view: TrialView) -> bool:
-        """Under halving, every run but the baseline's: the report tests every configuration against
-        a fully trained baseline, and the baseline's epochs must not set the bar the others are cut at."""
-        return self.definition["strategy"] == "halving" and view.rr != tuple(self.definition["baseline"])
+        """Under halving, every run of a grid configuration. A baseline outside the grid (the plain
+        ResNet by default) is not reported: the report tests every configuration against it fully
+        trained, and its epochs must not set the bar the others are cut at. A baseline inside the
+        grid is reported like its equals, but a cut only marks it (`_report`)."""
+        return self.definition["strategy"] == "halving" and view.rr in strategies.grid_configs(self.definition)
 
     def _epoch_hook(
-        self, trial: optuna.trial.Trial, heartbeat: Heartbeat, run_dir: Path, prefix: str, prune: bool
+        self, view: TrialView, trial: optuna.trial.Trial, heartbeat: Heartbeat, run_dir: Path, prefix: str
     ) -> Callable[[dict[str, Any]], None]:
-        """Per epoch: a log line, a stop if another worker took the trial over, and halving's report."""
+        """Per epoch: a log line, a stop if another worker took the trial over, and halving's report
+        until the run is cut (a baseline in the grid trains on, reported no more)."""
         metric = f"{self.definition['select_on']}_accuracy"
         epochs = self.definition["epochs"]
-        first = [True]
+        reporting = self._competes(view)
+        first, cut = [True], [False]
 
         def on_epoch(row: dict[str, Any]) -> None:
             seconds = row.get("seconds", 0.0)
             self.log(f"{prefix}: epoch {row['epoch']}/{epochs} {metric} {row[metric]:.4f} ({seconds:.1f}s)")
             if heartbeat.abandoned.is_set():
                 raise TrialAbandoned
-            if prune:
-                if first[0]:
-                    first[0] = False
-                    self._replay_for_pruner(trial, run_dir, row["epoch"], prefix)
-                self._report(trial, row)
+            if reporting and first[0]:
+                first[0] = False
+                cut[0] = self._replay_for_pruner(view, trial, run_dir, row["epoch"], prefix)
+            if reporting and not cut[0]:
+                cut[0] = self._report(view, trial, row, prefix)
 
         return on_epoch
 
-    def _report(self, trial: optuna.trial.Trial, row: dict[str, Any]) -> None:
+    def _report(self, view: TrialView, trial: optuna.trial.Trial, row: dict[str, Any], prefix: str) -> bool:
         """Halving's per-epoch report and pruning check; a run that has trained its last epoch is
-        finished, and pruning it would throw a complete result away."""
+        finished, and pruning it would throw a complete result away. True where the baseline was
+        cut: it trains on for the comparisons, marked so that the search cannot pick it."""
         self.store.call(lambda: trial.report(row[f"{self.definition['select_on']}_accuracy"], row["epoch"]))
-        if row["epoch"] < self.definition["epochs"] and self.store.call(trial.should_prune):
+        if row["epoch"] >= self.definition["epochs"] or not self.store.call(trial.should_prune):
+            return False
+        if view.rr != tuple(self.definition["baseline"]):
             raise optuna.TrialPruned
+        self.store.set_trial_attr(view.trial_id, HALVING_CUT, row["epoch"])
+        self.log(f"{prefix}: successive halving would cut it here; as the baseline it trains on, but cannot win")
+        return True
 
-    def _replay_for_pruner(self, trial: optuna.trial.Trial, run_dir: Path, resumed_at: int, prefix: str) -> None:
-        """A retried halving trial resumes mid-run: report the epochs its predecessor trained.
+    def _replay_for_pruner(
+        self, view: TrialView, trial: optuna.trial.Trial, run_dir: Path, resumed_at: int, prefix: str
+    ) -> bool:
+        """A retried halving trial resumes mid-run: report the epochs its predecessor trained, and
+        say whether one of them cut the baseline.
 
         Without them the new trial would reach its first rung with no history, and successive
         halving would judge it on a later epoch than its peers. Called at the first epoch this
@@ -363,16 +376,15 @@ class Worker:
         only the epochs before that one are replayed, so no epoch is reported twice.
         """
         if resumed_at <= 1:
-            return
+            return False
         metrics = run_dir / rundir.METRICS
         try:
             rows = [row for row in rundir.read_metrics(metrics) if row["epoch"] < resumed_at]
         except (OSError, ValueError, KeyError) as error:
             self.log(f"{prefix}: earlier epochs not replayed to the pruner ({metrics}: {error})")
-            return
-        for row in rows:
-            self._report(trial, row)
-        self.log(f"{prefix}: replayed epochs 1-{resumed_at - 1} to the pruner")
+            return False
+        self.log(f"{prefix}: replaying epochs 1-{resumed_at - 1} to the pruner")
+        return any(self._report(view, trial, row, prefix) for row in rows)
 
     def _record(self, view: TrialView, result: dict[str, Any], prefix: str, *, read_back: bool) -> None:
         """Result attributes first, then COMPLETE.

@@ -113,11 +113,18 @@ def _first_best(configs: Sequence[ConfigResult]) -> ConfigResult | None:
     return max(ordered, key=lambda c: round(c.selection.mean, 12), default=None)  # as strategies.score rounds
 
 
-def _may_win(rr: RR, phase: str, lists: dict[str, tuple[int, ...]]) -> bool:
-    """Whether the phase's search could pick `rr`. The paper's stage 1 list {2, 4, 8} cannot keep
-    an incumbent (16, 16, 16): the table shows it, but the stage's winner is one of its own."""
+def _cut(config: ConfigResult) -> bool:
+    return any(t.halving_cut is not None for t in config.runs)
+
+
+def _may_win(config: ConfigResult, phase: str, lists: dict[str, tuple[int, ...]]) -> bool:
+    """Whether the phase's search could pick `config`. The paper's stage 1 list {2, 4, 8} cannot keep
+    an incumbent (16, 16, 16): the table shows it, but the stage's winner is one of its own. A
+    baseline that halving would have cut trained on only for the comparisons."""
+    if _cut(config):
+        return False
     stage = _stage_index(phase)
-    return stage is None or phase not in lists or rr[stage] in lists[phase]
+    return stage is None or phase not in lists or config.rr[stage] in lists[phase]
 
 
 def _phase_rows(
@@ -129,7 +136,7 @@ def _phase_rows(
         members = {rr for rr, c in agg.configs.items() if phase in c.phases}
         members |= _carried_over(phase, members, agg.configs)
         configs = sorted((agg.configs[rr] for rr in members), key=lambda c: ratio_order(c.rr))
-        winner = _first_best(_all_seeds([c for c in configs if _may_win(c.rr, phase, lists)], seeds))
+        winner = _first_best(_all_seeds([c for c in configs if _may_win(c, phase, lists)], seeds))
         rows = tuple(Row(phase, c, len(configs) > 1 and c is winner) for c in configs)
         if rows:  # a phase with no finished run shows up in the list of unfinished trials instead
             result.append((phase, rows))
@@ -153,10 +160,11 @@ def _highlights(
     also measured, like (8, 8, 8) among the constants, competes like any other configuration.
     """
     searched = {row.config.rr for phase, rows in phases if phase != "baseline" for row in rows}
-    others = _all_seeds([c for rr, c in agg.configs.items() if rr != baseline_rr or rr in searched], seeds)
+    others = _all_seeds([c for rr, c in agg.configs.items() if (rr != baseline_rr or rr in searched)
+                         and not _cut(c)], seeds)
     constant = [c for c in others if None not in c.rr and len(set(c.rr)) == 1]
     last = _all_seeds([row.config for phase, rows in phases[-1:] if phase != "baseline" for row in rows
-                       if _may_win(row.config.rr, phase, lists)], seeds)
+                       if _may_win(row.config, phase, lists)], seeds)
     chosen = [
         ("baseline", agg.configs.get(baseline_rr)),
         ("best constant", _first_best(constant)),
@@ -244,6 +252,11 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
+    elif _cut(agg.configs[baseline]):
+        epochs = sorted({t.halving_cut for t in agg.configs[baseline].runs if t.halving_cut is not None})
+        notes.append(f"The baseline {model_label(baseline, depth)} is in the halving grid: it trained every epoch for "
+                     f"the comparisons, but a cut would have stopped it (at epoch {', '.join(map(str, epochs))}), "
+                     "so it could not win.")
     found = next((h.config for h in highlights if "best found" in h.roles), None)
     noise = seed_noise(agg, study.definition.seeds, found, baseline)
     if noise is not None:
