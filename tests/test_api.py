@@ -161,6 +161,12 @@ def test_a_study_reads_back_as_records_and_summaries_over_seeds(tmp_path: Path) 
     assert configs[(8, 2, 16)].test_accuracy.mean == 0.9153 and configs[(None, None, None)].test_accuracy.mean == 0.9097
     with pytest.raises(seratio.SeratioError, match="--db-patience -1 must be >= 0"):
         seratio.read_study("p", url, db_patience=-1)
+    written = seratio.write_report(study, str(tmp_path / "report"), "md,json", baseline="8,8,8")
+    rows = json.loads((tmp_path / "report" / "table.json").read_text())["rows"]
+    assert len(rows) == 17 and [r["ratios"] for r in rows if r["is_baseline"]] == ["(8, 8, 8)"] * 3  # shown per phase
+    assert {p.name for p in written.paths} >= {"table.md", "table.json"} and not (tmp_path / "report" / "index.html").exists()
+    with pytest.raises(seratio.SeratioError, match=r"report formats \['md', 'pdf'\] are not all known"):
+        seratio.write_report(study, tmp_path / "other", "md,pdf")
 
 
 def test_statistics_of_the_papers_gap() -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from seratio.records import read_study as read_study
     from seratio.report.groups import compare_seeds as compare_seeds
     from seratio.report.pair import compare_runs as compare_runs
+    from seratio.report.writer import write_report as write_report
     from seratio.rescore import load_model as load_model
     from seratio.rescore import rescore_run as rescore_run
     from seratio.stats import detectable_difference as detectable_difference
@@ -54,6 +55,7 @@ _NAMES = {
     "seratio.records": ("aggregate", "read_study"),
     "seratio.report.groups": ("compare_seeds",),
     "seratio.report.pair": ("compare_runs",),
+    "seratio.report.writer": ("write_report",),
     "seratio.rescore": ("load_model", "rescore_run"),
     "seratio.stats": ("detectable_difference", "holm", "mcnemar_exact", "seeds_needed", "summarize", "welch_t_test"),
     "seratio.train": ("train_run",),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from seratio.architecture import parse_rr
+from seratio.errors import SeratioError
 from seratio.records import RR, StudyRecords
 from seratio.report import FORMATS
 from seratio.report.content import ReportContent, build_content
@@ -27,17 +29,22 @@ class Written:
 
 
 def write_report(
-    study: StudyRecords, out_dir: Path, formats: tuple[str, ...] = FORMATS, baseline: RR | None = None
+    study: StudyRecords, out_dir: Path | str, formats: tuple[str, ...] | str = FORMATS,
+    baseline: RR | str | int | None = None,
 ) -> Written:
     """Write the chosen table formats, all figures, and (with "html") index.html as the new `out_dir`.
 
     `out_dir` must be new, empty or an earlier report (see `output`); it is replaced whole, so no
     file of an earlier report with other formats or another baseline survives, and a report that
-    fails or is interrupted leaves the earlier one as it was.
+    fails or is interrupted leaves the earlier one as it was. `formats` and `baseline` take what
+    `seratio report --format` and `--baseline` do, e.g. "md,html" and "8,8,8".
     """
+    out_dir = Path(out_dir)
+    formats = tuple(f.strip() for f in formats.split(",")) if isinstance(formats, str) else tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown report formats {unknown}; allowed: {', '.join(FORMATS)}")
+    if unknown or not formats:
+        raise SeratioError(f"report formats {list(formats)} are not all known; allowed: {', '.join(FORMATS)}")
+    baseline = None if baseline is None else parse_rr(baseline)
     check_out(out_dir)
     content = build_content(study, baseline)
     with staged(out_dir) as stage:
