@@ -165,8 +165,12 @@ def test_a_study_reads_back_as_records_and_summaries_over_seeds(tmp_path: Path) 
     rows = json.loads((tmp_path / "report" / "table.json").read_text())["rows"]
     assert len(rows) == 17 and [r["ratios"] for r in rows if r["is_baseline"]] == ["(8, 8, 8)"] * 3  # shown per phase
     assert {p.name for p in written.paths} >= {"table.md", "table.json"} and not (tmp_path / "report" / "index.html").exists()
-    with pytest.raises(seratio.SeratioError, match=r"report formats \['md', 'pdf'\] are not all known"):
+    assert seratio.write_report(study, tmp_path / "trailing", "md,").paths  # as --format md, takes it
+    with pytest.raises(seratio.SeratioError, match="--format 'md,pdf': unknown format pdf"):
         seratio.write_report(study, tmp_path / "other", "md,pdf")
+    with pytest.raises(seratio.SeratioError, match="--baseline 32,32,32: study 'p' has no completed comparable run"):
+        seratio.write_report(study, tmp_path / "other", "md", baseline=32)
+    assert not (tmp_path / "other").exists()
 
 
 def test_statistics_of_the_papers_gap() -> None:

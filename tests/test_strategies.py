@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from seratio import strategies
 from seratio.cli import main
 from seratio.config import RunConfig
+from seratio.errors import SeratioError
 from seratio.ledger import Ledger
 from seratio.overview import progress, trial_row
 from seratio.records import load_study
@@ -209,8 +210,43 @@ def test_halving_lets_a_baseline_in_its_grid_train_past_a_cut_but_not_win(tmp_pa
     content = build_content(load_study("s", url, Patience(seconds=30)))
     assert late not in [row.config.rr for _, rows in content.phases for row in rows if row.winner]
     assert [h.config.rr for h in content.highlights if "best found" in h.roles] == [plan.best]
-    assert ("The baseline SE-ResNet-8 (4, 4, 4) is in the halving grid: it trained every epoch for the comparisons, "
-            "but a cut would have stopped it (at epoch 1), so it could not win.") in content.notes
+    note = ("SE-ResNet-8 (4, 4, 4), the study's baseline, is in the halving grid: it trained every epoch for the "
+            "comparisons, but a cut would have stopped it (at epoch 1), so it could not win.")
+    assert note in content.notes
+    other = build_content(load_study("s", url, Patience(seconds=30)), (2, 2, 2))  # another baseline in the report
+    assert late not in [h.config.rr for h in other.highlights if "best found" in h.roles] and note in other.notes
+
+
+def test_a_cut_baseline_read_back_by_its_retry_stays_cut_in_the_search_and_the_report(tmp_path: Path) -> None:
+    """The cut trial crashes after its run finished; the retry reads the run back without training,
+    so it reports nothing. Search and report both read the cut from the failed trial."""
+    late = (4, 4, 4)
+    base = FakeTrainer(lambda rr, seed: 0.95 if rr == late else smooth_accuracy(rr, seed), epochs=9)
+    crashed: list[tuple[int | None, ...]] = []
+
+    def trainer(config, out_dir, *, on_epoch=None, **hooks):  # type: ignore[no-untyped-def]
+        def slow_start(row: dict[str, Any]) -> None:
+            early = config.rr == late and row["epoch"] < 9
+            on_epoch(row | {"val_accuracy": 0.05, "test_accuracy": 0.05} if early else row)
+        result = base(config, out_dir, on_epoch=slow_start if on_epoch else None, **hooks)
+        if config.rr == late and not crashed:
+            crashed.append(config.rr)
+            raise RuntimeError("worker lost before COMPLETE")
+        return result
+
+    url = f"journal:{tmp_path / 'study.log'}"
+    store, definition = create(url, "s", "halving", tmp_path / "runs", candidates=(2, 4), halving_min_epochs=1,
+                               baseline=late, run=dataclasses.replace(TINY, epochs=9))
+    with pytest.raises(SeratioError, match="worker lost before COMPLETE"):
+        work(url, "s", trainer)  # type: ignore[arg-type]
+    work(url, "s", trainer)  # type: ignore[arg-type]  # the study run again: the retry reads the run back
+    trials = [t for t in store.trials() if tuple(t.user_attrs["rr"]) == late]
+    assert [(t.state, t.user_attrs.get("halving_cut")) for t in trials] == [(TrialState.FAIL, 1), (TrialState.COMPLETE, None)]
+    plan = strategies.plan(definition, Ledger(store.trials()))
+    content = build_content(load_study("s", url, Patience(seconds=30)))
+    assert plan.done and plan.best != late
+    assert late not in [row.config.rr for _, rows in content.phases for row in rows if row.winner]
+    assert [h.config.rr for h in content.highlights if "best found" in h.roles] == [plan.best]
 
 
 def test_halving_judges_a_retried_run_once_at_a_cut_not_as_its_failed_trial_and_its_retry() -> None:

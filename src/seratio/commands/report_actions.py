@@ -6,36 +6,25 @@ Imported only when the command runs (see `commands/report.py`, which holds the p
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from seratio.architecture import Ratios, format_rr, parse_rr
+from seratio.architecture import parse_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.signals import sigterm_as_ctrl_c
 from seratio.errors import SeratioError
-from seratio.records import Aggregate, StudyRecords, aggregate, load_study
-from seratio.report import FORMATS
+from seratio.records import aggregate, load_study
+from seratio.report import parse_formats
 from seratio.report.output import check_out
+from seratio.report.reportable import need_reportable
 from seratio.report.tables import all_rows, display_cells, display_header, short_model, trial_label
-from seratio.store import read_patience, redact_url
-from seratio.study_choices import DEFAULT_STORAGE
+from seratio.store import read_patience
 
 if TYPE_CHECKING:
     from seratio.report.writer import Written
-
-
-def parse_formats(spec: str) -> tuple[str, ...]:
-    formats = tuple(f.strip() for f in spec.split(",") if f.strip())
-    unknown = [f for f in formats if f not in FORMATS]
-    if not formats:
-        raise SeratioError(f"--format {spec!r} names no format; allowed, comma-separated: {', '.join(FORMATS)}")
-    if unknown:
-        raise SeratioError(f"--format {spec!r}: unknown format {', '.join(unknown)}; allowed: {', '.join(FORMATS)}")
-    return formats
 
 
 TERMINAL_DROPS = ("Experiment", "Model", "Ratios", "MACs", "Epochs")
@@ -83,39 +72,10 @@ def run(args: argparse.Namespace) -> int:
                            "study recorded")
     study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience),
                        artifacts=args.artifacts)
-    measured = aggregate(study)
-    if baseline is not None:
-        _need_measured(baseline, study.name, measured)
-    _need_results(study, measured)
+    need_reportable(study, aggregate(study), baseline)
     from seratio.report.writer import write_report  # matplotlib: not for a study that is missing or empty
 
     with sigterm_as_ctrl_c():
         written = write_report(study, args.out, formats, baseline)
     _print(written, args.out)
     return 0
-
-
-def _need_results(study: StudyRecords, measured: Aggregate) -> None:
-    """A report with an empty table would look like the finished analysis of a study that has not
-    finished a run yet, or whose runs are all excluded."""
-    if measured.configs:
-        return
-    states = Counter(t.state.lower() for t in study.trials)
-    held = ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "no trials yet"
-    excluded = "" if not measured.excluded else (
-        f"; every finished one is excluded from averages, e.g. trial #{measured.excluded[0].trial.number}: "
-        f"{measured.excluded[0].reason}")
-    storage = "" if study.storage == DEFAULT_STORAGE else f" --storage {redact_url(study.storage)}"
-    raise SeratioError(f"study {study.name!r} has no finished run to report ({held}{excluded}); "
-                       f"`seratio study status --name {study.name}{storage}` shows where it stands")
-
-
-def _need_measured(baseline: Ratios, name: str, measured: Aggregate) -> None:
-    """An asked-for baseline must have a result to test against; a report of nothing but "n/a"
-    would look like a finished analysis."""
-    if baseline not in measured.configs:
-        listed = " ".join(sorted(format_rr(rr) for rr in measured.configs)) or "none yet"
-        raise SeratioError(
-            f"--baseline {format_rr(baseline)}: study {name!r} has no completed comparable run of it; "
-            f"configurations with results: {listed}"
-        )

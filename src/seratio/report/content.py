@@ -9,7 +9,7 @@ not every worker's files (see `significance`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,22 +113,28 @@ def _first_best(configs: Sequence[ConfigResult]) -> ConfigResult | None:
     return max(ordered, key=lambda c: round(c.selection.mean, 12), default=None)  # as strategies.score rounds
 
 
-def _cut(config: ConfigResult) -> bool:
-    return any(t.halving_cut is not None for t in config.runs)
+def halving_cuts(study: StudyRecords) -> dict[RR, list[int]]:
+    """The baseline's cuts under halving, from every trial of it, as the search reads them: a cut
+    trial that failed and was then read back by its retry stays cut."""
+    cuts: dict[RR, set[int]] = {}
+    for t in study.trials:
+        if t.halving_cut is not None and t.duplicate_of is None and t.rr is not None:
+            cuts.setdefault(t.rr, set()).add(t.halving_cut)
+    return {rr: sorted(epochs) for rr, epochs in cuts.items()}
 
 
-def _may_win(config: ConfigResult, phase: str, lists: dict[str, tuple[int, ...]]) -> bool:
+def _may_win(config: ConfigResult, phase: str, lists: dict[str, tuple[int, ...]], cut: Collection[RR]) -> bool:
     """Whether the phase's search could pick `config`. The paper's stage 1 list {2, 4, 8} cannot keep
     an incumbent (16, 16, 16): the table shows it, but the stage's winner is one of its own. A
     baseline that halving would have cut trained on only for the comparisons."""
-    if _cut(config):
+    if config.rr in cut:
         return False
     stage = _stage_index(phase)
     return stage is None or phase not in lists or config.rr[stage] in lists[phase]
 
 
 def _phase_rows(
-    agg: Aggregate, seeds: int, lists: dict[str, tuple[int, ...]]
+    agg: Aggregate, seeds: int, lists: dict[str, tuple[int, ...]], cut: Collection[RR]
 ) -> tuple[tuple[str, tuple[Row, ...]], ...]:
     all_phases = {p for c in agg.configs.values() for p in c.phases}
     result = []
@@ -136,7 +142,7 @@ def _phase_rows(
         members = {rr for rr, c in agg.configs.items() if phase in c.phases}
         members |= _carried_over(phase, members, agg.configs)
         configs = sorted((agg.configs[rr] for rr in members), key=lambda c: ratio_order(c.rr))
-        winner = _first_best(_all_seeds([c for c in configs if _may_win(c, phase, lists)], seeds))
+        winner = _first_best(_all_seeds([c for c in configs if _may_win(c, phase, lists, cut)], seeds))
         rows = tuple(Row(phase, c, len(configs) > 1 and c is winner) for c in configs)
         if rows:  # a phase with no finished run shows up in the list of unfinished trials instead
             result.append((phase, rows))
@@ -151,7 +157,7 @@ def _all_seeds(configs: list[ConfigResult], seeds: int) -> list[ConfigResult]:
 
 def _highlights(
     agg: Aggregate, baseline_rr: RR, phases: tuple[tuple[str, tuple[Row, ...]], ...], seeds: int,
-    lists: dict[str, tuple[int, ...]],
+    lists: dict[str, tuple[int, ...]], cut: Collection[RR],
 ) -> tuple[Highlight, ...]:
     """Baseline, best constant and best found (by the selection metric), each shown once.
 
@@ -161,10 +167,10 @@ def _highlights(
     """
     searched = {row.config.rr for phase, rows in phases if phase != "baseline" for row in rows}
     others = _all_seeds([c for rr, c in agg.configs.items() if (rr != baseline_rr or rr in searched)
-                         and not _cut(c)], seeds)
+                         and rr not in cut], seeds)
     constant = [c for c in others if None not in c.rr and len(set(c.rr)) == 1]
     last = _all_seeds([row.config for phase, rows in phases[-1:] if phase != "baseline" for row in rows
-                       if _may_win(row.config, phase, lists)], seeds)
+                       if _may_win(row.config, phase, lists, cut)], seeds)
     chosen = [
         ("baseline", agg.configs.get(baseline_rr)),
         ("best constant", _first_best(constant)),
@@ -246,17 +252,16 @@ def build_content(study: StudyRecords, baseline_rr: RR | None = None) -> ReportC
     agg = aggregate(study)
     baseline = baseline_rr if baseline_rr is not None else study.definition.baseline
     depth = study.definition.depth
-    phases = _phase_rows(agg, study.definition.seeds, study.definition.phases)
+    cut = halving_cuts(study)
+    phases = _phase_rows(agg, study.definition.seeds, study.definition.phases, cut)
     significance = against_baseline(agg, baseline, list(dict.fromkeys(r.config.rr for _, rows in phases for r in rows)))
-    highlights = _highlights(agg, baseline, phases, study.definition.seeds, study.definition.phases)
+    highlights = _highlights(agg, baseline, phases, study.definition.seeds, study.definition.phases, cut)
     notes = []
     if baseline not in agg.configs:
         notes.append(f"The baseline {model_label(baseline, depth)} has no completed comparable run in this study.")
-    elif _cut(agg.configs[baseline]):
-        epochs = sorted({t.halving_cut for t in agg.configs[baseline].runs if t.halving_cut is not None})
-        notes.append(f"The baseline {model_label(baseline, depth)} is in the halving grid: it trained every epoch for "
-                     f"the comparisons, but a cut would have stopped it (at epoch {', '.join(map(str, epochs))}), "
-                     "so it could not win.")
+    notes += [f"{model_label(rr, depth)}, the study's baseline, is in the halving grid: it trained every epoch for "
+              f"the comparisons, but a cut would have stopped it (at epoch {', '.join(map(str, epochs))}), so it "
+              "could not win." for rr, epochs in cut.items() if rr in agg.configs]
     found = next((h.config for h in highlights if "best found" in h.roles), None)
     noise = seed_noise(agg, study.definition.seeds, found, baseline)
     if noise is not None:

@@ -6,13 +6,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from seratio.architecture import parse_rr
-from seratio.errors import SeratioError
-from seratio.records import RR, StudyRecords
-from seratio.report import FORMATS
+from seratio.records import RR, StudyRecords, aggregate
+from seratio.report import FORMATS, parse_formats
 from seratio.report.content import ReportContent, build_content
 from seratio.report.figures import draw_confusions, draw_curves, draw_pareto
 from seratio.report.html import render_html
 from seratio.report.output import MARKER, check_out, marker_text, staged
+from seratio.report.reportable import need_reportable
 from seratio.report.tables import to_csv, to_json, to_latex, to_markdown
 
 TABLE_FILES = {"md": "table.md", "csv": "table.csv", "json": "table.json", "latex": "table.tex"}
@@ -40,12 +40,10 @@ def write_report(
     `seratio report --format` and `--baseline` do, e.g. "md,html" and "8,8,8".
     """
     out_dir = Path(out_dir)
-    formats = tuple(f.strip() for f in formats.split(",")) if isinstance(formats, str) else tuple(formats)
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown or not formats:
-        raise SeratioError(f"report formats {list(formats)} are not all known; allowed: {', '.join(FORMATS)}")
+    formats = parse_formats(formats if isinstance(formats, str) else ",".join(formats))
     baseline = None if baseline is None else parse_rr(baseline)
     check_out(out_dir)
+    need_reportable(study, aggregate(study), baseline)
     content = build_content(study, baseline)
     with staged(out_dir) as stage:
         paths, notes = _write_files(content, stage, formats)
