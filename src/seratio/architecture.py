@@ -87,6 +87,10 @@ MAX_DEPTH = 3002
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A CIFAR (SE-)ResNet, checked when made: depth 6n+2 (50 is the paper's "ResNet-52", n = 8),
+    one reduction ratio per stage (None: no SE there; `rr` takes what `parse_rr` does) and the
+    classifier's classes."""
+
     depth: int = 50
     rr: Ratios = (None, None, None)
     num_classes: int = 10

@@ -92,6 +92,8 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def build_model(config: ModelConfig) -> CifarResNet:
+    """The torch model, He-initialised as training builds it; `count_params(config)` equals its
+    parameter count (`tests/test_models.py`)."""
     return CifarResNet(config)
 
 
