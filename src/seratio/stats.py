@@ -211,8 +211,7 @@ def detectable_difference(seeds: int, std: float, alpha: float = 0.05, power: fl
     from scipy.optimize import brentq
 
     _check_level("power", power)
-    _check_std(std)
-    high = std
+    high = std  # t_test_power, called at once, refuses a std that is NaN or not positive
     while t_test_power(high, std, seeds, alpha) < power:
         high *= 2
     return float(brentq(lambda diff: t_test_power(diff, std, seeds, alpha) - power, 0.0, high, xtol=std * 1e-9))
