@@ -131,8 +131,37 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: 
     monkeypatch.setattr(cpu_compile.torch, "compile", lambda model, **kwargs: Broken())
     model = torch.nn.Linear(3, 2)
     forward = cpu_compile.CompiledForward(model, batch_size=4)
+    said: list[str] = []
+    forward.on_failure = said.append
     x = torch.rand(4, 3)
     assert torch.equal(forward(x), model(x)) and forward.compiled is None
+    assert torch.equal(forward(x), model(x)) and forward.failure == "RuntimeError: no C++ compiler"
+    assert said == ["warning: torch.compile failed (RuntimeError: no C++ compiler); this run goes on uncompiled, slower"]
+
+
+def test_a_run_whose_compile_fails_says_so_and_still_trains(
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training on uncompiled is the right fallback, but a silent one leaves a researcher with a run
+    slower than the README says and no reason; the run's log must give it."""
+
+    def broken(model: torch.nn.Module, **kwargs: Any) -> Any:
+        def fail(images: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return fail
+
+    monkeypatch.setattr(run_session, "CPU_COMPILE_MIN_IMAGES", 0)
+    monkeypatch.setattr(cpu_compile.torch, "compile", broken)
+    said: list[str] = []
+    config = RunConfig(rr=(4, 4, 4), depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64,
+                       data_dir=str(cifar_dir), device="cpu")
+    result = train_run(config, tmp_path / "run", log=said.append)
+    failures = [line for line in said if "torch.compile failed" in line]
+    # one line from training's compiled forward, one from evaluation's
+    assert failures == ["warning: torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler "
+                        "found); this run goes on uncompiled, slower"] * 2
+    assert result["test_accuracy"] > 0.15
 
 
 def test_only_runs_long_enough_to_repay_compiling_compile() -> None:

@@ -19,6 +19,7 @@ for its own batch size (dynamo compiles the eval-mode, inference-mode graph sepa
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -57,6 +58,8 @@ class CompiledForward:
 
     If compiling fails (no C++ compiler, an unsupported platform), the first call falls back to
     eager for good: compiling happens before the graph runs, so the failed call changed nothing.
+    The run goes on, slower, so the reason is kept in `failure` and handed to `on_failure`: a
+    researcher who finds a run twice as slow as the README says should find out why in its log.
     """
 
     def __init__(self, model: nn.Module, batch_size: int) -> None:
@@ -64,6 +67,8 @@ class CompiledForward:
         self.batch_size = batch_size
         self.compiled: nn.Module | None = torch.compile(model, dynamic=False, options=COMPILE_OPTIONS)
         self.calls = 0
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.compiled is None or images.shape[0] != self.batch_size:
@@ -73,6 +78,9 @@ class CompiledForward:
             return self.compiled(images)
         try:
             return self.compiled(images)
-        except Exception:  # noqa: BLE001 - any compiler failure means: train eagerly instead
+        except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly instead
             self.compiled = None
+            self.failure = f"{type(error).__name__}: {error}".splitlines()[0]
+            if self.on_failure is not None:
+                self.on_failure(f"warning: torch.compile failed ({self.failure}); this run goes on uncompiled, slower")
             return self.model(images)
