@@ -7,6 +7,8 @@ Prints one table: training images/s at batch 32 and 128 in fp32 and bf16 autocas
 measured in the same run, the ratios, the fraction of the device's peak (large matmuls timed in
 the same run), K concurrent trials on the device, the projected wall time of the paper's study,
 and the `fast` recipe's step (bf16 at its batch of 256) with the wall time of one full `fast` run.
+On CUDA it also times a candidate the tool does not use yet, "train, compiled (candidate)": the
+graphed batch-32 step with its forward compiled by inductor (see `_compiled_cuda_timer`).
 On a CPU without bf16 instructions (AVX512-BF16 or AMX) the bf16 rows are skipped, and the table
 says so: there bf16 falls back to reference kernels about 10x slower than fp32.
 
@@ -15,7 +17,8 @@ repeats run in interleaved rounds: each round times every row once, plain and se
 so a slow spell on a shared host hits the reference and the tool alike instead of moving their
 ratio. The plain reference and the concurrent trials live in child processes that stay up between
 rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
-takes about 5 minutes on a 2-core CPU and under 4 on an H100 (`--quick`: a few steps per row).
+takes about 5 minutes on a 2-core CPU and took under 4 on an H100, before the candidate rows
+added two cold compiles of a minute or two each (`--quick`: a few steps per row).
 Images are synthetic uint8 tensors of CIFAR's shape: throughput does not depend on pixel values,
 and the script needs no data set.
 
@@ -50,7 +53,7 @@ from bench_cli import at_least, emit
 from seratio.architecture import ModelConfig, count_macs
 from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
-from seratio.cpu_compile import allow_compiled_models
+from seratio.cpu_compile import CompiledForward, allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.errors import SeratioError
 from seratio.models import build_model, kernel_parameters
@@ -103,7 +106,7 @@ class Row:
     `ratio` is their median, so drift between rounds cancels out of it.
     """
 
-    kind: str  # train | eval | concurrent | fast
+    kind: str  # train | eval | concurrent | fast | compiled
     impl: str  # plain | seratio
     batch: int
     precision: str
@@ -538,6 +541,8 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
             timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
             if batch == 128:
                 timers.append(_eval_timer(session))
+            if batch == 32 and device.type == "cuda":
+                timers.append(_compiled_cuda_timer(device, count, precision))
         if batch == 128 and "bf16" in measured:
             timers.append(_fast_timer(device, plan))
         for (trial_batch, precision), children in concurrent.items():
@@ -546,6 +551,31 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
                 how = f"{len(children)} processes"
                 timers.append(child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
     return timers
+
+
+def _compiled_cuda_timer(device: torch.device, steps: int, precision: str) -> Timer:
+    """The candidate for the paper's batch on CUDA, not what the tool runs yet: the graphed step
+    with its forward (and so its backward) compiled by inductor.
+
+    Why: the graph removes the launch cost of a batch-32 step's ~900 kernels, not their count, and
+    on an H100 about 4 ms of a 5.8 ms step did not grow with the batch. Inductor fuses the batch
+    norm, ReLU, SE and residual passes between the convolutions into fewer kernels. Compiling
+    happens in the graph's eager warm-up steps, before the capture records the compiled kernels.
+    A compile that fails falls back to the eager kernels; the row's `how` then says so, since its
+    number would be the plain graphed step's.
+    """
+    session = seratio_session(32, precision, steps, 0, device)
+    session.compiled = CompiledForward(session.model, 32)
+    run = train_epoch_run(session)
+    timer = local_timer("compiled", 32, precision, 32 * steps, setup(session), run)
+
+    def warm() -> None:
+        run()
+        if session.compiled.failure is not None:
+            timer.setup = f"compile FAILED ({session.compiled.failure}), eager kernels, CUDA graph"
+
+    timer.warm = warm
+    return timer
 
 
 def _fast_timer(device: torch.device, plan: Plan) -> Timer:
@@ -580,9 +610,10 @@ def _short(timer: Timer) -> str:
 
 
 def _table_order(row: Row) -> tuple[int, int, int, int]:
-    """Plain rows first, seratio's fp32 and bf16 rows (training before evaluation), concurrent, `fast`."""
+    """Plain rows first, seratio's fp32 and bf16 rows (training, compiled training, evaluation),
+    concurrent, `fast`."""
     group = 0 if row.impl == "plain" else {"concurrent": 2, "fast": 3}.get(row.kind, 1)
-    return group, row.precision != "fp32", row.kind == "eval", row.batch
+    return group, row.precision != "fp32", {"compiled": 1, "eval": 2}.get(row.kind, 0), row.batch
 
 
 def _find(rows: list[Row], kind: str, impl: str, batch: int | None = None, precision: str = "fp32") -> Row:
@@ -633,7 +664,7 @@ def _projection(rows: list[Row]) -> dict[str, float]:
             continue
         eval_ips = _find(rows, "eval", row.impl, precision=row.precision).ips
         seconds = runs * (PAPER["train_images"] / row.ips + PAPER["eval_images"] / eval_ips)
-        key = f"{row.impl} {row.precision}" + (" concurrent" if row.kind == "concurrent" else "")
+        key = f"{row.impl} {row.precision}" + {"concurrent": " concurrent", "compiled": " compiled"}.get(row.kind, "")
         out[key] = seconds / 3600
     return out
 
@@ -662,7 +693,7 @@ def format_table(result: dict[str, Any]) -> str:
     k = result["concurrent_trials"]
     for r in result["rows"]:
         what = {"train": "train", "eval": "eval", "concurrent": f"train, {k} trials at once",
-                "fast": "train, fast recipe"}[r["kind"]]
+                "fast": "train, fast recipe", "compiled": "train, compiled (candidate)"}[r["kind"]]
         name = f"{r['impl']} {what}"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
         spread = f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}" if r["impl"] != "plain" and r["round_ratios"] else ""

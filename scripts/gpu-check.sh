@@ -4,8 +4,12 @@
 # the device tool sets it, else ./gpu-out; every log is written as it goes.
 #
 #   bash scripts/gpu-check.sh bench   the CUDA-graph equivalence check, the throughput benchmark's
-#                                     table (issue 5: one command, under 8 minutes), then K models
-#                                     stacked into one vmapped step (does stacking fill the GPU?)
+#                                     table (issue 5: one command, under 8 minutes) with its
+#                                     candidate row, the graphed step compiled by inductor, then the
+#                                     equivalence check of that candidate (inductor's cache is warm
+#                                     by then, so it compiles in seconds)
+#   bash scripts/gpu-check.sh stacked K models stacked into one vmapped step (does stacking fill
+#                                     the GPU?)
 #   bash scripts/gpu-check.sh fast    one real `fast` run (SE-ResNet-52, rr 8,2,16) on CIFAR-10 at
 #                                     $SERATIO_DATA, for the goal of >= 93% in under 5 minutes
 #                                     (CIFAR-10's 186 MB exceed one device call's 64 MiB: carry two
@@ -16,7 +20,7 @@
 #                                     in 4 processes ran 0.93x one trial on an H100
 #
 # --device cuda makes a machine whose torch cannot see the GPU fail at once instead of measuring
-# its CPU. Each step has its own time limit (EQUIVALENCE_LIMIT, BENCH_LIMIT, STACKED_LIMIT, FAST_LIMIT seconds),
+# its CPU. Each step has its own time limit (EQUIVALENCE_LIMIT, BENCH_LIMIT, COMPILED_LIMIT, STACKED_LIMIT, FAST_LIMIT seconds),
 # so one that hangs leaves time for the next; QUICK=1 runs the benchmark's smoke plan first.
 set -uo pipefail
 mode="${1:-bench}"
@@ -38,11 +42,16 @@ case "$mode" in
     timeout "${BENCH_LIMIT:-420}" "$python" benchmarks/train_throughput.py --device cuda --json "$out/bench.json" \
       2>&1 | tee "$out/bench.log"
     bench=${PIPESTATUS[0]}
+    timeout "${COMPILED_LIMIT:-150}" "$python" benchmarks/cuda_equivalence.py --compiled \
+      --json "$out/equivalence-compiled.json" 2>&1 | tee "$out/equivalence-compiled.log"
+    compiled=${PIPESTATUS[0]}
+    echo "gpu-check: equivalence exit $equivalence, benchmark exit $bench, compiled equivalence exit $compiled" >&2
+    [ "$equivalence" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$compiled" -eq 0 ]
+    ;;
+  stacked)
     timeout "${STACKED_LIMIT:-240}" "$python" benchmarks/stacked_models.py --device cuda --json "$out/stacked.json" \
       2>&1 | tee "$out/stacked.log"
-    stacked=${PIPESTATUS[0]}
-    echo "gpu-check: equivalence exit $equivalence, benchmark exit $bench, stacked exit $stacked" >&2
-    [ "$equivalence" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$stacked" -eq 0 ]
+    exit "${PIPESTATUS[0]}"
     ;;
   fast)
     : "${SERATIO_DATA:?set SERATIO_DATA to a directory holding cifar-10-batches-py/}"
@@ -66,7 +75,7 @@ case "$mode" in
     exit "${PIPESTATUS[0]}"
     ;;
   *)
-    echo "gpu-check: unknown mode '$mode'; use bench, fast or mps" >&2
+    echo "gpu-check: unknown mode '$mode'; use bench, stacked, fast or mps" >&2
     exit 2
     ;;
 esac
