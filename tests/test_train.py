@@ -78,6 +78,20 @@ def test_run_directory_files(finished_run: Path) -> None:
     assert rows[-1]["test_accuracy"] == result["test_accuracy"]
 
 
+def test_train_s_stdout_is_its_json_alone_when_not_in_a_terminal(
+    cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`seratio train ... > result.json` or `| jq`: the progress bar belongs on a terminal's stderr,
+    and used to leave an empty line on stdout when it closed outside one."""
+    args = [a for a in train_args(cifar_dir, tmp_path / "run") if a != "--quiet"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("{") and json.loads(out)["test_accuracy"] > 0.2
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert "\x1b[" not in err  # no bar drawn into a file
+
+
 def test_rerun_into_finished_dir_neither_retrains_nor_overwrites(
     finished_run: Path, cifar_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

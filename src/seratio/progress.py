@@ -2,6 +2,10 @@
 
 Reading a running loss forces a host sync, so the bar refreshes its numbers
 only every REFRESH_STEPS steps; in between the training loop never waits.
+
+The bar is drawn on stderr, and only where stderr is a terminal: stdout carries `seratio train`'s
+JSON summary, and a log file or a notebook's captured stream has no use for a bar (rich wrote a
+stray empty line there when it closed one).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import time
 from types import TracebackType
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 REFRESH_STEPS = 50
@@ -25,13 +30,15 @@ class EpochProgress:
         self._started = 0.0
 
     def __enter__(self) -> EpochProgress:
-        if self.enabled:
+        console = Console(stderr=True)
+        if self.enabled and console.is_terminal:
             self._progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"),
                 TimeRemainingColumn(),
+                console=console,
                 transient=True,
             )
             self._progress.__enter__()
