@@ -437,3 +437,18 @@ def test_best_found_rests_on_every_seed_not_on_one_that_survived_halving(tmp_pat
     assert "2 configuration(s) have 2 seeds: their 95% t-intervals have 1 degree of freedom" in markdown
     assert (tmp_path / "r" / "confusion_se_4_2_8.png").exists()
     assert not (tmp_path / "r" / "confusion_se_4_2_4.png").exists()  # one surviving seed at 99% is not the winner
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o555], ids=["group-shared", "read-only"])
+def test_a_replaced_report_keeps_its_permissions_and_leaves_nothing_behind(
+    study: FixtureStudy, tmp_path: Path, mode: int
+) -> None:
+    """A report shared with a group stays shared when written again, and one made read-only is
+    still replaced whole: its old files, in a folder whose mode forbids deleting them, are gone."""
+    out = tmp_path / "r"
+    assert main(_report(study, out, "--format", "md")) == 0
+    os.chmod(out, mode)
+    assert main(_report(study, out, "--format", "json")) == 0
+    assert os.stat(out).st_mode & 0o777 == mode
+    assert "table.json" in os.listdir(out) and "table.md" not in os.listdir(out)
+    assert _leftovers(out) == []

@@ -9,6 +9,7 @@ then, and only when it holds nothing a report does not write, may a new report r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -19,8 +20,8 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def _sibling(target: Path, kind: str, owner: str) -> Path:
     return target.parent / f".{target.name}.seratio-{kind}.{owner}"
 
 
-@contextmanager
+@contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A fresh hidden directory beside `out` to build the report in; on leaving without an error
     it replaces `out`, on any error (Ctrl-C included) it is removed and `out` is left as it was."""
@@ -102,9 +103,10 @@ def staged(out: Path) -> Iterator[Path]:
         stage.mkdir()
         yield stage
         check_out(out)  # again: something may have been put there while the report was built
+        _keep_mode(target, stage)
         _swap(stage, target, _sibling(target, "old", owner))
     except BaseException as error:
-        shutil.rmtree(stage, ignore_errors=True)
+        _delete(stage)
         for directory in reversed(created):
             _remove_if_empty(directory)
         if isinstance(error, OSError):
@@ -133,6 +135,21 @@ def _remove_if_empty(directory: Path) -> None:
         pass  # not empty (someone else wrote there) or already gone: either way not ours to delete
 
 
+def _keep_mode(target: Path, stage: Path) -> None:
+    """The replaced report's permissions on the new one: a report shared with a group, or served from
+    a web folder, must stay shared when it is written again, not become the staging folder's."""
+    if target.is_dir():
+        shutil.copymode(target, stage)
+
+
+def _delete(directory: Path) -> None:
+    """Remove a replaced report or a leftover staging folder, even one whose mode (kept from the
+    report it replaced, say 555) forbids deleting its files."""
+    with contextlib.suppress(OSError):
+        os.chmod(directory, stat.S_IRWXU)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def _swap(stage: Path, target: Path, aside: Path) -> None:
     """New report in, old one deleted. One atomic exchange where the system has it, so no instant
     exists without `--out`; elsewhere two renames, and should the second fail, the old one goes back."""
@@ -140,7 +157,7 @@ def _swap(stage: Path, target: Path, aside: Path) -> None:
         os.rename(stage, target)
         return
     if _exchange(stage, target):
-        shutil.rmtree(stage, ignore_errors=True)  # it now holds the old report
+        _delete(stage)  # it now holds the old report
         return
     try:
         os.rename(target, aside)
@@ -149,7 +166,7 @@ def _swap(stage: Path, target: Path, aside: Path) -> None:
         if aside.exists() and not target.exists():
             os.rename(aside, target)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    _delete(aside)
 
 
 RENAME_EXCHANGE = 2
@@ -188,7 +205,7 @@ def _remove_leftovers(target: Path) -> None:
     for path in target.parent.glob(f".{glob.escape(target.name)}.seratio-*"):
         match = pattern.fullmatch(path.name)
         if match and match[1] == host and not _alive(int(match[2])):
-            shutil.rmtree(path, ignore_errors=True)
+            _delete(path)
 
 
 def _alive(pid: int) -> bool:
