@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,6 +84,33 @@ def test_settings_that_differ_besides_the_ratios_are_said(
     out = " ".join(capsys.readouterr().out.split())
     assert "note: the runs also differ in epochs 3 vs 4; precision fp32 vs bf16;" in out
     assert compare_runs(*runs).differences == ()  # no config.json: compared on what both runs store
+
+
+def test_runs_trained_on_other_images_of_the_same_count_are_said(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two draws of 2,000 training images under other split seeds share few images; the count alone
+    hid that. Where both trained on the whole training set, the split seed changes nothing."""
+    config = json.loads((tiny_run / "config.json").read_text())
+
+    def copy_with(name: str, **run: Any) -> Path:
+        other = tmp_path / name
+        shutil.copytree(tiny_run, other)
+        (other / "config.json").write_text(json.dumps(config | {"run": config["run"] | run}))
+        return other
+
+    assert compare_runs(tiny_run, copy_with("seed1", split_seed=1)).differences == (
+        "training images 2,000 (split seed 0, 500 held out for validation) vs "
+        "2,000 (split seed 1, 500 held out for validation)",
+    )
+    assert compare_runs(tiny_run, copy_with("val0", val_size=0)).differences == (
+        "training images 2,000 (split seed 0, 500 held out for validation) vs "
+        "2,000 (split seed 0, 0 held out for validation)",
+    )
+    whole = {"val_size": 0, "train_subset": None}
+    assert compare_runs(copy_with("all0", **whole), copy_with("all1", **whole, split_seed=1)).differences == ()
+    assert main(["compare", str(tiny_run), str(tmp_path / "seed1")]) == 0
+    assert "split seed 1" in capsys.readouterr().out
 
 
 def test_compare_says_a_run_has_not_finished(

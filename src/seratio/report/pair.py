@@ -74,6 +74,7 @@ def run_settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         record = {}
     recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
     data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    run = record.get("run") if isinstance(record.get("run"), dict) else {}
     return {
         "depth": result.get("depth"),
         "recipe": result.get("recipe"),
@@ -82,8 +83,20 @@ def run_settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         "batch size": recipe.get("batch_size"),
         "learning rate": recipe.get("lr"),
         "precision": result.get("precision"),
-        "training images": data.get("train"),
+        "training images": _training_images(data.get("train"), run),
     }
+
+
+def _training_images(count: Any, run: dict[str, Any]) -> str | None:
+    """Which images trained the run, not only how many: two draws of 1,000 images from different
+    validation splits or split seeds share few of them. All of the training set is the same
+    whatever the split seed; any draw depends on the seed and on what validation held out."""
+    if not isinstance(count, int):
+        return None
+    val_size, subset = run.get("val_size"), run.get("train_subset")
+    if not val_size and subset is None:
+        return f"{count:,} (all)"
+    return f"{count:,} (split seed {run.get('split_seed')}, {val_size or 0:,} held out for validation)"
 
 
 def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
