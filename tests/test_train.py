@@ -87,8 +87,16 @@ def test_train_s_stdout_is_its_json_alone_when_not_in_a_terminal(
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert out.startswith("{") and json.loads(out)["test_accuracy"] > 0.2
+    assert list(json.loads(out)) == [  # the README lists them in this order
+        "rr", "seed", "test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params",
+        "macs", "epochs", "seconds",
+    ]
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    rows = read_rows(tmp_path / "run")
+    for line, row in zip(epochs, rows, strict=True):  # named and rounded as in metrics.jsonl
+        for key in ("train_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
+            assert f" {key} {row[key]:.4f} " in line
     assert "\x1b[" not in err  # no bar drawn into a file
 
 

@@ -208,10 +208,11 @@ def _run_epoch(session: Session, state: dict[str, Any], progress: EpochProgress)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    val = "" if row["val_accuracy"] is None else f" val_acc {row['val_accuracy']:.4f}"
+    """Named as in metrics.jsonl (and a study worker's lines), so one grep finds a field in both."""
+    val = "" if row["val_accuracy"] is None else f" val_accuracy {row['val_accuracy']:.4f}"
     return (
         f"epoch {row['epoch']}/{epochs} lr {row['lr']:.2e} train_loss {row['train_loss']:.4f} "
-        f"train_acc {row['train_accuracy']:.4f}{val} test_acc {row['test_accuracy']:.4f} "
+        f"train_accuracy {row['train_accuracy']:.4f}{val} test_accuracy {row['test_accuracy']:.4f} "
         f"({row['seconds']:.1f}s)"
     )
 
