@@ -114,7 +114,8 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     assert "done" in shown and "rr 8,2,16" in shown and "test accuracy 91.53%" in shown and "selected on the TEST set, as the paper did" in shown
     assert "best: rr 8,2,16" in shown and "best so far" not in shown  # the search has decided
     assert "baseline, the plain ResNet (rr none): test accuracy 90.97%" in shown  # in percent, as the report and the paper give it
-    assert f"seratio report --name p --storage {url} --out DIR" in shown
+    assert f"its test accuracy and tests against the baseline: seratio report --name p --storage {url} --out DIR" in shown
+    assert "interval" not in shown  # one seed: the report has no interval to give
     assert "runs: 14 of the 14 planned have ended" in shown and "left" not in shown  # no time estimate once done
     assert main(["study", "status", "--name", "p", "--storage", url, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
@@ -126,6 +127,17 @@ def test_status_and_export_read_a_finished_study(tmp_path: Path, capsys: pytest.
     assert all(r["started"].endswith("+00:00") and r["finished"] >= r["started"] for r in rows)  # UTC, zone said
     assert main(["study", "export", "--name", "p", "--storage", url, "--out", str(tmp_path / "t.csv")]) == 0
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 15
+
+
+def test_status_of_a_study_with_seeds_points_to_the_report_s_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    create(url, "c", "constant", tmp_path / "runs", candidates=(2, 8), seeds=2)
+    work(url, "c", FakeTrainer(table3_accuracy))
+    assert main(["study", "status", "--name", "c", "--storage", url]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "its test accuracy, a 95% interval over its seeds and tests against the baseline: seratio report" in shown
 
 
 def test_export_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -285,7 +285,8 @@ def _print_progress(name: str, storage: str, definition: dict[str, Any], state: 
                   f"{state.best_score:.2%}{mean}{label}")
         if done:
             where = "" if storage == DEFAULT_STORAGE else f" --storage {redact_url(storage)}"
-            out.print(f"its test accuracy, with a 95% interval and tests against the baseline: "
+            interval = ", a 95% interval over its seeds" if definition["seeds"] > 1 else ""
+            out.print(f"its test accuracy{interval} and tests against the baseline: "
                       f"seratio report --name {name}{where} --out DIR")
     if state.baseline_score is not None:
         baseline = tuple(definition["baseline"])
