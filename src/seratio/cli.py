@@ -52,15 +52,23 @@ class Parser(argparse.ArgumentParser):
 
     def unrecognized(self, extras: list[str]) -> NoReturn:
         options = [option for action in self._actions for option in action.option_strings]
-        hints = [match[0] for extra in extras if extra.startswith("-")
-                 if (match := difflib.get_close_matches(extra.split("=")[0], options, n=1, cutoff=0.6))]
-        hint = f"; did you mean {', '.join(hints)}?" if hints else f"; {self.prog} -h lists what it takes"
+        hints = [hint for extra in extras if extra.startswith("-") for hint in _nearest(extra.split("=")[0], options)]
+        hint = f"; did you mean {' or '.join(hints)}?" if hints else f"; {self.prog} -h lists what it takes"
         self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(extras)}{hint}\n")
 
     def error(self, message: str) -> NoReturn:
         """One line, like every other refusal: argparse printed its usage block first, up to 18 lines
         above the message that named the mistake; `-h` still shows it."""
         self.exit(2, f"{self.prog}: error: {message}; {self.prog} -h lists what it takes\n")
+
+
+def _nearest(typed: str, options: list[str]) -> list[str]:
+    """What an unknown option was likely meant as: the options it abbreviates (none is accepted
+    abbreviated, see `build_parser`), else the one spelled most alike. Spelling alone made `--ep`
+    closest to `--help`, since the two dashes count as shared letters."""
+    if len(typed) > 2 and (abbreviated := [option for option in options if option.startswith(typed)]):
+        return abbreviated
+    return difflib.get_close_matches(typed, options, n=1, cutoff=0.6)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
