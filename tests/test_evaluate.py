@@ -61,6 +61,11 @@ def test_a_run_trained_on_another_machine_reads_cifar_from_seratio_data(
     assert main(["evaluate", str(moved)]) == 0
     out = capsys.readouterr().out
     assert "reading CIFAR from $SERATIO_DATA" in out and "previous checkpoint" not in out  # the newest was scored
+    monkeypatch.delenv("SERATIO_DATA")  # and without it, the error names where the missing path came from
+    assert main(["evaluate", str(moved)]) == 2
+    assert capsys.readouterr().err == (
+        f"seratio: error: the run's data directory /nowhere/cifar (recorded in {moved / 'config.json'}) is not on this "
+        "machine; pass --data-dir / data_dir or set $SERATIO_DATA to where CIFAR-10 is here\n")
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_and_says_so(

@@ -15,7 +15,7 @@ from typing import Any
 
 from seratio import rundir
 from seratio.config import RunConfig, resolve_device
-from seratio.datasets import ENV_VAR
+from seratio.datasets import ENV_VAR, dataset_info
 from seratio.errors import SeratioError
 from seratio.models import CifarResNet, build_model
 from seratio.recipes import TTA_VIEWS
@@ -45,7 +45,7 @@ def rescore_run(
     run_dir = Path(run_dir)
     config, recorded_epochs = _recorded_config(run_dir)
     config = dataclasses.replace(config, **{k: v for k, v in {"data_dir": data_dir, "device": device}.items() if v})
-    config, moved = _data_here(config, data_dir)
+    config, moved = _data_here(config, data_dir, run_dir)
     if device is None:
         _need_recorded_device(run_dir, config.device)
     views = config.resolved_recipe().tta if tta is None else tta
@@ -92,12 +92,18 @@ def load_model(run_dir: Path | str, device: str = "cpu") -> CifarResNet:
     return model.to(resolve_device(device)).eval()
 
 
-def _data_here(config: RunConfig, data_dir: str | None) -> tuple[RunConfig, list[str]]:
+def _data_here(config: RunConfig, data_dir: str | None, run_dir: Path) -> tuple[RunConfig, list[str]]:
     """The run's recorded data directory, or $SERATIO_DATA where that one is not on this machine: a
-    run is often scored elsewhere than it trained, and the split depends only on its seeds."""
+    run is often scored elsewhere than it trained, and the split depends only on its seeds.
+    Without either, the error says where the missing path came from: the user never typed it."""
     recorded = config.data_dir
-    if data_dir or recorded is None or Path(recorded).expanduser().exists() or not os.environ.get(ENV_VAR):
+    if data_dir or recorded is None or Path(recorded).expanduser().exists():
         return config, []
+    if not os.environ.get(ENV_VAR):
+        raise SeratioError(
+            f"the run's data directory {recorded} (recorded in {run_dir / rundir.CONFIG}) is not on this machine; "
+            f"pass --data-dir / data_dir or set ${ENV_VAR} to where {dataset_info(config.dataset).title} is here"
+        )
     note = f"the run's data directory {recorded} is not on this machine; reading CIFAR from ${ENV_VAR}"
     return dataclasses.replace(config, data_dir=None), [note]
 
