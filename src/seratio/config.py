@@ -96,19 +96,20 @@ class RunConfig:
         val, most_val = self.val_size, info.train_count - info.num_classes
         if not int_in(val, 0, most_val):
             raise SeratioError(
-                f"val_size {val!r} is out of range; allowed: 0 <= val_size <= {most_val} "
-                f"(at least one training image per class of the {info.train_count})"
+                f"val size {val!r} must be an integer from 0 to {most_val:,} (it leaves at least one training "
+                f"image per class of the {info.train_count:,})"
             )
         subset, most = self.train_subset, info.train_count - val
         if subset is not None and not int_in(subset, info.num_classes, most):
             raise SeratioError(
-                f"train_subset {subset!r} is out of range; allowed: {info.num_classes} <= train_subset <= {most} "
-                f"(train images left after val_size={val})"
+                f"train subset {subset!r} must be an integer from {info.num_classes} (one image per class) to "
+                f"{most:,} (the training images left after a val size of {val:,})"
             )
         test = self.test_subset
         if test is not None and not int_in(test, info.num_classes, info.test_count):
             raise SeratioError(
-                f"test_subset {test!r} is out of range; allowed: {info.num_classes} <= test_subset <= {info.test_count}"
+                f"test subset {test!r} must be an integer from {info.num_classes} (one image per class) to "
+                f"{info.test_count:,}"
             )
 
     def model_config(self, num_classes: int | None = None) -> ModelConfig:
