@@ -129,9 +129,12 @@ def test_a_new_store_over_finished_runs_reads_them_back_and_says_so(tmp_path: Pa
     fresh = f"journal:{tmp_path / 'fresh.log'}"
     create(fresh, "s", "constant", tmp_path / "runs", candidates=(2, 4))
     trainer = FakeTrainer()
-    summary = work(fresh, "s", trainer).summary
+    said: list[str] = []
+    summary = work(fresh, "s", trainer, log=said.append).summary
     assert trainer.calls == []
     assert (summary.trained, summary.read_back) == (0, 3)
+    assert not [line for line in said if "training in" in line]  # it trained nothing, and says so
+    assert len([line for line in said if ": reading back the finished run in " in line]) == 3
 
 
 def test_an_interrupted_run_is_taken_up_again_before_fresh_ones(tmp_path: Path) -> None:

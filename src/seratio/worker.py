@@ -296,8 +296,8 @@ class Worker:
         # From this worker's root, not the trial's stored path: a planner on another machine may have
         # had the shared run folder mounted elsewhere (`study worker --artifacts`).
         run_dir = self.options.artifacts.resolve() / study.run_name(view.rr, view.seed)
-        self.log(f"{prefix}: training in {run_dir}")
         finished_before = (run_dir / rundir.RESULT).is_file()  # a crash before COMPLETE, or a new store's rerun
+        self.log(f"{prefix}: {'reading back the finished run in' if finished_before else 'training in'} {run_dir}")
         try:
             result = self.trainer(
                 config, run_dir, resume=True, log=lambda message: self.log(f"{prefix}: {message}"),
