@@ -159,6 +159,7 @@ def test_two_folders_of_seeds_are_compared_by_welch_with_what_the_seeds_can_dete
     out = " ".join(capsys.readouterr().out.split())
     assert f"A - B = +0.33 points, 95% interval [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]" in out
     assert f"p = {fmt_p(reference.pvalue)}" in out and "A is +0.33 points from B" in out
+    assert "a t-test at the 5% level (two-sided) finds" in out and "Holm" not in out  # one test: nothing to adjust
 
 
 def test_a_folder_of_seeds_must_hold_one_configuration_and_two_seeds(

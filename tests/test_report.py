@@ -252,6 +252,7 @@ def test_seed_noise_says_what_the_tests_can_find_and_what_the_gap_would_need(
     assert noise["seeds_needed"] == math.ceil(TTestIndPower().solve_power(effect_size=gap / std, power=0.8, alpha=0.05))
     markdown = " ".join((report / "table.md").read_text().split())
     assert f"Seed noise: test accuracy varies by {100 * std:.2f} points from seed to seed" in markdown
+    assert "a t-test at the 5% level (two-sided, before Holm's adjustment) finds" in markdown
     assert f"finds a true difference of {100 * noise['detectable_difference']:.2f} points 80% of the time" in markdown
     assert _table(one_seed[1])["seed_noise"] is None  # single runs measure no seed noise
 

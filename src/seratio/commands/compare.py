@@ -122,7 +122,7 @@ def _print_groups(result: GroupComparison) -> None:
         verdict = "significant" if w.p_value < 0.05 else "not significant"
         console.print(f"The difference is {verdict} at the 5% level, over seeds as measured on this test set.")
     if result.noise is not None:
-        console.print(noise_note(result.noise, "A is {gap} points from B", "these folders have them"))
+        console.print(noise_note(result.noise, "A is {gap} points from B", "these folders have them", adjusted=False))
     if result.differences:
         console.print(f"note: the configurations also differ in {'; '.join(result.differences)}; the difference is "
                       "not the ratios' alone.")

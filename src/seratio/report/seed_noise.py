@@ -59,11 +59,14 @@ def noise_of(groups: list[list[float]], seeds: int, gap: float | None) -> SeedNo
 
 
 def noise_note(noise: SeedNoise, gap_is: str = "The best found is {gap} points from the baseline",
-               holds: str = "this study has them") -> str:
+               holds: str = "this study has them", adjusted: bool = True) -> str:
+    """`adjusted` where the test is one of several that Holm's method adjusts (a report's table);
+    `compare` makes one test, and there the remark would promise an adjustment that never comes."""
+    holm = ", before Holm's adjustment" if adjusted else ""
     text = (f"Seed noise: test accuracy varies by {100 * noise.std:.2f} points from seed to seed (pooled standard "
             f"deviation over {noise.configurations} configurations, {noise.df} degrees of freedom). With "
-            f"{noise.seeds} seeds per configuration, a t-test at the 5% level (two-sided, before Holm's "
-            f"adjustment) finds a true difference of {100 * noise.detectable:.2f} points {POWER:.0%} of the time.")
+            f"{noise.seeds} seeds per configuration, a t-test at the 5% level (two-sided{holm}) "
+            f"finds a true difference of {100 * noise.detectable:.2f} points {POWER:.0%} of the time.")
     if noise.gap is None or noise.gap == 0:
         return text
     takes = (f"more than {stats.MOST_SEEDS:,} seeds per configuration" if noise.needed is None
