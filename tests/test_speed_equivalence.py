@@ -164,6 +164,21 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
     assert result["test_accuracy"] > 0.15
 
 
+def test_a_session_seeds_the_cpu_as_torch_manual_seed_does_and_no_other_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights drawn as under `torch.manual_seed`, so runs stay what they were; but every GPU's
+    generator is not the run's to reseed, since `train_run` gives back only its own device's."""
+
+    def every_gpu(seed: int) -> None:
+        raise AssertionError("a session reseeded every GPU's generator")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", every_gpu)
+    config = RunConfig(rr=(4, 2, 8), depth=8, batch_size=BATCH, device="cpu", seed=7)
+    session = build_session(config, _data(BATCH), torch.device("cpu"), compile_cpu=False)
+    torch.random.default_generator.manual_seed(7)
+    expected = build_model(config.model_config()).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in session.model.state_dict().items())
+
+
 def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
     assert compiles_on_cpu(get_recipe("paper"), 45_000)
     assert not compiles_on_cpu(get_recipe("paper", epochs=3), 2_000)

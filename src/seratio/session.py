@@ -135,7 +135,7 @@ def build_session(
     "bf16") replaces what `--precision auto` would pick on this device.
     """
     recipe = config.resolved_recipe()
-    torch.manual_seed(config.seed)
+    _seed_torch(config.seed, device)
     model_config = config.model_config(data.num_classes)
     autocast_dtype = _autocast_dtype(config, recipe, device, precision)
     channels_last = _channels_last(recipe, device, autocast_dtype)
@@ -159,6 +159,16 @@ def build_session(
         session.compiled = CompiledForward(model, recipe.batch_size)
         session.compiled_eval = CompiledForward(model, EVAL_BATCH["cpu"])
     return session
+
+
+def _seed_torch(seed: int, device: torch.device) -> None:
+    """The CPU generator, from which the model's weights are drawn, and the run's own CUDA device,
+    as `torch.manual_seed` seeds them. Not every GPU of the machine, as it does: `train_run` gives
+    back the generators a run reseeds, and another GPU's belongs to whatever else uses it."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 def compiles_on_cpu(recipe: Recipe, train_images: int) -> bool:

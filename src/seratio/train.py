@@ -83,7 +83,8 @@ def train_run(
 
 
 def _reseeded_cuda(config: RunConfig) -> list[int]:
-    """The CUDA device whose generator the run reseeds and so must give back; the CPU's always is."""
+    """The CUDA device whose generator the run reseeds (`session._seed_torch`) and so must give back;
+    the CPU's always is."""
     device = resolve_device(config.device)
     if device.type != "cuda":
         return []
