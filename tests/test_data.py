@@ -173,16 +173,16 @@ def test_test_subset_is_stratified_repeatable_and_leaves_train_and_val_alone(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"test_subset": 9}, r"test_subset 9 .*10 <= test_subset <= 10000"),
-        ({"test_subset": 10_001}, r"test_subset 10001 .*10 <= test_subset <= 10000"),
+        ({"test_subset": 9}, r"test subset 9 must be an integer from 10 \(one image per class\) to 10,000$"),
+        ({"test_subset": 10_001}, r"test subset 10001 must be an integer from 10 .* to 10,000$"),
         ({"test_subset": 500.0}, r"test_subset must be an integer"),
-        ({"val_size": -1}, r"val_size -1 .*0 <= val_size <= 49990"),
-        ({"val_size": 50_000}, r"val_size 50000 .*0 <= val_size <= 49990"),
+        ({"val_size": -1}, r"val size -1 must be an integer from 0 to 49,990 \(it leaves at least one training image per class of the 50,000\)"),
+        ({"val_size": 50_000}, r"val size 50000 must be an integer from 0 to 49,990 "),
         ({"val_size": 5000.0}, r"val_size must be an integer"),
-        ({"train_subset": 9}, r"train_subset 9 .*10 <= train_subset <= 45000"),
-        ({"train_subset": 45_001}, r"train_subset 45001 .*10 <= train_subset <= 45000"),
-        ({"val_size": 49_995, "train_subset": 10}, r"val_size 49995 .*0 <= val_size <= 49990"),
-        ({"val_size": 49_000, "train_subset": 1_001}, r"10 <= train_subset <= 1000\b"),
+        ({"train_subset": 9}, r"train subset 9 must be an integer from 10 \(one image per class\) to 45,000 \(the training images left after a val size of 5,000\)"),
+        ({"train_subset": 45_001}, r"train subset 45001 must be an integer from 10 .* to 45,000 "),
+        ({"val_size": 49_995, "train_subset": 10}, r"val size 49995 must be an integer from 0 to 49,990 "),
+        ({"val_size": 49_000, "train_subset": 1_001}, r"train subset 1001 must be an integer from 10 .* to 1,000 \(the training images left after a val size of 49,000\)"),
     ],
 )
 def test_bad_split_sizes_name_value_and_range(cifar_dir: Path, kwargs: dict, message: str) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from seratio import __version__
 from seratio.architecture import ModelConfig, Ratios, parse_rr
-from seratio.datasets import dataset_info
+from seratio.datasets import check_split_size, dataset_info
 from seratio.errors import SeratioError, exact_int, int_in
 from seratio.recipes import Recipe, get_recipe
 
@@ -93,24 +93,11 @@ class RunConfig:
         The data loader checks them again against the files it reads.
         """
         info = dataset_info(self.dataset)
-        val, most_val = self.val_size, info.train_count - info.num_classes
-        if not int_in(val, 0, most_val):
-            raise SeratioError(
-                f"val size {val!r} must be an integer from 0 to {most_val:,} (it leaves at least one training "
-                f"image per class of the {info.train_count:,})"
-            )
-        subset, most = self.train_subset, info.train_count - val
-        if subset is not None and not int_in(subset, info.num_classes, most):
-            raise SeratioError(
-                f"train subset {subset!r} must be an integer from {info.num_classes} (one image per class) to "
-                f"{most:,} (the training images left after a val size of {val:,})"
-            )
-        test = self.test_subset
-        if test is not None and not int_in(test, info.num_classes, info.test_count):
-            raise SeratioError(
-                f"test subset {test!r} must be an integer from {info.num_classes} (one image per class) to "
-                f"{info.test_count:,}"
-            )
+        check_split_size(info, "val size", self.val_size)
+        if self.train_subset is not None:
+            check_split_size(info, "train subset", self.train_subset, self.val_size)
+        if self.test_subset is not None:
+            check_split_size(info, "test subset", self.test_subset)
 
     def model_config(self, num_classes: int | None = None) -> ModelConfig:
         classes = num_classes if num_classes is not None else (100 if self.dataset == "cifar100" else 10)

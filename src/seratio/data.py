@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seratio.datasets import DATASETS, DatasetInfo, dataset_info, layout_files, resolve_data_dir
+from seratio.datasets import DATASETS, DatasetInfo, check_split_size, dataset_info, layout_files, resolve_data_dir
 from seratio.errors import SeratioError
 
 try:  # numpy >= 2 moved the module; official pickles still name numpy.core.multiarray.
@@ -204,27 +204,18 @@ def _stratified_pick(labels: np.ndarray, size: int, num_classes: int, rng: np.ra
 
 
 def _split_indices(
-    labels: np.ndarray, num_classes: int, val_size: int, train_subset: int | None, split_seed: int
+    labels: np.ndarray, info: DatasetInfo, val_size: int, train_subset: int | None, split_seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Val is drawn first, so it stays the same whatever `train_subset` is."""
-    n = len(labels)
     val_size = _as_int("val_size", val_size)
-    if not 0 <= val_size <= n - num_classes:
-        raise SeratioError(
-            f"val_size {val_size} is out of range; allowed: 0 <= val_size <= {n - num_classes} "
-            f"(at least one training image per class of the {n})"
-        )
+    check_split_size(info, "val size", val_size)
     rng = np.random.default_rng(split_seed)
-    val = _stratified_pick(labels, val_size, num_classes, rng)
-    train = np.setdiff1d(np.arange(n), val, assume_unique=True)
+    val = _stratified_pick(labels, val_size, info.num_classes, rng)
+    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
     if train_subset is not None:
         train_subset = _as_int("train_subset", train_subset)
-        if not num_classes <= train_subset <= len(train):
-            raise SeratioError(
-                f"train_subset {train_subset} is out of range; allowed: "
-                f"{num_classes} <= train_subset <= {len(train)} (train images left after val_size={val_size})"
-            )
-        train = train[_stratified_pick(labels[train], train_subset, num_classes, rng)]
+        check_split_size(info, "train subset", train_subset, val_size)
+        train = train[_stratified_pick(labels[train], train_subset, info.num_classes, rng)]
     return train, val
 
 
@@ -233,14 +224,13 @@ TEST_STREAM = 1
 changes which images are val or train."""
 
 
-def _test_indices(labels: np.ndarray, num_classes: int, test_subset: int | None, split_seed: int) -> np.ndarray | None:
+def _test_indices(labels: np.ndarray, info: DatasetInfo, test_subset: int | None, split_seed: int) -> np.ndarray | None:
     if test_subset is None:
         return None
     test_subset = _as_int("test_subset", test_subset)
-    if not num_classes <= test_subset <= len(labels):
-        raise SeratioError(f"test_subset {test_subset} is out of range; allowed: {num_classes} <= test_subset <= {len(labels)}")
+    check_split_size(info, "test subset", test_subset)
     rng = np.random.default_rng([TEST_STREAM, split_seed])
-    return _stratified_pick(labels, test_subset, num_classes, rng)
+    return _stratified_pick(labels, test_subset, info.num_classes, rng)
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -282,14 +272,12 @@ def load_cifar(
     info = dataset_info(dataset)
     layout = resolve_data_dir(data_dir, dataset)
     arrays = _read_arrays(layout, dataset)
-    train_idx, val_idx = _split_indices(
-        arrays.train_labels.numpy(), info.num_classes, val_size, train_subset, split_seed
-    )
+    train_idx, val_idx = _split_indices(arrays.train_labels.numpy(), info, val_size, train_subset, split_seed)
     dev = torch.device(device)
     return CifarData(
         train=_take(arrays, "train", train_idx, dev),
         val=_take(arrays, "train", val_idx, dev),
-        test=_take(arrays, "test", _test_indices(arrays.test_labels.numpy(), info.num_classes, test_subset, split_seed), dev),
+        test=_take(arrays, "test", _test_indices(arrays.test_labels.numpy(), info, test_subset, split_seed), dev),
         num_classes=info.num_classes,
         class_names=list(arrays.class_names),
         dataset=dataset,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seratio.errors import SeratioError
+from seratio.errors import SeratioError, int_in
 
 ENV_VAR = "SERATIO_DATA"
 
@@ -78,6 +78,26 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+
+
+def split_sizes(info: DatasetInfo, val_size: int) -> dict[str, tuple[int, int, str, str]]:
+    """The sizes a split may take, with why at each end: `RunConfig` checks them before a study
+    starts, `load_cifar` again on the files it reads, and both refuse in the same words."""
+    classes, left = info.num_classes, info.train_count - val_size
+    per_class = " (one image per class)"
+    return {
+        "val size": (0, info.train_count - classes, "",
+                     f" (it leaves at least one training image per class of the {info.train_count:,})"),
+        "train subset": (classes, left, per_class, f" (the training images left after a val size of {val_size:,})"),
+        "test subset": (classes, info.test_count, per_class, ""),
+    }
+
+
+def check_split_size(info: DatasetInfo, name: str, value: object, val_size: int = 0) -> None:
+    """Refuse `value` for the split size `name` ("val size", "train subset", "test subset")."""
+    low, high, low_why, high_why = split_sizes(info, val_size)[name]
+    if not int_in(value, low, high):
+        raise SeratioError(f"{name} {value!r} must be an integer from {low:,}{low_why} to {high:,}{high_why}")
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
