@@ -439,16 +439,21 @@ def test_best_found_rests_on_every_seed_not_on_one_that_survived_halving(tmp_pat
     assert not (tmp_path / "r" / "confusion_se_4_2_4.png").exists()  # one surviving seed at 99% is not the winner
 
 
-@pytest.mark.parametrize("mode", [0o750, 0o555], ids=["group-shared", "read-only"])
-def test_a_replaced_report_keeps_its_permissions_and_leaves_nothing_behind(
+@pytest.mark.parametrize("mode", [0o2750, 0o555], ids=["group-shared", "read-only"])
+def test_a_replaced_report_keeps_its_group_and_mode_and_leaves_nothing_behind(
     study: FixtureStudy, tmp_path: Path, mode: int
 ) -> None:
     """A report shared with a group stays shared when written again, and one made read-only is
     still replaced whole: its old files, in a folder whose mode forbids deleting them, are gone."""
     out = tmp_path / "r"
     assert main(_report(study, out, "--format", "md")) == 0
+    # root may give it any group; anyone else, one of their own (the primary one if they have no other)
+    group = 100 if os.geteuid() == 0 else next((g for g in os.getgroups() if g != os.getegid()), os.getegid())
+    os.chown(out, -1, group)
     os.chmod(out, mode)
     assert main(_report(study, out, "--format", "json")) == 0
-    assert os.stat(out).st_mode & 0o777 == mode
+    assert os.stat(out).st_mode & 0o7777 == mode
+    assert {p.name: p.stat().st_gid for p in out.iterdir()} == {name: group for name in os.listdir(out)}
+    assert os.stat(out).st_gid == group
     assert "table.json" in os.listdir(out) and "table.md" not in os.listdir(out)
     assert _leftovers(out) == []

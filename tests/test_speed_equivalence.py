@@ -139,6 +139,19 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: 
     assert said == ["warning: torch.compile failed (RuntimeError: no C++ compiler); this run goes on uncompiled, slower"]
 
 
+def test_a_wrapped_compile_error_is_told_by_its_reason_not_the_wrapper() -> None:
+    """torch reports a backend's failure as "backend='inductor' raised:" with the reason below it."""
+    def backend(graph: Any, inputs: Any) -> Any:
+        raise ValueError("C++ compile error: cannot find Python.h\nfull compiler output follows")
+
+    with pytest.raises(Exception) as caught:
+        torch.compile(torch.nn.Linear(3, 2), backend=backend)(torch.rand(4, 3))
+    wrapped = caught.value
+    assert str(wrapped).splitlines()[0].endswith("raised:")  # what the first line alone would have said
+    assert cpu_compile.compile_failure(wrapped) == "ValueError: C++ compile error: cannot find Python.h"
+    assert cpu_compile.compile_failure(RuntimeError("\n\n")) == "RuntimeError"
+
+
 def test_a_run_whose_compile_fails_says_so_and_still_trains(
     cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,9 +171,9 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
                        data_dir=str(cifar_dir), device="cpu")
     result = train_run(config, tmp_path / "run", log=said.append)
     failures = [line for line in said if "torch.compile failed" in line]
-    # one line from training's compiled forward, one from evaluation's
+    # training's compiled forward and evaluation's both fail; the run says it once
     assert failures == ["warning: torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler "
-                        "found); this run goes on uncompiled, slower"] * 2
+                        "found); this run goes on uncompiled, slower"]
     assert result["test_accuracy"] > 0.15
 
 

@@ -80,7 +80,16 @@ class CompiledForward:
             return self.compiled(images)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly instead
             self.compiled = None
-            self.failure = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.failure = compile_failure(error)
             if self.on_failure is not None:
                 self.on_failure(f"warning: torch.compile failed ({self.failure}); this run goes on uncompiled, slower")
             return self.model(images)
+
+
+def compile_failure(error: Exception) -> str:
+    """The reason in one line. torch wraps a backend's error as "backend='inductor' raised:" and
+    the reason on the next line, so the wrapped error, where there is one, says it."""
+    inner = getattr(error, "inner_exception", None)
+    cause = inner if isinstance(inner, BaseException) else error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__

@@ -103,7 +103,7 @@ def staged(out: Path) -> Iterator[Path]:
         stage.mkdir()
         yield stage
         check_out(out)  # again: something may have been put there while the report was built
-        _keep_mode(target, stage)
+        _keep_access(target, stage)
         _swap(stage, target, _sibling(target, "old", owner))
     except BaseException as error:
         _delete(stage)
@@ -135,11 +135,17 @@ def _remove_if_empty(directory: Path) -> None:
         pass  # not empty (someone else wrote there) or already gone: either way not ours to delete
 
 
-def _keep_mode(target: Path, stage: Path) -> None:
-    """The replaced report's permissions on the new one: a report shared with a group, or served from
-    a web folder, must stay shared when it is written again, not become the staging folder's."""
-    if target.is_dir():
-        shutil.copymode(target, stage)
+def _keep_access(target: Path, stage: Path) -> None:
+    """The replaced report's group and folder mode on the new one: a report shared with a group, or
+    served from a web folder, must stay shared when it is written again, not become the staging
+    folder's. The files take the folder's group too; their own modes stay the user's umask."""
+    if not target.is_dir():
+        return
+    group = target.stat().st_gid
+    for path in (stage, *stage.iterdir()):
+        with contextlib.suppress(OSError):  # a group the user is not in: the report stays the user's own
+            os.chown(path, -1, group)
+    shutil.copymode(target, stage)
 
 
 def _delete(directory: Path) -> None:
