@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +101,41 @@ def test_train_s_stdout_is_its_json_alone_when_not_in_a_terminal(
         for key in ("train_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
             assert f" {key} {row[key]:.4f} " in line
     assert "\x1b[" not in err  # no bar drawn into a file
+
+
+def test_on_a_terminal_the_bar_is_drawn_and_each_epoch_line_prints_above_it(cifar_dir: Path, tmp_path: Path) -> None:
+    """The line used to be written past the live bar, glued to its last line on screen."""
+    leader, follower = pty.openpty()
+    args = [sys.executable, "-m", "seratio", "train", "--depth", "8", "--rr", "4", "--train-subset", "500",
+            "--test-subset", "200", "--val-size", "100", "--epochs", "2", "--data-dir", str(cifar_dir),
+            "--out", str(tmp_path / "run")]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "TERM": "xterm"})
+    os.close(follower)
+    screen = bytearray()
+    reader = threading.Thread(target=_read_until_closed, args=(leader, screen))  # a full pty would stop the child
+    reader.start()
+    out, _ = child.communicate(timeout=300)
+    reader.join(timeout=30)
+    os.close(leader)
+    assert child.returncode == 0 and json.loads(out)["epochs"] == 2  # stdout: the JSON alone
+    text = screen.decode()
+    assert "img/s" in text and "\x1b[" in text  # the bar was drawn
+    lines = list(re.finditer(r"epoch (\d)/2 lr ", text))
+    assert [m[1] for m in lines] == ["1", "2"]
+    for match in lines:
+        start = max(text.rfind("\r", 0, match.start()), text.rfind("\n", 0, match.start())) + 1
+        assert re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text[start:match.start()]) == "", text
+
+
+def _read_until_closed(fd: int, into: bytearray) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed its end
+            return
+        if not chunk:
+            return
+        into += chunk
 
 
 def test_rerun_into_finished_dir_neither_retrains_nor_overwrites(

@@ -3,9 +3,9 @@
 Reading a running loss forces a host sync, so the bar refreshes its numbers
 only every REFRESH_STEPS steps; in between the training loop never waits.
 
-The bar is drawn on stderr, and only where stderr is a terminal: stdout carries `seratio train`'s
-JSON summary, and a log file or a notebook's captured stream has no use for a bar (rich wrote a
-stray empty line there when it closed one).
+The bar is drawn on stderr, and only on a terminal or in a notebook: stdout carries `seratio
+train`'s JSON summary, and a log file has no use for a bar (rich wrote a stray empty line there
+when it closed one). While it is drawn, plain writes to stderr appear above it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class EpochProgress:
 
     def __enter__(self) -> EpochProgress:
         console = Console(stderr=True)
-        if self.enabled and console.is_terminal:
+        if self.enabled and (console.is_terminal or console.is_jupyter):
             self._progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),

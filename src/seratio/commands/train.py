@@ -13,6 +13,7 @@ from seratio.commands.options import (
     add_run_options, add_threads_option, checked_threads, path_text, run_config_from_args,
 )
 from seratio.commands.signals import sigterm_as_ctrl_c
+from seratio.errors import print_to_stderr
 from seratio.rundir import CONFIG, RESULT_KEYS, read_run_config
 from seratio.runtime import threads_for
 
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args, **(_stored_unless_given(args) if args.resume and stored.is_file() else {}))
     try:
         with threads_for(checked_threads(args)), sigterm_as_ctrl_c():  # pre-empted: stop at once, resumable
-            result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=console.print)
+            # Plain writes to stderr: on a terminal the live bar catches them and prints them above itself,
+            # where a rich console of its own would write past it, onto the bar's last line.
+            result = train_run(config, args.out, resume=args.resume, show_progress=not args.quiet, log=print_to_stderr)
     except KeyboardInterrupt:
         if stored.is_file():
             console.print(f"to continue: {_resume_command(args.out, args.data_dir)}")
