@@ -18,7 +18,7 @@ so a slow spell on a shared host hits the reference and the tool alike instead o
 ratio. The plain reference and the concurrent trials live in child processes that stay up between
 rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
 takes about 5 minutes on a 2-core CPU and took under 4 on an H100, before the candidate rows
-added two cold compiles of a minute or two each (`--quick`: a few steps per row).
+added a cold compile of a minute or two (`--quick`: a few steps per row).
 Images are synthetic uint8 tensors of CIFAR's shape: throughput does not depend on pixel values,
 and the script needs no data set.
 
@@ -56,7 +56,7 @@ from seratio.config import RunConfig, resolve_device
 from seratio.cpu_compile import CompiledForward, allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.errors import SeratioError
-from seratio.models import build_model, kernel_parameters
+from seratio.models import build_model, kernel_parameters, set_bn_momentum
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
 from seratio.runtime import allocator, cpu_has_bf16, find_tcmalloc, reexec_with_tcmalloc, set_threads
@@ -93,6 +93,9 @@ PLANS = {
                  matmul_reps_fp32=10, matmul_reps_bf16=50, concurrent=4, steps_fast=50),
 }
 QUICK = {"cpu": Plan(4, 2, 256, 1024, 2, 4, 2, 1), "cuda": Plan(20, 10, 2000, 4096, 4, 10, 2, 10)}
+COMPILED_PRECISIONS = ("fp32",)
+"""Of the compiled candidate on CUDA: the paper's precision there (`--precision auto` trains `paper`
+in fp32). bf16 would add a second cold compile to a GPU check that must fit one 10-minute call."""
 CONCURRENT = {"cpu": ((32, "fp32"), (128, "bf16")), "cuda": ((32, "fp32"), (32, "bf16"))}
 """(batch, precision) of the concurrent-trials rows: the paper's batch on both devices, and on CPU
 bf16 at the batch where it pays most."""
@@ -298,7 +301,18 @@ def seratio_session(
     config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, batch_size=batch, precision=precision, device=str(device))
     data = synthetic_data(batch * steps, eval_images, device)
     compile_cpu = compiles_on_cpu(get_recipe(recipe, batch_size=batch), PAPER["train_images"])
-    return build_session(config, data, device, compile_cpu=compile_cpu)
+    session = build_session(config, data, device, compile_cpu=compile_cpu)
+    set_full_run_bn_momentum(session)
+    return session
+
+
+def set_full_run_bn_momentum(session: Any) -> None:
+    """BN momentum as a full run of the session's recipe has it, not as `steps` synthetic batches
+    would: `paper`'s 1,563 steps an epoch give Keras's 0.01. Compiling bakes the value into the
+    graph, so `cuda_equivalence.py --compiled` sets the same and finds inductor's cache warm."""
+    recipe = session.recipe
+    images = PAPER["train_images"] if session.config.recipe == "paper" else TRAIN_SPLIT["train_images"]
+    set_bn_momentum(session.model, recipe.bn_momentum_for(recipe.steps_per_epoch(images)))
 
 
 def setup(session: Any) -> str:
@@ -401,6 +415,7 @@ class Timer:
     warm: Callable[[], None]
     once: Callable[[], float]
     seconds: list[float] = field(default_factory=list)
+    failure: str | None = None  # set when the row could not measure what it names; it is then left out
 
     def row(self) -> Row:
         runs = rates(self.images, self.seconds)
@@ -502,7 +517,9 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
             for timer in timers:
                 timer.seconds.append(timer.once())
             log(f"round {number}/{repeats} (img/s): " + ", ".join(_short(t) for t in timers))
-    rows = sorted((timer.row() for timer in timers), key=_table_order)
+    rows = sorted((timer.row() for timer in timers if timer.failure is None), key=_table_order)
+    left_out = [f"{timer.impl} {timer.kind} at batch {timer.batch} in {timer.precision}: {timer.failure}"
+                for timer in timers if timer.failure is not None]
     _derive(rows, peak, gflop_per_image)
     env["load_average_end"] = os.getloadavg()[0]
     return {
@@ -511,6 +528,7 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
         "gflop_per_training_image": gflop_per_image,
         "peak_gflops": peak,
         "rows": [asdict(row) for row in rows],
+        "left_out": left_out,
         "concurrent_trials": plan.concurrent,
         "projection_hours": _projection(rows),
         "fast_recipe_minutes": _fast_minutes(rows) if "bf16" in measured else None,
@@ -541,7 +559,7 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
             timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
             if batch == 128:
                 timers.append(_eval_timer(session))
-            if batch == 32 and device.type == "cuda":
+            if batch == 32 and device.type == "cuda" and precision in COMPILED_PRECISIONS:
                 timers.append(_compiled_cuda_timer(device, count, precision))
         if batch == 128 and "bf16" in measured:
             timers.append(_fast_timer(device, plan))
@@ -555,14 +573,14 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
 
 def _compiled_cuda_timer(device: torch.device, steps: int, precision: str) -> Timer:
     """The candidate for the paper's batch on CUDA, not what the tool runs yet: the graphed step
-    with its forward (and so its backward) compiled by inductor.
+    with its forward (and so its backward) compiled by inductor, in fp32 (`COMPILED_PRECISIONS`).
 
     Why: the graph removes the launch cost of a batch-32 step's ~900 kernels, not their count, and
     on an H100 about 4 ms of a 5.8 ms step did not grow with the batch. Inductor fuses the batch
     norm, ReLU, SE and residual passes between the convolutions into fewer kernels. Compiling
     happens in the graph's eager warm-up steps, before the capture records the compiled kernels.
-    A compile that fails falls back to the eager kernels; the row's `how` then says so, since its
-    number would be the plain graphed step's.
+    A compile that fails falls back to the eager kernels; the row is then left out of the table and
+    the projection, since its number would be the plain graphed step's, and the table says why.
     """
     session = seratio_session(32, precision, steps, 0, device)
     session.compiled = CompiledForward(session.model, 32)
@@ -571,8 +589,7 @@ def _compiled_cuda_timer(device: torch.device, steps: int, precision: str) -> Ti
 
     def warm() -> None:
         run()
-        if session.compiled.failure is not None:
-            timer.setup = f"compile FAILED ({session.compiled.failure}), eager kernels, CUDA graph"
+        timer.failure = session.compiled.failure
 
     timer.warm = warm
     return timer
@@ -687,7 +704,7 @@ def format_table(result: dict[str, Any]) -> str:
     runs_of = {id(r): ", ".join(f"{v:.0f}" for v in r["runs"]) for r in result["rows"]}
     width = max(len("runs (img/s)"), *map(len, runs_of.values())) + 2
     lines.append(
-        f"{'what':<34}{'batch':>6}{'prec':>6}{'img/s':>10}{'x plain':>9}{'x range':>12}{'GFLOP/s':>10}{'% peak':>8}"
+        f"{'what':<36}{'batch':>6}{'prec':>6}{'img/s':>10}{'x plain':>9}{'x range':>12}{'GFLOP/s':>10}{'% peak':>8}"
         f"{'epoch s':>9}  {'alloc':<9}{'runs (img/s)':<{width}}how"
     )
     k = result["concurrent_trials"]
@@ -701,7 +718,7 @@ def format_table(result: dict[str, Any]) -> str:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else ""
         epoch = f"{r['epoch_seconds']:.1f}" if r["epoch_seconds"] is not None else ""
         lines.append(
-            f"{name:<34}{r['batch']:>6}{r['precision']:>6}{r['ips']:>10,.1f}{ratio:>9}{spread:>12}{gflops:>10}{frac:>8}"
+            f"{name:<36}{r['batch']:>6}{r['precision']:>6}{r['ips']:>10,.1f}{ratio:>9}{spread:>12}{gflops:>10}{frac:>8}"
             f"{epoch:>9}  {r['allocator']:<9}{runs_of[id(r)]:<{width}}{r['setup']}"
         )
     lines += [
@@ -713,7 +730,8 @@ def format_table(result: dict[str, Any]) -> str:
         "matching eval rate.",
         "projected paper study (14 models x 200 epochs, batch 32):",
     ]
-    lines += [f"  {name:<34}{hours:>8.1f} h" for name, hours in result["projection_hours"].items()]
+    lines += [f"  {name:<36}{hours:>8.1f} h" for name, hours in result["projection_hours"].items()]
+    lines += [f"not measured, left out: {reason}" for reason in result["left_out"]]
     fast = get_recipe("fast")
     minutes = result["fast_recipe_minutes"]
     lines.append(f"one `fast` run ({fast.epochs} epochs, batch {fast.batch_size}, bf16, "

@@ -70,7 +70,32 @@ def test_throughput_table_keeps_the_compiled_candidate_apart_from_the_tool_s_own
                         "amx": False, "fp32_peak_math": "tf32", "load_average_start": 0.0, "load_average_end": 0.0},
         "repeats": 2, "gflop_per_training_image": 0.5, "peak_gflops": {"fp32": 100_000.0},
         "rows": [vars(r) for r in rows], "concurrent_trials": 4, "projection_hours": hours, "fast_recipe_minutes": None,
+        "left_out": ["seratio compiled at batch 32 in bf16: RuntimeError: no compiler"],
     }
     table = bench.format_table(result)
-    assert "seratio train, compiled (candidate)" in table and "NHWC, Adam, compiled, CUDA graph" in table
+    assert "seratio train, compiled (candidate)     32  fp32" in table and "NHWC, Adam, compiled, CUDA graph" in table
     assert "seratio fp32 compiled" in table
+    assert "not measured, left out: seratio compiled at batch 32 in bf16: RuntimeError: no compiler" in table
+
+
+def test_a_candidate_row_whose_compile_fails_says_so_instead_of_timing_the_uncompiled_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its images/s would be the tool's own graphed step's, under the candidate's name."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import torch
+    import train_throughput as bench
+    from seratio import cpu_compile
+
+    def broken(model: Any, **kwargs: Any) -> Any:
+        def fail(images: Any) -> Any:
+            raise RuntimeError("no compiler")
+
+        return fail
+
+    monkeypatch.setattr(bench, "DEPTH", 8)
+    monkeypatch.setattr(cpu_compile.torch, "compile", broken)
+    timer = bench._compiled_cuda_timer(torch.device("cpu"), 2, "fp32")
+    assert timer.failure is None
+    timer.warm()
+    assert timer.failure == "RuntimeError: no compiler"
