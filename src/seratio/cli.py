@@ -52,8 +52,14 @@ class Parser(argparse.ArgumentParser):
 
     def unrecognized(self, extras: list[str]) -> NoReturn:
         options = [option for action in self._actions for option in action.option_strings]
-        hints = [hint for extra in extras if extra.startswith("-") for hint in _nearest(extra.split("=")[0], options)]
-        hint = f"; did you mean {' or '.join(hints)}?" if hints else f"; {self.prog} -h lists what it takes"
+        typed = list(dict.fromkeys(extra.split("=")[0] for extra in extras if extra.startswith("-")))
+        hints = {name: meant for name in typed if (meant := _nearest(name, options))}
+        if len(hints) == 1 and len(typed) == 1:
+            hint = f"; did you mean {' or '.join(*hints.values())}?"
+        elif hints:  # one hint per unknown option, so two of them do not read as alternatives
+            hint = "; did you mean " + ", ".join(f"{' or '.join(meant)} for {name}" for name, meant in hints.items()) + "?"
+        else:
+            hint = f"; {self.prog} -h lists what it takes"
         self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(extras)}{hint}\n")
 
     def error(self, message: str) -> NoReturn:
@@ -66,7 +72,9 @@ def _nearest(typed: str, options: list[str]) -> list[str]:
     """What an unknown option was likely meant as: the options it abbreviates (none is accepted
     abbreviated, see `build_parser`), else the one spelled most alike. Spelling alone made `--ep`
     closest to `--help`, since the two dashes count as shared letters."""
-    if len(typed) > 2 and (abbreviated := [option for option in options if option.startswith(typed)]):
+    if not typed.lstrip("-"):  # "--": nothing typed to guess from (it matched --rr)
+        return []
+    if abbreviated := [option for option in options if option.startswith(typed) and option.startswith("--")]:
         return abbreviated
     return difflib.get_close_matches(typed, options, n=1, cutoff=0.6)
 
