@@ -108,7 +108,16 @@ def test_runs_trained_on_other_images_of_the_same_count_are_said(
         "2,000 (split seed 0, 0 held out for validation)",
     )
     whole = {"val_size": 0, "train_subset": None}
-    assert compare_runs(copy_with("all0", **whole), copy_with("all1", **whole, split_seed=1)).differences == ()
+    everything = {"data": config["data"] | {"train": 50_000}}  # what config.json records of such a run
+
+    def whole_set(name: str, **run: Any) -> Path:
+        other = copy_with(name, **run)
+        (other / "config.json").write_text(json.dumps(json.loads((other / "config.json").read_text()) | everything))
+        return other
+
+    assert compare_runs(whole_set("all0", **whole), whole_set("all1", **whole, split_seed=1)).differences == ()
+    # a subset that is the whole training set is the whole training set
+    assert compare_runs(whole_set("all2", **whole), whole_set("sub", val_size=0, train_subset=50_000)).differences == ()
     assert main(["compare", str(tiny_run), str(tmp_path / "seed1")]) == 0
     assert "split seed 1" in capsys.readouterr().out
 

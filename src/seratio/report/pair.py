@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from seratio.config import RunConfig
+from seratio.datasets import dataset_info
 from seratio.errors import SeratioError
 from seratio.finished_run import (
     finished_runs,
@@ -69,12 +71,11 @@ def run_settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """What besides the ratios and the seed shapes a run's accuracy. A run whose config.json cannot be
     read is still compared on its predictions, only without this list."""
     try:
-        _, record = read_run_config(path)
+        config, record = read_run_config(path)
     except SeratioError:
-        record = {}
+        config, record = None, {}
     recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
     data = record.get("data") if isinstance(record.get("data"), dict) else {}
-    run = record.get("run") if isinstance(record.get("run"), dict) else {}
     return {
         "depth": result.get("depth"),
         "recipe": result.get("recipe"),
@@ -83,20 +84,19 @@ def run_settings(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         "batch size": recipe.get("batch_size"),
         "learning rate": recipe.get("lr"),
         "precision": result.get("precision"),
-        "training images": _training_images(data.get("train"), run),
+        "training images": _training_images(data.get("train"), config),
     }
 
 
-def _training_images(count: Any, run: dict[str, Any]) -> str | None:
+def _training_images(count: Any, config: RunConfig | None) -> str | None:
     """Which images trained the run, not only how many: two draws of 1,000 images from different
     validation splits or split seeds share few of them. All of the training set is the same
     whatever the split seed; any draw depends on the seed and on what validation held out."""
-    if not isinstance(count, int):
+    if not isinstance(count, int) or config is None:
         return None
-    val_size, subset = run.get("val_size"), run.get("train_subset")
-    if not val_size and subset is None:
+    if count == dataset_info(config.dataset).train_count:
         return f"{count:,} (all)"
-    return f"{count:,} (split seed {run.get('split_seed')}, {val_size or 0:,} held out for validation)"
+    return f"{count:,} (split seed {config.split_seed}, {config.val_size:,} held out for validation)"
 
 
 def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
