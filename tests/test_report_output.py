@@ -27,6 +27,7 @@ import pytest
 from fixtures.studies import NONE3, FixtureStudy, make_study
 from seratio import rundir
 from seratio.cli import main
+from seratio.report import output
 from seratio.report.output import MARKER
 
 TABLE = [("baseline", NONE3, 0.90, 0.5), ("constant", (8, 8, 8), 0.91, 0.4)]
@@ -183,6 +184,22 @@ def test_a_report_killed_mid_write_leaves_the_old_one_and_does_not_block_the_nex
     assert main(_report(study, out, "--format", "md")) == 0
     assert set(os.listdir(out)) >= {"table.md", "pareto.png"} and not (out / "index.html").exists()
     assert _leftovers(out) == []  # the killed report's staging directory is gone too
+
+
+def test_a_link_named_like_a_dead_report_s_leftover_is_left_alone(study: FixtureStudy, tmp_path: Path) -> None:
+    """Leftovers of reports killed on this machine are deleted, their mode forced if need be; a
+    link with such a name is no leftover, and what it points to is not the report's to change."""
+    out = tmp_path / "r"
+    assert main(_report(study, out)) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (elsewhere / "keep.txt").write_text("mine")
+    dead = 2**22 + 1  # above Linux's default pid_max: no process has it
+    link = tmp_path / f".r.seratio-old.{output._host()}-{dead}.0123abcd"
+    link.symlink_to(elsewhere)
+    assert main(_report(study, out, "--format", "md")) == 0
+    assert link.is_symlink() and (elsewhere / "keep.txt").read_text() == "mine"
+    assert os.stat(elsewhere).st_mode & 0o777 == 0o755
 
 
 KILL_AT_RENAME = """
