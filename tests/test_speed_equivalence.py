@@ -158,8 +158,11 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
     """Training on uncompiled is the right fallback, but a silent one leaves a researcher with a run
     slower than the README says and no reason; the run's log must give it."""
 
+    attempts: list[int] = []
+
     def broken(model: torch.nn.Module, **kwargs: Any) -> Any:
         def fail(images: torch.Tensor) -> torch.Tensor:
+            attempts.append(images.shape[0])
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
         return fail
@@ -171,9 +174,10 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
                        data_dir=str(cifar_dir), device="cpu")
     result = train_run(config, tmp_path / "run", log=said.append)
     failures = [line for line in said if "torch.compile failed" in line]
-    # training's compiled forward and evaluation's both fail; the run says it once
+    # training's forward failed first; evaluation's is not tried again, and the run says it once
     assert failures == ["warning: torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler "
                         "found); this run goes on uncompiled, slower"]
+    assert attempts == [64]
     assert result["test_accuracy"] > 0.15
 
 

@@ -87,16 +87,17 @@ def session_for(
 
 
 def _warned(session: Session, log: Callable[[str], None]) -> Session:
-    said: set[str] = set()
+    forwards = [forward for forward in (session.compiled, session.compiled_eval) if forward is not None]
 
-    def once(message: str) -> None:  # training's and evaluation's forward fail alike: one warning is enough
-        if message not in said:
-            said.add(message)
-            log(message)
+    def failed(message: str) -> None:
+        """The compiler that failed one forward would fail the other: it is not tried again, and
+        the run says it once."""
+        for forward in forwards:
+            forward.compiled = None
+        log(message)
 
-    for compiled in (session.compiled, session.compiled_eval):
-        if compiled is not None:
-            compiled.on_failure = once
+    for forward in forwards:
+        forward.on_failure = failed
     if session.device.type == "cpu" and session.autocast_dtype == torch.bfloat16 and not runtime.cpu_has_bf16():
         log("warning: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 convolutions run on slow "
             "fallback kernels, about 10x slower than fp32 here; --precision fp32 trains faster")
