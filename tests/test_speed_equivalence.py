@@ -16,6 +16,7 @@ import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -136,7 +137,35 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: 
     x = torch.rand(4, 3)
     assert torch.equal(forward(x), model(x)) and forward.compiled is None
     assert torch.equal(forward(x), model(x)) and forward.failure == "RuntimeError: no C++ compiler"
-    assert said == ["warning: torch.compile failed (RuntimeError: no C++ compiler); this run goes on uncompiled, slower"]
+    assert said == ["RuntimeError: no C++ compiler"]  # the reason, once, for the session to log
+
+
+def test_an_evaluation_compile_that_fails_leaves_training_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training already runs compiled kernels when evaluation's compile fails: switching it to eager
+    mid-run would make a resumed run, which compiles training afresh, end differently."""
+    made: list[str] = []
+
+    def compile_(model: torch.nn.Module, **kwargs: Any) -> Any:
+        made.append("graph")
+        if len(made) == 1:
+            return model  # training's compiles
+
+        def fail(images: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("eval graph unsupported")
+
+        return fail
+
+    monkeypatch.setattr(cpu_compile.torch, "compile", compile_)
+    model = torch.nn.Linear(3, 2)
+    training, evaluation = cpu_compile.CompiledForward(model, 4), cpu_compile.CompiledForward(model, 8)
+    fake = SimpleNamespace(compiled=training, compiled_eval=evaluation, device=torch.device("cpu"), autocast_dtype=None)
+    said: list[str] = []
+    run_session._warned(fake, said.append)
+    training(torch.rand(4, 3))
+    evaluation(torch.rand(8, 3))
+    assert training.compiled is model and evaluation.compiled is None
+    assert said == ["warning: torch.compile failed (RuntimeError: eval graph unsupported); its evaluation runs "
+                    "uncompiled, slower; training stays compiled"]
 
 
 def test_a_wrapped_compile_error_is_told_by_its_reason_not_the_wrapper() -> None:

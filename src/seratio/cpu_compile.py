@@ -58,8 +58,9 @@ class CompiledForward:
 
     If compiling fails (no C++ compiler, an unsupported platform), the first call falls back to
     eager for good: compiling happens before the graph runs, so the failed call changed nothing.
-    The run goes on, slower, so the reason is kept in `failure` and handed to `on_failure`: a
-    researcher who finds a run twice as slow as the README says should find out why in its log.
+    The run goes on, slower, so the reason is kept in `failure` and handed to `on_failure` (the
+    session's, which logs it): a researcher who finds a run twice as slow as the README says should
+    find out why in its log.
     """
 
     def __init__(self, model: nn.Module, batch_size: int) -> None:
@@ -82,7 +83,7 @@ class CompiledForward:
             self.compiled = None
             self.failure = compile_failure(error)
             if self.on_failure is not None:
-                self.on_failure(f"warning: torch.compile failed ({self.failure}); this run goes on uncompiled, slower")
+                self.on_failure(self.failure)
             return self.model(images)
 
 

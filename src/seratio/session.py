@@ -89,12 +89,17 @@ def session_for(
 def _warned(session: Session, log: Callable[[str], None]) -> Session:
     forwards = [forward for forward in (session.compiled, session.compiled_eval) if forward is not None]
 
-    def failed(message: str) -> None:
-        """The compiler that failed one forward would fail the other: it is not tried again, and
-        the run says it once."""
+    def failed(reason: str) -> None:
+        """The compiler that failed one forward would fail the other: a forward not yet compiled is
+        not tried, and the run says it once. One that already runs compiled stays so: a run must
+        not change kernels mid-way, or a resumed run would no longer end as an uninterrupted one."""
         for forward in forwards:
-            forward.compiled = None
-        log(message)
+            if forward.calls == 0:
+                forward.compiled = None
+        compiled = any(forward.compiled is not None for forward in forwards)
+        goes_on = "its evaluation runs uncompiled, slower; training stays compiled" if compiled else \
+            "this run goes on uncompiled, slower"
+        log(f"warning: torch.compile failed ({reason}); {goes_on}")
 
     for forward in forwards:
         forward.on_failure = failed
