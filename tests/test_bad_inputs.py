@@ -272,6 +272,8 @@ CASES = [
          "unrecognized arguments: --val 5 --test 5; did you mean --val-size for --val, --test-subset for --test?"),
     Case("a bare double dash with a value", ["train", "--rr", "8", "--=", "3", "--out", "{tmp}/abbr"], 2,
          "unrecognized arguments: --= 3; seratio train -h lists what it takes"),
+    Case("words after --", ["info", "--rr", "4", "--", "--ep"], 2,
+         "seratio info: error: unrecognized arguments: -- --ep; seratio info -h lists what it takes"),
     Case("stray argument", ["info", "--rr", "4", "extra"], 2,
          "seratio info: error: unrecognized arguments: extra; seratio info -h lists what it takes"),
     Case("report study without results", ["report", "--name", "s", "--storage", "journal:{tmp}/study.log", "--out", "{tmp}/r"], 2,

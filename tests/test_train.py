@@ -138,6 +138,15 @@ def _read_until_closed(fd: int, into: bytearray) -> None:
         into += chunk
 
 
+def test_a_run_folder_with_brackets_is_named_as_typed(
+    cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich read "[x]" as markup and dropped it: the notice named another folder."""
+    out = tmp_path / "run[x]"
+    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    assert f"notice: {out} holds no run to resume; starting a new one" in " ".join(capsys.readouterr().err.split())
+
+
 def test_rerun_into_finished_dir_neither_retrains_nor_overwrites(
     finished_run: Path, cifar_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

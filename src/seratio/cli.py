@@ -52,7 +52,9 @@ class Parser(argparse.ArgumentParser):
 
     def unrecognized(self, extras: list[str]) -> NoReturn:
         options = [option for action in self._actions for option in action.option_strings]
-        typed = list(dict.fromkeys(extra.split("=")[0] for extra in extras if extra.startswith("-")))
+        options_given = extras[:extras.index("--")] if "--" in extras else extras  # after "--", words are no options
+        typed = list(dict.fromkeys(name for extra in options_given if extra.startswith("-")
+                                   if (name := extra.split("=")[0]).lstrip("-")))
         hints = {name: meant for name in typed if (meant := _nearest(name, options))}
         if len(hints) == 1 and len(typed) == 1:
             hint = f"; did you mean {' or '.join(*hints.values())}?"
@@ -70,13 +72,11 @@ class Parser(argparse.ArgumentParser):
 
 def _nearest(typed: str, options: list[str]) -> list[str]:
     """What an unknown option was likely meant as: the options it abbreviates (none is accepted
-    abbreviated, see `build_parser`), else the one spelled most alike. Spelling alone made `--ep`
-    closest to `--help`, since the two dashes count as shared letters."""
-    if not typed.lstrip("-"):  # "--": nothing typed to guess from (it matched --rr)
-        return []
+    abbreviated, see `build_parser`), else the one spelled most alike, never help. Spelling alone
+    made `--ep` closest to `--help`, since the two dashes count as shared letters."""
     if abbreviated := [option for option in options if option.startswith(typed) and option.startswith("--")]:
         return abbreviated
-    return difflib.get_close_matches(typed, options, n=1, cutoff=0.6)
+    return difflib.get_close_matches(typed, [o for o in options if o not in ("-h", "--help")], n=1, cutoff=0.6)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

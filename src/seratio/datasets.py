@@ -82,7 +82,8 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def split_sizes(info: DatasetInfo, val_size: int) -> dict[str, tuple[int, int, str, str]]:
     """The sizes a split may take, with why at each end: `RunConfig` checks them before a study
-    starts, `load_cifar` again on the files it reads, and both refuse in the same words."""
+    starts, `load_cifar` again on the files it reads, and both refuse a size out of range in the
+    same words."""
     classes, left = info.num_classes, info.train_count - val_size
     per_class = " (one image per class)"
     return {

@@ -11,7 +11,7 @@ PIPED_WIDTH = 160
 def stdout_console() -> Console:
     """A terminal's own width, or, written to a file or pipe, which has no width to fit, at least
     PIPED_WIDTH, so that a table keeps every cell whole."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)
     if not console.is_terminal:
         console.width = max(console.width, PIPED_WIDTH)
     return console

@@ -92,7 +92,7 @@ def _show_one(scores: dict[str, Any], as_json: bool) -> None:
 def _score_many(runs: list[Path], args: argparse.Namespace) -> int:
     """One run after another; JSON lines print as each finishes, so a long batch shows its progress
     and an interrupted one keeps what it scored."""
-    notes = Console(stderr=True, highlight=False, soft_wrap=True)  # a path stays whole
+    notes = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # a path stays whole
     scored, skipped = [], 0
     for index, run_dir in enumerate(runs, 1):
         notes.print(f"[{index}/{len(runs)}] {run_dir}")

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise SeratioError(f"--artifacts {str(args.artifacts)!r} is not a directory on this machine; name the folder "
                            "where the study's run folder is mounted here, or leave it out to read the paths the "
                            "study recorded")
-    study = load_study(args.name, args.storage, log=Console(stderr=True).print, patience=read_patience(args.db_patience),
+    study = load_study(args.name, args.storage, log=Console(stderr=True, markup=False).print, patience=read_patience(args.db_patience),
                        artifacts=args.artifacts)
     need_reportable(study, aggregate(study), baseline)
     from seratio.report.writer import write_report  # matplotlib: not for a study that is missing or empty

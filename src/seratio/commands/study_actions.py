@@ -44,7 +44,7 @@ from seratio.study_choices import DEFAULT_STORAGE
 TEST_LABEL = "selected on the TEST set, as the paper did"
 MAX_DURATION = 7 * 24 * 3600.0
 """A week, far beyond any useful heartbeat; at 1e10 s the heartbeat thread's clock arithmetic overflowed."""
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = stdout_console()
 
 

@@ -58,7 +58,7 @@ The device and data folder belong to this machine, not to the run."""
 def run(args: argparse.Namespace) -> int:
     from seratio.train import train_run
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log line stays one line when piped
+    console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # a line stays whole, [x] too
     stored = Path(args.out) / CONFIG
     if args.resume and not stored.exists():  # a mistyped --out would start afresh unnoticed
         console.print(f"notice: {args.out} holds no run to resume; starting a new one")

@@ -152,7 +152,7 @@ def _delete(directory: Path) -> None:
     """Remove a replaced report or a leftover staging folder, even one whose mode (kept from the
     report it replaced, say 555) forbids deleting its files. Never through a link: a link named like
     a staging folder is not one, and its target is not this report's to change."""
-    if directory.is_symlink():
+    if directory.is_symlink() or not directory.is_dir():
         return
     with contextlib.suppress(OSError):
         os.chmod(directory, stat.S_IRWXU)
