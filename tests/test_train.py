@@ -81,21 +81,25 @@ def test_run_directory_files(finished_run: Path) -> None:
     assert rows[-1]["test_accuracy"] == result["test_accuracy"]
 
 
+SMALLER = ("--train-subset", "500", "--test-subset", "200", "--val-size", "100", "--epochs", "2")
+"""Given after TINY's options, these win: for tests of what a run prints, not of what it learns."""
+
+
 def test_train_s_stdout_is_its_json_alone_when_not_in_a_terminal(
     cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`seratio train ... > result.json` or `| jq`: the progress bar belongs on a terminal's stderr,
     and used to leave an empty line on stdout when it closed outside one."""
-    args = [a for a in train_args(cifar_dir, tmp_path / "run") if a != "--quiet"]
+    args = [a for a in train_args(cifar_dir, tmp_path / "run", *SMALLER) if a != "--quiet"]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("{") and json.loads(out)["test_accuracy"] > 0.2
+    assert out.startswith("{") and json.loads(out)["test_accuracy"] > 0.15
     assert list(json.loads(out)) == [  # the README lists them in this order
         "rr", "seed", "test_accuracy", "test_loss", "best_test_accuracy", "best_epoch", "val_accuracy", "params",
         "macs", "epochs", "seconds",
     ]
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
-    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
     rows = read_rows(tmp_path / "run")
     for line, row in zip(epochs, rows, strict=True):  # named and rounded as in metrics.jsonl
         for key in ("train_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
@@ -106,9 +110,7 @@ def test_train_s_stdout_is_its_json_alone_when_not_in_a_terminal(
 def test_on_a_terminal_the_bar_is_drawn_and_each_epoch_line_prints_above_it(cifar_dir: Path, tmp_path: Path) -> None:
     """The line used to be written past the live bar, glued to its last line on screen."""
     leader, follower = pty.openpty()
-    args = [sys.executable, "-m", "seratio", "train", "--depth", "8", "--rr", "4", "--train-subset", "500",
-            "--test-subset", "200", "--val-size", "100", "--epochs", "2", "--data-dir", str(cifar_dir),
-            "--out", str(tmp_path / "run")]
+    args = [sys.executable, "-m", "seratio", *(a for a in train_args(cifar_dir, tmp_path / "run", *SMALLER) if a != "--quiet")]
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "TERM": "xterm"})
     os.close(follower)
     screen = bytearray()
@@ -143,7 +145,7 @@ def test_a_run_folder_with_brackets_is_named_as_typed(
 ) -> None:
     """rich read "[x]" as markup and dropped it: the notice named another folder."""
     out = tmp_path / "run[x]"
-    assert main(train_args(cifar_dir, out, "--resume")) == 0
+    assert main(train_args(cifar_dir, out, "--resume", *SMALLER, "--epochs", "1")) == 0
     assert f"notice: {out} holds no run to resume; starting a new one" in " ".join(capsys.readouterr().err.split())
 
 
