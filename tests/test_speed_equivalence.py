@@ -124,12 +124,23 @@ def _assert_compiled_evaluation_matches_eager(session: Any) -> None:
     assert (compiled_tta[2] == eager_tta[2]).float().mean() >= 0.99
 
 
-def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Broken(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("no C++ compiler")
+def _failing_compiler(message: str, attempts: list[int] | None = None) -> Any:
+    """A stand-in for torch.compile whose compiled forward raises `message` when first called,
+    noting each attempt's batch size."""
 
-    monkeypatch.setattr(cpu_compile.torch, "compile", lambda model, **kwargs: Broken())
+    def compile_(model: torch.nn.Module, **kwargs: Any) -> Any:
+        def fail(images: torch.Tensor) -> torch.Tensor:
+            if attempts is not None:
+                attempts.append(images.shape[0])
+            raise RuntimeError(message)
+
+        return fail
+
+    return compile_
+
+
+def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_compile.torch, "compile", _failing_compiler("no C++ compiler"))
     model = torch.nn.Linear(3, 2)
     forward = cpu_compile.CompiledForward(model, batch_size=4)
     said: list[str] = []
@@ -143,21 +154,11 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: 
 def test_an_evaluation_compile_that_fails_leaves_training_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training already runs compiled kernels when evaluation's compile fails: switching it to eager
     mid-run would make a resumed run, which compiles training afresh, end differently."""
-    made: list[str] = []
-
-    def compile_(model: torch.nn.Module, **kwargs: Any) -> Any:
-        made.append("graph")
-        if len(made) == 1:
-            return model  # training's compiles
-
-        def fail(images: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("eval graph unsupported")
-
-        return fail
-
-    monkeypatch.setattr(cpu_compile.torch, "compile", compile_)
     model = torch.nn.Linear(3, 2)
-    training, evaluation = cpu_compile.CompiledForward(model, 4), cpu_compile.CompiledForward(model, 8)
+    monkeypatch.setattr(cpu_compile.torch, "compile", lambda model, **kwargs: model)  # training's compiles
+    training = cpu_compile.CompiledForward(model, 4)
+    monkeypatch.setattr(cpu_compile.torch, "compile", _failing_compiler("eval graph unsupported"))
+    evaluation = cpu_compile.CompiledForward(model, 8)
     fake = SimpleNamespace(compiled=training, compiled_eval=evaluation, device=torch.device("cpu"), autocast_dtype=None)
     said: list[str] = []
     run_session._warned(fake, said.append)
@@ -186,18 +187,10 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
 ) -> None:
     """Training on uncompiled is the right fallback, but a silent one leaves a researcher with a run
     slower than the README says and no reason; the run's log must give it."""
-
     attempts: list[int] = []
-
-    def broken(model: torch.nn.Module, **kwargs: Any) -> Any:
-        def fail(images: torch.Tensor) -> torch.Tensor:
-            attempts.append(images.shape[0])
-            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
-
-        return fail
-
     monkeypatch.setattr(run_session, "CPU_COMPILE_MIN_IMAGES", 0)
-    monkeypatch.setattr(cpu_compile.torch, "compile", broken)
+    monkeypatch.setattr(cpu_compile.torch, "compile",
+                        _failing_compiler("InvalidCxxCompiler: no working C++ compiler found", attempts))
     said: list[str] = []
     config = RunConfig(rr=(4, 4, 4), depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64,
                        data_dir=str(cifar_dir), device="cpu")
