@@ -31,7 +31,7 @@ from bench_cli import at_least, emit
 
 from seratio.architecture import ModelConfig
 from seratio.augment import augment_batch, to_float
-from seratio.cpu_compile import COMPILE_OPTIONS, allow_compiled_models
+from seratio.compiled_forward import COMPILE_OPTIONS, allow_compiled_models
 from seratio.models import build_model, kernel_parameters
 from seratio.runtime import allocator, cpu_has_bf16, find_tcmalloc, reexec_with_tcmalloc
 

@@ -20,7 +20,7 @@ from bench_cli import at_least
 from cpu_choices import train_variant
 from torch.profiler import ProfilerActivity, profile
 
-from seratio.cpu_compile import COMPILE_OPTIONS, allow_compiled_models
+from seratio.compiled_forward import COMPILE_OPTIONS, allow_compiled_models
 from seratio.runtime import reexec_with_tcmalloc
 
 CONVOLUTIONS = {"backward": "aten::convolution_backward", "forward": "aten::mkldnn_convolution"}

@@ -7,8 +7,6 @@ Prints one table: training images/s at batch 32 and 128 in fp32 and bf16 autocas
 measured in the same run, the ratios, the fraction of the device's peak (large matmuls timed in
 the same run), K concurrent trials on the device, the projected wall time of the paper's study,
 and the `fast` recipe's step (bf16 at its batch of 256) with the wall time of one full `fast` run.
-On CUDA it also times a candidate the tool does not use yet, "train, compiled (candidate)": the
-graphed batch-32 step with its forward compiled by inductor (see `_compiled_cuda_timer`).
 On a CPU without bf16 instructions (AVX512-BF16 or AMX) the bf16 rows are skipped, and the table
 says so: there bf16 falls back to reference kernels about 10x slower than fp32.
 
@@ -17,8 +15,10 @@ repeats run in interleaved rounds: each round times every row once, plain and se
 so a slow spell on a shared host hits the reference and the tool alike instead of moving their
 ratio. The plain reference and the concurrent trials live in child processes that stay up between
 rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
-takes about 5 minutes on a 2-core CPU and took under 4 on an H100, before the candidate rows
-added a cold compile of a minute or two (`--quick`: a few steps per row).
+takes about 5 minutes on a 2-core CPU, and on an H100 took under 4 uncompiled, plus about a
+minute for each compiled row's cold compile (`--quick`: a few steps per row). Every seratio row
+compiles where a full paper run would (`session.compiles`); a row whose compile failed runs
+uncompiled, as the tool would, and its "how" says why.
 Images are synthetic uint8 tensors of CIFAR's shape: throughput does not depend on pixel values,
 and the script needs no data set.
 
@@ -53,14 +53,14 @@ from bench_cli import at_least, emit
 from seratio.architecture import ModelConfig, count_macs
 from seratio.concurrent import threads_per_trial
 from seratio.config import RunConfig, resolve_device
-from seratio.cpu_compile import CompiledForward, allow_compiled_models
+from seratio.compiled_forward import allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.errors import SeratioError
 from seratio.models import build_model, kernel_parameters, set_bn_momentum
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
 from seratio.runtime import allocator, cpu_has_bf16, find_tcmalloc, reexec_with_tcmalloc, set_threads
-from seratio.session import EVAL_BATCH, build_session, compiles_on_cpu
+from seratio.session import EVAL_BATCH, build_session, compiles
 from seratio.train import _train_epoch, evaluate
 
 RR = (8, 2, 16)
@@ -93,9 +93,6 @@ PLANS = {
                  matmul_reps_fp32=10, matmul_reps_bf16=50, concurrent=4, steps_fast=50),
 }
 QUICK = {"cpu": Plan(4, 2, 256, 1024, 2, 4, 2, 1), "cuda": Plan(20, 10, 2000, 4096, 4, 10, 2, 10)}
-COMPILED_PRECISIONS = ("fp32",)
-"""Of the compiled candidate on CUDA: the paper's precision there (`--precision auto` trains `paper`
-in fp32). bf16 would add a second cold compile to a GPU check that must fit one 10-minute call."""
 CONCURRENT = {"cpu": ((32, "fp32"), (128, "bf16")), "cuda": ((32, "fp32"), (32, "bf16"))}
 """(batch, precision) of the concurrent-trials rows: the paper's batch on both devices, and on CPU
 bf16 at the batch where it pays most."""
@@ -109,7 +106,7 @@ class Row:
     `ratio` is their median, so drift between rounds cancels out of it.
     """
 
-    kind: str  # train | eval | concurrent | fast | compiled
+    kind: str  # train | eval | concurrent | fast
     impl: str  # plain | seratio
     batch: int
     precision: str
@@ -300,8 +297,8 @@ def seratio_session(
     """A session set up exactly as a full-length run of `recipe` sets itself up, on `steps` synthetic batches."""
     config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, batch_size=batch, precision=precision, device=str(device))
     data = synthetic_data(batch * steps, eval_images, device)
-    compile_cpu = compiles_on_cpu(get_recipe(recipe, batch_size=batch), PAPER["train_images"])
-    session = build_session(config, data, device, compile_cpu=compile_cpu)
+    compile_forward = compiles(get_recipe(recipe, batch_size=batch), PAPER["train_images"], device)
+    session = build_session(config, data, device, compile_forward=compile_forward)
     set_full_run_bn_momentum(session)
     return session
 
@@ -309,7 +306,7 @@ def seratio_session(
 def set_full_run_bn_momentum(session: Any) -> None:
     """BN momentum as a full run of the session's recipe has it, not as `steps` synthetic batches
     would: `paper`'s 1,563 steps an epoch give Keras's 0.01. Compiling bakes the value into the
-    graph, so `cuda_equivalence.py --compiled` sets the same and finds inductor's cache warm."""
+    graph, so `cuda_equivalence.py` sets the same and can find inductor's cache warm."""
     recipe = session.recipe
     images = PAPER["train_images"] if session.config.recipe == "paper" else TRAIN_SPLIT["train_images"]
     set_bn_momentum(session.model, recipe.bn_momentum_for(recipe.steps_per_epoch(images)))
@@ -415,7 +412,6 @@ class Timer:
     warm: Callable[[], None]
     once: Callable[[], float]
     seconds: list[float] = field(default_factory=list)
-    failure: str | None = None  # set when the row could not measure what it names; it is then left out
 
     def row(self) -> Row:
         runs = rates(self.images, self.seconds)
@@ -517,9 +513,7 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
             for timer in timers:
                 timer.seconds.append(timer.once())
             log(f"round {number}/{repeats} (img/s): " + ", ".join(_short(t) for t in timers))
-    rows = sorted((timer.row() for timer in timers if timer.failure is None), key=_table_order)
-    left_out = [f"{timer.impl} {timer.kind} at batch {timer.batch} in {timer.precision}: {timer.failure}"
-                for timer in timers if timer.failure is not None]
+    rows = sorted((timer.row() for timer in timers), key=_table_order)
     _derive(rows, peak, gflop_per_image)
     env["load_average_end"] = os.getloadavg()[0]
     return {
@@ -528,7 +522,6 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
         "gflop_per_training_image": gflop_per_image,
         "peak_gflops": peak,
         "rows": [asdict(row) for row in rows],
-        "left_out": left_out,
         "concurrent_trials": plan.concurrent,
         "projection_hours": _projection(rows),
         "fast_recipe_minutes": _fast_minutes(rows) if "bf16" in measured else None,
@@ -556,11 +549,9 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
             timers.append(child_timer([plain], "eval", "plain", 32, "fp32", plan.eval_images, "NCHW, no_grad", "eval"))
         for precision in measured:
             session = seratio_session(batch, precision, count, plan.eval_images, device)
-            timers.append(local_timer("train", batch, precision, batch * count, setup(session), train_epoch_run(session)))
+            timers.append(session_timer("train", batch, precision, batch * count, session, train_epoch_run(session)))
             if batch == 128:
                 timers.append(_eval_timer(session))
-            if batch == 32 and device.type == "cuda" and precision in COMPILED_PRECISIONS:
-                timers.append(_compiled_cuda_timer(device, count, precision))
         if batch == 128 and "bf16" in measured:
             timers.append(_fast_timer(device, plan))
         for (trial_batch, precision), children in concurrent.items():
@@ -571,25 +562,19 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
     return timers
 
 
-def _compiled_cuda_timer(device: torch.device, steps: int, precision: str) -> Timer:
-    """The candidate for the paper's batch on CUDA, not what the tool runs yet: the graphed step
-    with its forward (and so its backward) compiled by inductor, in fp32 (`COMPILED_PRECISIONS`).
-
-    Why: the graph removes the launch cost of a batch-32 step's ~900 kernels, not their count, and
-    on an H100 about 4 ms of a 5.8 ms step did not grow with the batch. Inductor fuses the batch
-    norm, ReLU, SE and residual passes between the convolutions into fewer kernels. Compiling
-    happens in the graph's eager warm-up steps, before the capture records the compiled kernels.
-    A compile that fails falls back to the eager kernels; the row is then left out of the table and
-    the projection, since its number would be the plain graphed step's, and the table says why.
-    """
-    session = seratio_session(32, precision, steps, 0, device)
-    session.compiled = CompiledForward(session.model, 32)
-    run = train_epoch_run(session)
-    timer = local_timer("compiled", 32, precision, 32 * steps, setup(session), run)
+def session_timer(kind: str, batch: int, precision: str, images: int, session: Any,
+                  run: Callable[[], None], how: str | None = None) -> Timer:
+    """A row timed on a seratio session. A forward whose compile failed runs uncompiled, as the
+    tool's would: the row then times what the tool does on this machine, and its "how" says why
+    instead of naming a compile that did not happen."""
+    timer = local_timer(kind, batch, precision, images, how or setup(session), run)
 
     def warm() -> None:
         run()
-        timer.failure = session.compiled.failure
+        forwards = (session.compiled, session.compiled_eval)
+        failures = sorted({f.failure for f in forwards if f is not None and f.failure is not None})
+        if failures:
+            timer.setup += ", compile failed: " + "; ".join(failures)
 
     timer.warm = warm
     return timer
@@ -600,7 +585,7 @@ def _fast_timer(device: torch.device, plan: Plan) -> Timer:
     fast = get_recipe("fast")
     session = seratio_session(fast.batch_size, "bf16", plan.steps_fast, 0, device, recipe="fast")
     images = fast.batch_size * plan.steps_fast
-    return local_timer("fast", fast.batch_size, "bf16", images, setup(session), train_epoch_run(session))
+    return session_timer("fast", fast.batch_size, "bf16", images, session, train_epoch_run(session))
 
 
 def _concurrent_children(device: torch.device, plan: Plan, batch: int, precision: str, steps: int,
@@ -619,7 +604,7 @@ def _eval_timer(session: Any) -> Timer:
     how = f"{'NHWC' if session.channels_last else 'NCHW'}, inference_mode"
     run = synced(functools.partial(evaluate, session, test), session.device)
     precision = "bf16" if session.autocast_dtype is not None else "fp32"
-    return local_timer("eval", EVAL_BATCH[session.device.type], precision, len(test), how, run)
+    return session_timer("eval", EVAL_BATCH[session.device.type], precision, len(test), session, run, how)
 
 
 def _short(timer: Timer) -> str:
@@ -627,10 +612,9 @@ def _short(timer: Timer) -> str:
 
 
 def _table_order(row: Row) -> tuple[int, int, int, int]:
-    """Plain rows first, seratio's fp32 and bf16 rows (training, compiled training, evaluation),
-    concurrent, `fast`."""
+    """Plain rows first, seratio's fp32 and bf16 rows (training, evaluation), concurrent, `fast`."""
     group = 0 if row.impl == "plain" else {"concurrent": 2, "fast": 3}.get(row.kind, 1)
-    return group, row.precision != "fp32", {"compiled": 1, "eval": 2}.get(row.kind, 0), row.batch
+    return group, row.precision != "fp32", row.kind == "eval", row.batch
 
 
 def _find(rows: list[Row], kind: str, impl: str, batch: int | None = None, precision: str = "fp32") -> Row:
@@ -681,7 +665,7 @@ def _projection(rows: list[Row]) -> dict[str, float]:
             continue
         eval_ips = _find(rows, "eval", row.impl, precision=row.precision).ips
         seconds = runs * (PAPER["train_images"] / row.ips + PAPER["eval_images"] / eval_ips)
-        key = f"{row.impl} {row.precision}" + {"concurrent": " concurrent", "compiled": " compiled"}.get(row.kind, "")
+        key = f"{row.impl} {row.precision}" + (" concurrent" if row.kind == "concurrent" else "")
         out[key] = seconds / 3600
     return out
 
@@ -710,7 +694,7 @@ def format_table(result: dict[str, Any]) -> str:
     k = result["concurrent_trials"]
     for r in result["rows"]:
         what = {"train": "train", "eval": "eval", "concurrent": f"train, {k} trials at once",
-                "fast": "train, fast recipe", "compiled": "train, compiled (candidate)"}[r["kind"]]
+                "fast": "train, fast recipe"}[r["kind"]]
         name = f"{r['impl']} {what}"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
         spread = f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}" if r["impl"] != "plain" and r["round_ratios"] else ""
@@ -731,7 +715,6 @@ def format_table(result: dict[str, Any]) -> str:
         "projected paper study (14 models x 200 epochs, batch 32):",
     ]
     lines += [f"  {name:<36}{hours:>8.1f} h" for name, hours in result["projection_hours"].items()]
-    lines += [f"not measured, left out: {reason}" for reason in result["left_out"]]
     fast = get_recipe("fast")
     minutes = result["fast_recipe_minutes"]
     lines.append(f"one `fast` run ({fast.epochs} epochs, batch {fast.batch_size}, bf16, "

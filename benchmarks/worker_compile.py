@@ -46,7 +46,7 @@ def child_main(mode: str, epochs: int, train_subset: int, data_dir: str) -> dict
     from seratio import session, train
     from seratio.cli import main
 
-    session.CPU_COMPILE_MIN_IMAGES = 0  # short trials compile like paper-length ones
+    session.COMPILE_MIN_IMAGES["cpu"] = 0  # short trials compile like paper-length ones
     if mode == "keep":
         train.forget_compiled_graphs = lambda: None
     with tempfile.TemporaryDirectory(prefix="worker-compile-") as tmp:

@@ -38,12 +38,11 @@ def test_stacked_models_train_each_model_as_alone_in_one_step_of_as_many_kernels
     assert "check: 3 models padded and stacked vs alone" in done.stdout and ": same" in done.stdout
 
 
-def test_throughput_table_keeps_the_compiled_candidate_apart_from_the_tool_s_own_rows(
+def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_its_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On CUDA the benchmark times an inductor-compiled graphed step beside the tool's graphed one.
-    Both are seratio, fp32, batch 32: if the derivation keyed them alike, one would overwrite the
-    other's projection and the GPU's answer would be lost. The arithmetic is checked by hand."""
+    """The numbers a GPU lease exists to produce come from this arithmetic; it is checked by hand,
+    with the concurrent trials' row kept apart from the one-trial row of the same batch."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import train_throughput as bench
 
@@ -51,41 +50,42 @@ def test_throughput_table_keeps_the_compiled_candidate_apart_from_the_tool_s_own
         return bench.Row(kind, impl, batch, "fp32", ips, [ips, ips], setup=setup)
 
     rows = [
-        row("train", "plain", 32, 500.0), row("train", "plain", 128, 1000.0), row("eval", "plain", 32, 2000.0),
-        row("train", "seratio", 32, 5000.0, "NHWC, Adam, CUDA graph"),
-        row("compiled", "seratio", 32, 8000.0, "NHWC, Adam, compiled, CUDA graph"),
         row("eval", "seratio", 5000, 80_000.0),
+        row("concurrent", "seratio", 32, 6000.0, "4 processes"),
+        row("train", "seratio", 32, 8000.0, "NCHW, Adam, compiled, CUDA graph"),
+        row("train", "plain", 32, 500.0), row("train", "plain", 128, 1000.0), row("eval", "plain", 32, 2000.0),
     ]
     rows.sort(key=bench._table_order)
-    assert [(r.impl, r.kind) for r in rows][3:] == [("seratio", "train"), ("seratio", "compiled"), ("seratio", "eval")]
+    assert [(r.impl, r.kind) for r in rows] == [("plain", "train"), ("plain", "train"), ("plain", "eval"),
+                                                ("seratio", "train"), ("seratio", "eval"), ("seratio", "concurrent")]
     bench._derive(rows, {"fp32": 100_000.0}, 0.5)
-    compiled = next(r for r in rows if r.kind == "compiled")
-    assert compiled.ratio == pytest.approx(16.0) and compiled.peak_fraction == pytest.approx(0.04)
-    assert compiled.epoch_seconds == pytest.approx(50_000 / 8000 + 10_000 / 80_000)
+    train = next(r for r in rows if (r.impl, r.kind) == ("seratio", "train"))
+    assert train.ratio == pytest.approx(16.0) and train.peak_fraction == pytest.approx(0.04)
+    assert train.epoch_seconds == pytest.approx(50_000 / 8000 + 10_000 / 80_000)
     hours = bench._projection(rows)
-    assert hours["seratio fp32 compiled"] == pytest.approx(14 * 200 * (50_000 / 8000 + 10_000 / 80_000) / 3600)
-    assert hours["seratio fp32"] == pytest.approx(14 * 200 * (50_000 / 5000 + 10_000 / 80_000) / 3600)
+    assert hours["seratio fp32"] == pytest.approx(14 * 200 * (50_000 / 8000 + 10_000 / 80_000) / 3600)
+    assert hours["seratio fp32 concurrent"] == pytest.approx(14 * 200 * (50_000 / 6000 + 10_000 / 80_000) / 3600)
+    assert hours["plain fp32"] == pytest.approx(14 * 200 * (50_000 / 500 + 10_000 / 2000) / 3600)
     result = {
         "environment": {"device": "cuda: test", "torch": "2", "threads": 1, "interop_threads": 1, "allocator": "glibc",
                         "amx": False, "fp32_peak_math": "tf32", "load_average_start": 0.0, "load_average_end": 0.0},
         "repeats": 2, "gflop_per_training_image": 0.5, "peak_gflops": {"fp32": 100_000.0},
         "rows": [vars(r) for r in rows], "concurrent_trials": 4, "projection_hours": hours, "fast_recipe_minutes": None,
-        "left_out": ["seratio compiled at batch 32 in bf16: RuntimeError: no compiler"],
     }
     table = bench.format_table(result)
-    assert "seratio train, compiled (candidate)     32  fp32" in table and "NHWC, Adam, compiled, CUDA graph" in table
-    assert "seratio fp32 compiled" in table
-    assert "not measured, left out: seratio compiled at batch 32 in bf16: RuntimeError: no compiler" in table
+    assert "seratio train                           32  fp32   8,000.0   16.00x" in table
+    assert "NCHW, Adam, compiled, CUDA graph" in table and "seratio train, 4 trials at once" in table
+    assert f"  seratio fp32{hours['seratio fp32']:>32.1f} h" in table
 
 
-def test_a_candidate_row_whose_compile_fails_says_so_instead_of_timing_the_uncompiled_step(
+def test_a_row_whose_compile_fails_says_so_and_times_the_uncompiled_step_as_the_tool_would_run_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Its images/s would be the tool's own graphed step's, under the candidate's name."""
+    """Its "how" would otherwise name a compile that did not happen."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import torch
     import train_throughput as bench
-    from seratio import cpu_compile
+    from seratio import compiled_forward
 
     def broken(model: Any, **kwargs: Any) -> Any:
         def fail(images: Any) -> Any:
@@ -94,8 +94,10 @@ def test_a_candidate_row_whose_compile_fails_says_so_instead_of_timing_the_uncom
         return fail
 
     monkeypatch.setattr(bench, "DEPTH", 8)
-    monkeypatch.setattr(cpu_compile.torch, "compile", broken)
-    timer = bench._compiled_cuda_timer(torch.device("cpu"), 2, "fp32")
-    assert timer.failure is None
+    monkeypatch.setattr(compiled_forward.torch, "compile", broken)
+    session = bench.seratio_session(32, "fp32", 2, 0, torch.device("cpu"))
+    timer = bench.session_timer("train", 32, "fp32", 64, session, bench.train_epoch_run(session))
+    assert timer.setup == "NHWC, Adam, compiled"
     timer.warm()
-    assert timer.failure == "RuntimeError: no compiler"
+    assert timer.setup == "NHWC, Adam, compiled, compile failed: RuntimeError: no compiler"
+    assert timer.once() > 0 and session.compiled.calls == 1  # trained on, uncompiled

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seratio import cpu_compile, cuda_step, session as run_session
+from seratio import compiled_forward, cuda_step, session as run_session
 from seratio.augment import augment_batch, to_float
 from seratio.concurrent import train_concurrently
 from seratio.config import RunConfig
@@ -31,7 +31,7 @@ from seratio.data import CifarData, Split
 from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
 from seratio.session import (
-    EVAL_BATCH, build_session, capturable, compiles_on_cpu, eager_step, optimizer_for, portable_optimizer_state, set_lr,
+    EVAL_BATCH, build_session, capturable, compiled_forwards, compiles, eager_step, optimizer_for, portable_optimizer_state, set_lr,
 )
 from seratio.train import _train_epoch, evaluate, train_run
 
@@ -94,7 +94,7 @@ def _plain_losses(config: RunConfig, data: CifarData) -> list[float]:
 def test_optimized_cpu_step_follows_the_plain_loss_trajectory(compiled: bool) -> None:
     config = RunConfig(rr=(4, 2, 8), depth=8 if compiled else 14, batch_size=BATCH, device="cpu", seed=3)
     data = _data(STEPS * BATCH)
-    session = build_session(config, data, torch.device("cpu"), compile_cpu=compiled)
+    session = build_session(config, data, torch.device("cpu"), compile_forward=compiled)
     assert session.channels_last and session.graphed is None
     assert (session.compiled is not None) == (session.compiled_eval is not None) == compiled
     recorder = _Recorder()
@@ -140,9 +140,9 @@ def _failing_compiler(message: str, attempts: list[int] | None = None) -> Any:
 
 
 def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_compile.torch, "compile", _failing_compiler("no C++ compiler"))
+    monkeypatch.setattr(compiled_forward.torch, "compile", _failing_compiler("no C++ compiler"))
     model = torch.nn.Linear(3, 2)
-    forward = cpu_compile.CompiledForward(model, batch_size=4)
+    forward = compiled_forward.CompiledForward(model, batch_size=4)
     said: list[str] = []
     forward.on_failure = said.append
     x = torch.rand(4, 3)
@@ -155,10 +155,10 @@ def test_an_evaluation_compile_that_fails_leaves_training_compiled(monkeypatch: 
     """Training already runs compiled kernels when evaluation's compile fails: switching it to eager
     mid-run would make a resumed run, which compiles training afresh, end differently."""
     model = torch.nn.Linear(3, 2)
-    monkeypatch.setattr(cpu_compile.torch, "compile", lambda model, **kwargs: model)  # training's compiles
-    training = cpu_compile.CompiledForward(model, 4)
-    monkeypatch.setattr(cpu_compile.torch, "compile", _failing_compiler("eval graph unsupported"))
-    evaluation = cpu_compile.CompiledForward(model, 8)
+    monkeypatch.setattr(compiled_forward.torch, "compile", lambda model, **kwargs: model)  # training's compiles
+    training = compiled_forward.CompiledForward(model, 4)
+    monkeypatch.setattr(compiled_forward.torch, "compile", _failing_compiler("eval graph unsupported"))
+    evaluation = compiled_forward.CompiledForward(model, 8)
     fake = SimpleNamespace(compiled=training, compiled_eval=evaluation, device=torch.device("cpu"), autocast_dtype=None)
     said: list[str] = []
     run_session._warned(fake, said.append)
@@ -178,8 +178,8 @@ def test_a_wrapped_compile_error_is_told_by_its_reason_not_the_wrapper() -> None
         torch.compile(torch.nn.Linear(3, 2), backend=backend)(torch.rand(4, 3))
     wrapped = caught.value
     assert str(wrapped).splitlines()[0].endswith("raised:")  # what the first line alone would have said
-    assert cpu_compile.compile_failure(wrapped) == "ValueError: C++ compile error: cannot find Python.h"
-    assert cpu_compile.compile_failure(RuntimeError("\n\n")) == "RuntimeError"
+    assert compiled_forward.compile_failure(wrapped) == "ValueError: C++ compile error: cannot find Python.h"
+    assert compiled_forward.compile_failure(RuntimeError("\n\n")) == "RuntimeError"
 
 
 def test_a_run_whose_compile_fails_says_so_and_still_trains(
@@ -188,8 +188,8 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
     """Training on uncompiled is the right fallback, but a silent one leaves a researcher with a run
     slower than the README says and no reason; the run's log must give it."""
     attempts: list[int] = []
-    monkeypatch.setattr(run_session, "CPU_COMPILE_MIN_IMAGES", 0)
-    monkeypatch.setattr(cpu_compile.torch, "compile",
+    monkeypatch.setitem(run_session.COMPILE_MIN_IMAGES, "cpu", 0)
+    monkeypatch.setattr(compiled_forward.torch, "compile",
                         _failing_compiler("InvalidCxxCompiler: no working C++ compiler found", attempts))
     said: list[str] = []
     config = RunConfig(rr=(4, 4, 4), depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64,
@@ -212,20 +212,41 @@ def test_a_session_seeds_the_cpu_as_torch_manual_seed_does_and_no_other_gpu(monk
 
     monkeypatch.setattr(torch.cuda, "manual_seed_all", every_gpu)
     config = RunConfig(rr=(4, 2, 8), depth=8, batch_size=BATCH, device="cpu", seed=7)
-    session = build_session(config, _data(BATCH), torch.device("cpu"), compile_cpu=False)
+    session = build_session(config, _data(BATCH), torch.device("cpu"), compile_forward=False)
     torch.random.default_generator.manual_seed(7)
     expected = build_model(config.model_config()).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in session.model.state_dict().items())
 
 
 def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
-    assert compiles_on_cpu(get_recipe("paper"), 45_000)
-    assert not compiles_on_cpu(get_recipe("paper", epochs=3), 2_000)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compiles(get_recipe("paper"), 45_000, cpu)
+    assert not compiles(get_recipe("paper", epochs=3), 2_000, cpu)
     # Work, not step count, decides: `fast` takes 9k large steps and compiles; 40 epochs of
     # batch-32 steps (1.8M images) compile too, and 5 epochs of `fast` (225k) do not.
-    assert compiles_on_cpu(get_recipe("fast"), 45_000)
-    assert compiles_on_cpu(get_recipe("paper", epochs=40), 45_000)
-    assert not compiles_on_cpu(get_recipe("fast", epochs=5), 45_000)
+    assert compiles(get_recipe("fast"), 45_000, cpu)
+    assert compiles(get_recipe("paper", epochs=40), 45_000, cpu)
+    assert not compiles(get_recipe("fast", epochs=5), 45_000, cpu)
+    # On CUDA a step is 20-50x faster, so only runs of a paper run's length repay a compile of a
+    # minute or more: the paper's 200 epochs do, with or without a validation split; `fast` does not.
+    assert compiles(get_recipe("paper"), 50_000, cuda) and compiles(get_recipe("paper"), 45_000, cuda)
+    assert not compiles(get_recipe("fast"), 45_000, cuda)
+    assert not compiles(get_recipe("paper", epochs=40), 45_000, cuda)
+    assert not compiles(get_recipe("paper", batch_size=128), 50_000, cuda)  # the gain is measured at 32 only
+    assert compiles(get_recipe("paper", batch_size=128), 50_000, cpu)
+    assert not compiles(get_recipe("paper"), 45_000, torch.device("meta"))  # no compile measured there
+
+
+def test_cuda_compiles_the_training_forward_alone_and_a_cpu_evaluation_too() -> None:
+    """On CUDA the training forward runs inside the CUDA graph; evaluation in batches of 5,000
+    stays eager, a compile there would not repay its minute. Building the forwards compiles
+    nothing yet, so the CUDA choice is checked here without a GPU."""
+    model = build_model(RunConfig(rr=(4, 4, 4), depth=8).model_config())
+    recipe = get_recipe("paper")
+    training, evaluation = compiled_forwards(model, recipe, torch.device("cuda"))
+    assert training.batch_size == 32 and training.model is model and evaluation is None
+    training, evaluation = compiled_forwards(model, recipe, torch.device("cpu"))
+    assert training.batch_size == 32 and evaluation is not None and evaluation.batch_size == EVAL_BATCH["cpu"]
 
 
 def test_every_run_in_a_process_compiles_however_many_came_before(
@@ -238,7 +259,7 @@ def test_every_run_in_a_process_compiles_however_many_came_before(
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(run_session, "CPU_COMPILE_MIN_IMAGES", 0)
+    monkeypatch.setitem(run_session.COMPILE_MIN_IMAGES, "cpu", 0)
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     base = dict(depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64, data_dir=str(cifar_dir), device="cpu")
     for index, rr in enumerate([(4, 4, 4), (2, 8, 16)]):
@@ -246,6 +267,7 @@ def test_every_run_in_a_process_compiles_however_many_came_before(
         result = train_run(RunConfig(rr=rr, **base), tmp_path / f"run{index}")
         assert counters["stats"]["unique_graphs"] - before == 2, f"run {index + 1} did not compile"
         assert result["test_accuracy"] > 0.15
+        assert json.loads((tmp_path / f"run{index}" / "config.json").read_text())["compiled"] is True
 
 
 class _FakeCuda:

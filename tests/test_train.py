@@ -69,6 +69,7 @@ def test_run_directory_files(finished_run: Path) -> None:
     config = json.loads((finished_run / "config.json").read_text())
     assert config["run"]["rr"] == [4, 4, 4] and config["versions"]["torch"].startswith("2.")
     assert config["runtime"] == {"allocator": allocator(), "threads": torch.get_num_threads()}
+    assert (config["compiled"], config["cuda_graph"]) == (False, False)  # 6k images: too short to compile
     assert config["data"] == {**config["data"], "train": 2000, "val": 500, "test": 1000}
     predictions = np.load(finished_run / "test_predictions.npy")
     labels = np.load(finished_run / "test_labels.npy")
@@ -366,7 +367,7 @@ def test_a_recipe_with_test_time_augmentation_reports_it_once_at_the_end(
 def test_test_time_augmentation_averages_the_views_softmax(finished_run: Path, cifar_dir: Path) -> None:
     config = RunConfig(rr=parse_rr("4,4,4"), depth=8, train_subset=2000, val_size=500)
     data = load_cifar(data_dir=cifar_dir, val_size=500, train_subset=2000)
-    session = build_session(config, data, torch.device("cpu"), compile_cpu=False)
+    session = build_session(config, data, torch.device("cpu"), compile_forward=False)
     state, _ = rundir.load_checkpoint(finished_run)
     session.model.load_state_dict(state["model"])
     split = Split(images=data.test.images[:250], labels=data.test.labels[:250])

@@ -1,19 +1,25 @@
-"""The training forward through `torch.compile` on CPU, for runs long enough to repay compiling.
+"""The training forward through `torch.compile`, for runs long enough to repay compiling.
 
-Why: between its oneDNN convolutions an SE-ResNet step is batch norm, ReLU, SE scaling and
-residual additions, each a full pass over memory in eager mode, about half of a CPU step.
+Why, on a CPU: between its oneDNN convolutions an SE-ResNet step is batch norm, ReLU, SE scaling
+and residual additions, each a full pass over memory in eager mode, about half of a CPU step.
 Inductor fuses them into a few C++ loops: measured here +22% training images/s in fp32 at batch
 32 and +38% in bf16 at batch 128, +15% / +8% evaluation images/s (benchmarks/RESULTS.md).
-Compiling costs about a minute per process (seconds with inductor's warm on-disk cache), so only
-long runs compile; see `session.CPU_COMPILE_MIN_IMAGES`. Inductor's `aggressive_fusion` also
-merges loops that share no buffer, so a step has fewer parallel regions: +0.5 to +3.2% bf16
-training at batch 128 in four A/B runs, fp32 unchanged, about 10% longer to compile cold.
+Inductor's `aggressive_fusion` also merges loops that share no buffer, so a step has fewer
+parallel regions: +0.5 to +3.2% bf16 training at batch 128 in four A/B runs, fp32 unchanged,
+about 10% longer to compile cold.
 
-The compiled kernels are deterministic at a fixed thread count, so a seeded run still reproduces
-bit for bit and a resumed run, which compiles the same graph again, still ends identical. Only
-full batches use the compiled forward (a new batch shape would mean compiling again); the last,
-partial batch of an epoch runs eagerly on the same parameters. Evaluation has its own instance,
-for its own batch size (dynamo compiles the eval-mode, inference-mode graph separately).
+Why, on CUDA: a CUDA graph removes the launch cost of a batch-32 step's ~900 kernels, not the
+kernels themselves. Inductor fuses the same passes into Triton kernels, and the graph, captured
+after the compile in its eager warm-up steps, replays the fused ones: +35% in fp32 and +49% in
+bf16 at batch 32 on an H100, with the loss trajectory of the eager step (benchmarks/RESULTS.md).
+
+Compiling costs a minute or more per process (less with inductor's warm on-disk cache), so only
+long runs compile; see `session.COMPILE_MIN_IMAGES`. The compiled CPU kernels are deterministic
+at a fixed thread count, so a seeded run still reproduces bit for bit and a resumed run, which
+compiles the same graph again, still ends identical. Only full batches use the compiled forward
+(a new batch shape would mean compiling again); the last, partial batch of an epoch runs eagerly
+on the same parameters. Evaluation on a CPU has its own instance, for its own batch size (dynamo
+compiles the eval-mode, inference-mode graph separately).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def allow_compiled_models(count: int) -> None:
 class CompiledForward:
     """`model(images)` through torch.compile for batches of `batch_size`, eager otherwise.
 
-    If compiling fails (no C++ compiler, an unsupported platform), the first call falls back to
+    If compiling fails (no C++ compiler or Triton, an unsupported platform), the first call falls back to
     eager for good: compiling happens before the graph runs, so the failed call changed nothing.
     The run goes on, slower, so the reason is kept in `failure` and handed to `on_failure` (the
     session's, which logs it): a researcher who finds a run twice as slow as the README says should

@@ -54,7 +54,7 @@ def rescore_run(
     checkpoint, notes = rundir.load_checkpoint(run_dir, CHECKPOINT_KEYS)
     if checkpoint is None:
         raise SeratioError(f"{run_dir} holds no usable checkpoint to score{_because(notes)}")
-    session = start_session(config, compile_cpu=False)
+    session = start_session(config, compile_forward=False)
     load_weights(session.model, session.config, checkpoint, run_dir)
     scores = score(session, views)
     return {

@@ -22,7 +22,7 @@ from torch import nn
 from seratio import rundir, runtime
 from seratio.augment import to_float
 from seratio.config import RunConfig, resolve_device
-from seratio.cpu_compile import CompiledForward
+from seratio.compiled_forward import CompiledForward
 from seratio.cuda_step import GraphedStep
 from seratio.data import CifarData, load_cifar
 from seratio.models import build_model, kernel_parameters, set_bn_momentum
@@ -36,13 +36,20 @@ from seratio.recipes import Recipe
 EVAL_BATCH = {"cpu": 250, "cuda": 5000}
 # channels_last on CPU: oneDNN's NHWC convolutions for 16-64 channels are faster than NCHW here.
 CPU_CHANNELS_LAST = True
-# torch.compile on CPU (training and evaluation forward) for runs that train on at least this many
-# images in all (epochs x training images). Counted in images, not steps, because a step's cost
-# grows with its batch: the `fast` recipe's 9k batch-256 steps are as much work as 70k batch-32
-# ones. A cold compile takes 60-80 s; the slowest case (fp32, batch 32, +22%) repays it after
-# about 100k images, so 250k compiles only where it clearly pays. Tests and the demo (7.5k
-# images) stay eager; `fast` (2.25M) and a paper run (9M) compile.
-CPU_COMPILE_MIN_IMAGES = 250_000
+# torch.compile of the forward for runs that train on at least this many images in all (epochs x
+# training images), per device type. Counted in images, not steps, because a step's cost grows
+# with its batch: the `fast` recipe's 9k batch-256 steps are as much work as 70k batch-32 ones.
+# CPU (training and evaluation forward): a cold compile takes 60-80 s; the slowest case (fp32,
+# batch 32, +22%) repays it after about 100k images, so 250k compiles only where it clearly pays.
+# Tests and the demo (7.5k images) stay eager; `fast` (2.25M) and a paper run (9M) compile.
+# CUDA (training forward only, inside the CUDA graph): measured at the paper's batch of 32 only,
+# where it saves 47 us an image in fp32 (55 in bf16) on an H100; a cold compile took 60-90 s
+# there, repaid after about 2M images, so 3M compiles where it clearly pays: a paper run (9-10M)
+# does, tests and `fast` (2.25M) do not. Larger batches do not compile there: at batch 128 a
+# paper run trains in 15 minutes, so a compile would need a 10% gain, which nobody measured.
+# Evaluation there stays eager: in batches of 5,000 it runs at 82k images/s, 0.1 s an epoch.
+COMPILE_MIN_IMAGES = {"cpu": 250_000, "cuda": 3_000_000}
+CUDA_COMPILE_MAX_BATCH = 32
 
 
 @dataclass
@@ -124,8 +131,10 @@ def precision_name(session: Session) -> str:
     return "fp32" if session.autocast_dtype is None else "bf16"
 
 
-def start_session(config: RunConfig, *, compile_cpu: bool | None = None, precision: str | None = None) -> Session:
-    """Data on the run's device and a fresh session; `compile_cpu` and `precision` as in `build_session`."""
+def start_session(
+    config: RunConfig, *, compile_forward: bool | None = None, precision: str | None = None,
+) -> Session:
+    """Data on the run's device and a fresh session; `compile_forward` and `precision` as in `build_session`."""
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is not None:
         # Before any CUDA work: whatever uses "the current device" (a context, cuDNN, cuBLAS) must
@@ -135,16 +144,16 @@ def start_session(config: RunConfig, *, compile_cpu: bool | None = None, precisi
         config.dataset, config.data_dir, val_size=config.val_size,
         train_subset=config.train_subset, test_subset=config.test_subset, split_seed=config.split_seed, device=device,
     )
-    return build_session(config, data, device, compile_cpu=compile_cpu, precision=precision)
+    return build_session(config, data, device, compile_forward=compile_forward, precision=precision)
 
 
 def build_session(
-    config: RunConfig, data: CifarData, device: torch.device, *, compile_cpu: bool | None = None,
+    config: RunConfig, data: CifarData, device: torch.device, *, compile_forward: bool | None = None,
     precision: str | None = None,
 ) -> Session:
     """Model, optimizer and step for `config` on loaded `data`; benchmarks reuse it on synthetic data.
 
-    `compile_cpu` None decides by the run's length (`compiles_on_cpu`); `precision` ("fp32" or
+    `compile_forward` None decides by the run's length (`compiles`); `precision` ("fp32" or
     "bf16") replaces what `--precision auto` would pick on this device.
     """
     recipe = config.resolved_recipe()
@@ -165,13 +174,22 @@ def build_session(
         optimizer=optimizer_for(model, recipe, device), generator=generator,
         autocast_dtype=autocast_dtype, channels_last=channels_last,
     )
+    if compile_forward is None:
+        compile_forward = compiles(recipe, len(data.train), device)
+    if compile_forward:
+        session.compiled, session.compiled_eval = compiled_forwards(model, recipe, device)
     session.graphed = _graphed_step(session)
-    if compile_cpu is None:
-        compile_cpu = compiles_on_cpu(recipe, len(data.train))
-    if device.type == "cpu" and compile_cpu:
-        session.compiled = CompiledForward(model, recipe.batch_size)
-        session.compiled_eval = CompiledForward(model, EVAL_BATCH["cpu"])
     return session
+
+
+def compiled_forwards(
+    model: nn.Module, recipe: Recipe, device: torch.device,
+) -> tuple[CompiledForward, CompiledForward | None]:
+    """The training forward and, on a CPU, the evaluation one. On CUDA the training forward runs
+    inside the CUDA graph, captured after the compile in its warm-up steps, so the graph replays
+    inductor's fused kernels; evaluation stays eager there (see `COMPILE_MIN_IMAGES`)."""
+    evaluation = CompiledForward(model, EVAL_BATCH["cpu"]) if device.type == "cpu" else None
+    return CompiledForward(model, recipe.batch_size), evaluation
 
 
 def _seed_torch(seed: int, device: torch.device) -> None:
@@ -184,13 +202,17 @@ def _seed_torch(seed: int, device: torch.device) -> None:
             torch.cuda.manual_seed(seed)
 
 
-def compiles_on_cpu(recipe: Recipe, train_images: int) -> bool:
-    """Whether a CPU run of `recipe` on `train_images` images is long enough to compile its forward.
+def compiles(recipe: Recipe, train_images: int, device: torch.device) -> bool:
+    """Whether a run of `recipe` on `train_images` images on `device` is long enough to compile its
+    forward (`COMPILE_MIN_IMAGES`), at a batch where that was measured to pay.
 
     Decided from the whole run, never from the epochs left, so a resumed run computes exactly what
     the uninterrupted one did.
     """
-    return recipe.epochs * train_images >= CPU_COMPILE_MIN_IMAGES
+    least = COMPILE_MIN_IMAGES.get(device.type)
+    if least is None or (device.type == "cuda" and recipe.batch_size > CUDA_COMPILE_MAX_BATCH):
+        return False
+    return recipe.epochs * train_images >= least
 
 
 def _channels_last(recipe: Recipe, device: torch.device, autocast_dtype: torch.dtype | None) -> bool:

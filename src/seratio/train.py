@@ -23,7 +23,7 @@ from seratio import rundir, runlock, runtime
 from seratio.architecture import count_macs, count_params, format_rr, se_hidden
 from seratio.augment import augment_batch, view_batch
 from seratio.config import RunConfig, environment, resolve_device
-from seratio.cpu_compile import forget_compiled_graphs
+from seratio.compiled_forward import forget_compiled_graphs
 from seratio.data import Split
 from seratio.errors import SeratioError, print_to_stderr
 from seratio.interrupts import stop_signals_held
@@ -292,6 +292,8 @@ def _config_record(session: Session) -> dict[str, Any]:
         },
         "device": str(session.device),
         "autocast": None if session.autocast_dtype is None else str(session.autocast_dtype),
+        "compiled": session.compiled is not None,
+        "cuda_graph": session.graphed is not None,
         "versions": environment(),
         "runtime": runtime.describe(),
     }
