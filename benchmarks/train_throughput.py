@@ -17,7 +17,7 @@ ratio. The plain reference and the concurrent trials live in child processes tha
 rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
 takes about 5 minutes on a 2-core CPU, and on an H100 took under 4 uncompiled, plus about a
 minute for each compiled row's cold compile (`--quick`: a few steps per row). Every seratio row
-compiles where a full paper run would (`session.compiles`); a row whose compile failed runs
+compiles where a full run of its recipe would (`session.compiles`); a row whose compile failed runs
 uncompiled, as the tool would, and its "how" says why.
 Images are synthetic uint8 tensors of CIFAR's shape: throughput does not depend on pixel values,
 and the script needs no data set.

@@ -101,3 +101,21 @@ def test_a_row_whose_compile_fails_says_so_and_times_the_uncompiled_step_as_the_
     timer.warm()
     assert timer.setup == "NHWC, Adam, compiled, compile failed: RuntimeError: no compiler"
     assert timer.once() > 0 and session.compiled.calls == 1  # trained on, uncompiled
+
+
+def test_the_cuda_equivalence_check_builds_its_eager_sessions_and_knows_which_full_runs_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its graphed sessions need a GPU; everything around them runs here: the eager, uncompiled
+    session over the check's 8 batches with a full run's BN momentum, whose loss must fall, and the
+    choice of which cases compile (the paper's batch-32 run does on CUDA, `fast` does not)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cuda_equivalence as check
+    import torch
+
+    monkeypatch.setattr(check, "DEPTH", 8)
+    losses = check.trajectory("paper", "fp32", False, 2, torch.device("cpu"))
+    assert len(losses) == 2 * check.BATCHES and all(0 < loss < 10 for loss in losses)
+    assert sum(losses[check.BATCHES:]) < sum(losses[:check.BATCHES])
+    cuda = torch.device("cuda")
+    assert check.full_run_compiles("paper", cuda) and not check.full_run_compiles("fast", cuda)
