@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,6 +150,27 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(monkeypatch: 
     assert torch.equal(forward(x), model(x)) and forward.compiled is None
     assert torch.equal(forward(x), model(x)) and forward.failure == "RuntimeError: no C++ compiler"
     assert said == ["RuntimeError: no C++ compiler"]  # the reason, once, for the session to log
+
+
+def test_the_first_compiled_call_keeps_inductor_s_tf32_advice_out_of_the_run_s_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a GPU inductor advises TF32 matmuls while it compiles; the tool keeps them fp32 on purpose.
+    Any other warning of the compile still reaches the user."""
+    def warning_compiler(model: Any, **kwargs: Any) -> Any:
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            warnings.warn(f"{compiled_forward.TF32_ADVICE}. Consider setting `torch.set_float32_matmul_precision`")
+            warnings.warn("some other compile warning")
+            return model(images)
+
+        return forward
+
+    monkeypatch.setattr(compiled_forward.torch, "compile", warning_compiler)
+    forward = compiled_forward.CompiledForward(torch.nn.Linear(3, 2), batch_size=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        forward(torch.rand(4, 3))
+    assert [str(w.message) for w in caught] == ["some other compile warning"]
 
 
 def test_an_evaluation_compile_that_fails_leaves_training_compiled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ compiles the eval-mode, inference-mode graph separately).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -32,6 +33,11 @@ from torch import nn
 
 
 COMPILE_OPTIONS = {"aggressive_fusion": True}
+TF32_ADVICE = "TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled"
+"""Inductor's advice, printed once per process when it first compiles on a GPU with TF32. The
+tool keeps matmuls in full fp32 on purpose: its only matmuls are the small SE and classifier
+layers, and the convolutions, where the time goes, already run in TF32 (torch's default). A
+study's log should not tell its reader to change a setting that would not help."""
 
 
 def forget_compiled_graphs() -> None:
@@ -84,7 +90,9 @@ class CompiledForward:
         if self.calls > 1:
             return self.compiled(images)
         try:
-            return self.compiled(images)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=TF32_ADVICE)
+                return self.compiled(images)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly instead
             self.compiled = None
             self.failure = compile_failure(error)
