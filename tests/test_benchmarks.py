@@ -62,10 +62,15 @@ def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_it
     train = next(r for r in rows if (r.impl, r.kind) == ("seratio", "train"))
     assert train.ratio == pytest.approx(16.0) and train.peak_fraction == pytest.approx(0.04)
     assert train.epoch_seconds == pytest.approx(50_000 / 8000 + 10_000 / 80_000)
-    hours = bench._projection(rows)
-    assert hours["seratio fp32"] == pytest.approx(14 * 200 * (50_000 / 8000 + 10_000 / 80_000) / 3600)
-    assert hours["seratio fp32 concurrent"] == pytest.approx(14 * 200 * (50_000 / 6000 + 10_000 / 80_000) / 3600)
-    assert hours["plain fp32"] == pytest.approx(14 * 200 * (50_000 / 500 + 10_000 / 2000) / 3600)
+    train.startup_seconds = 90.0  # a compile, paid by each of the 14 runs
+    next(r for r in rows if r.kind == "concurrent").startup_seconds = 100.0  # paid by each 4 runs at once
+    hours = bench._projection(rows, 4)
+    assert hours["seratio fp32"]["hours"] == pytest.approx((14 * 200 * (50_000 / 8000 + 10_000 / 80_000) + 14 * 90) / 3600)
+    assert hours["seratio fp32"]["startup_hours"] == pytest.approx(14 * 90 / 3600)
+    assert hours["seratio fp32 concurrent"]["hours"] == pytest.approx(
+        (14 * 200 * (50_000 / 6000 + 10_000 / 80_000) + 4 * 100) / 3600)
+    assert hours["plain fp32"] == {"hours": pytest.approx(14 * 200 * (50_000 / 500 + 10_000 / 2000) / 3600),
+                                   "startup_hours": 0.0}
     result = {
         "environment": {"device": "cuda: test", "torch": "2", "threads": 1, "interop_threads": 1, "allocator": "glibc",
                         "amx": False, "fp32_peak_math": "tf32", "load_average_start": 0.0, "load_average_end": 0.0},
@@ -75,7 +80,7 @@ def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_it
     table = bench.format_table(result)
     assert "seratio train                           32  fp32   8,000.0   16.00x" in table
     assert "NCHW, Adam, compiled, CUDA graph" in table and "seratio train, 4 trials at once" in table
-    assert f"  seratio fp32{hours['seratio fp32']:>32.1f} h" in table
+    assert f"  seratio fp32{hours['seratio fp32']['hours']:>32.1f} h, of which starting the runs 0.35 h" in table
 
 
 def test_a_row_whose_compile_fails_says_so_and_times_the_uncompiled_step_as_the_tool_would_run_it(
@@ -119,3 +124,15 @@ def test_the_cuda_equivalence_check_builds_its_eager_sessions_and_knows_which_fu
     assert sum(losses[check.BATCHES:]) < sum(losses[:check.BATCHES])
     cuda = torch.device("cuda")
     assert check.full_run_compiles("paper", cuda) and not check.full_run_compiles("fast", cuda)
+
+
+def test_a_row_s_startup_is_its_warm_up_less_a_timed_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a run pays once (compiling, capturing) must not vanish from the study's projection."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_throughput as bench
+
+    timer = bench.Timer("train", "seratio", 32, "fp32", 6400, "NHWC, Adam", "glibc", lambda: None, lambda: 1.0,
+                        seconds=[1.0, 1.2, 0.8], warm_seconds=61.0)
+    assert timer.row().startup_seconds == pytest.approx(60.0)
+    timer.warm_seconds = 0.5  # a warm-up faster than the repeats is no negative start-up
+    assert timer.row().startup_seconds == 0.0
