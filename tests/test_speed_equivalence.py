@@ -173,6 +173,28 @@ def test_the_first_compiled_call_keeps_inductor_s_tf32_advice_out_of_the_run_s_l
     assert [str(w.message) for w in caught] == ["some other compile warning"]
 
 
+def test_a_backward_that_fails_to_compile_falls_back_to_eager_instead_of_ending_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch compiles a training graph's backward at the first backward() unless told otherwise,
+    which is outside the call that can fall back: a GPU's Triton or ptxas error there ended the run."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def broken_backward(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("ptxas failed on the backward")
+
+    backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward), bw_compiler=broken_backward)
+    real_compile = torch.compile
+    monkeypatch.setattr(compiled_forward.torch, "compile",
+                        lambda model, **kwargs: real_compile(model, backend=backend, dynamic=False))
+    model = torch.nn.Linear(3, 2)
+    forward = compiled_forward.CompiledForward(model, batch_size=4)
+    forward(torch.rand(4, 3)).sum().backward()
+    assert forward.failure == "RuntimeError: ptxas failed on the backward" and forward.compiled is None
+    assert model.weight.grad is not None and model.weight.grad.abs().sum() > 0  # trained on, eagerly
+
+
 def test_an_evaluation_compile_that_fails_leaves_training_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training already runs compiled kernels when evaluation's compile fails: switching it to eager
     mid-run would make a resumed run, which compiles training afresh, end differently."""

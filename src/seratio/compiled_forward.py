@@ -10,8 +10,9 @@ about 10% longer to compile cold.
 
 Why, on CUDA: a CUDA graph removes the launch cost of a batch-32 step's ~900 kernels, not the
 kernels themselves. Inductor fuses the same passes into Triton kernels, and the graph, captured
-after the compile in its eager warm-up steps, replays the fused ones: +35% in fp32 and +49% in
-bf16 at batch 32 on an H100, with the loss trajectory of the eager step (benchmarks/RESULTS.md).
+after the compile in its eager warm-up steps, replays the fused ones: +35% in fp32 and +34-49% in
+bf16 at batch 32 on an H100; in fp32 it followed the eager step's loss trajectory (bf16 not
+checked yet; benchmarks/RESULTS.md).
 
 Compiling costs a minute or more per process (less with inductor's warm on-disk cache), so only
 long runs compile; see `session.COMPILE_MIN_IMAGES`. The compiled CPU kernels are deterministic
@@ -24,9 +25,10 @@ compiles the eval-mode, inference-mode graph separately).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ TF32_ADVICE = "TensorFloat32 tensor cores for float32 matrix multiplication avai
 """Inductor's advice, printed once per process when it first compiles on a GPU with TF32. The
 tool keeps matmuls in full fp32 on purpose: its only matmuls are the small SE and classifier
 layers, and the convolutions, where the time goes, already run in TF32 (torch's default). A
-study's log should not tell its reader to change a setting that would not help."""
+study's log should not tell its reader to change a setting the project chose."""
 
 
 def forget_compiled_graphs() -> None:
@@ -70,6 +72,7 @@ class CompiledForward:
 
     If compiling fails (no C++ compiler or Triton, an unsupported platform), the first call falls back to
     eager for good: compiling happens before the graph runs, so the failed call changed nothing.
+    That holds for the backward too, which the first call compiles as well (`_first_compile`).
     The run goes on, slower, so the reason is kept in `failure` and handed to `on_failure` (the
     session's, which logs it): a researcher who finds a run twice as slow as the README says should
     find out why in its log.
@@ -90,8 +93,7 @@ class CompiledForward:
         if self.calls > 1:
             return self.compiled(images)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=TF32_ADVICE)
+            with _first_compile():
                 return self.compiled(images)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly instead
             self.compiled = None
@@ -99,6 +101,22 @@ class CompiledForward:
             if self.on_failure is not None:
                 self.on_failure(self.failure)
             return self.model(images)
+
+
+@contextlib.contextmanager
+def _first_compile() -> Iterator[None]:
+    """The first compiled call, where compiling happens. torch compiles a training graph's backward
+    lazily, at the first `backward()`, outside the call that could fall back to eager: a backward
+    that fails to compile (a Triton or ptxas error on a GPU) would end the run. Here it compiles
+    with the forward, where a failure is caught. Inductor's TF32 advice is left out (`TF32_ADVICE`).
+    """
+    import torch._functorch.config as functorch_config
+
+    with contextlib.ExitStack() as stack, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TF32_ADVICE)
+        if hasattr(functorch_config, "force_non_lazy_backward_lowering"):  # else lazily, as torch does
+            stack.enter_context(functorch_config.patch(force_non_lazy_backward_lowering=True))
+        yield
 
 
 def compile_failure(error: Exception) -> str:
