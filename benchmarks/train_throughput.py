@@ -329,8 +329,12 @@ def train_epoch_run(session: Any) -> Callable[[], None]:
 
 
 def concurrent_runs(batch: int, precision: str, steps: int, device_name: str) -> dict[str, Callable[[], None]]:
-    """One of K concurrent trials, built in its own process."""
+    """One of K concurrent trials, built in its own process. Its compile fails where the parent's
+    rows' would; the parent's table says so, and this trial says it here, on the shared stderr."""
     session = seratio_session(batch, precision, steps, 0, torch.device(device_name))
+    if session.compiled is not None:
+        session.compiled.on_failure = lambda reason: print(
+            f"concurrent trial {os.getpid()}: torch.compile failed ({reason}); it runs uncompiled", file=sys.stderr)
     return {"train": train_epoch_run(session)}
 
 
@@ -567,7 +571,8 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
         for (trial_batch, precision), children in concurrent.items():
             if trial_batch == batch:
                 images = len(children) * batch * count
-                how = f"{len(children)} processes"
+                compiled = compiles(get_recipe("paper", batch_size=batch), PAPER["train_images"], device)
+                how = f"{len(children)} processes" + (", compiled" if compiled else "")
                 timers.append(child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
     return timers
 

@@ -119,7 +119,16 @@ def test_the_cuda_equivalence_check_builds_its_eager_sessions_and_knows_which_fu
     import torch
 
     monkeypatch.setattr(check, "DEPTH", 8)
+    momenta: list[set[float]] = []
+
+    def recorded(session: Any) -> None:
+        set_momentum(session)
+        momenta.append({m.momentum for m in session.model.modules() if isinstance(m, torch.nn.BatchNorm2d)})
+
+    set_momentum = check.set_full_run_bn_momentum
+    monkeypatch.setattr(check, "set_full_run_bn_momentum", recorded)
     losses = check.trajectory("paper", "fp32", False, 2, torch.device("cpu"))
+    assert momenta == [{0.01}]  # Keras's 0.99 over a full epoch's 1,563 steps, not 8 batches'
     assert len(losses) == 2 * check.BATCHES and all(0 < loss < 10 for loss in losses)
     assert sum(losses[check.BATCHES:]) < sum(losses[:check.BATCHES])
     cuda = torch.device("cuda")

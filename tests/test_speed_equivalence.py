@@ -32,7 +32,7 @@ from seratio.data import CifarData, Split
 from seratio.models import build_model, kernel_parameters
 from seratio.recipes import get_recipe
 from seratio.session import (
-    EVAL_BATCH, build_session, capturable, compiled_forwards, compiles, eager_step, optimizer_for, portable_optimizer_state, set_lr,
+    EVAL_BATCH, build_session, capturable, compiles, eager_step, optimizer_for, portable_optimizer_state, set_lr,
 )
 from seratio.train import _train_epoch, evaluate, train_run
 
@@ -281,16 +281,25 @@ def test_only_runs_long_enough_to_repay_compiling_compile() -> None:
     assert not compiles(get_recipe("paper"), 45_000, torch.device("meta"))  # no compile measured there
 
 
-def test_cuda_compiles_the_training_forward_alone_and_a_cpu_evaluation_too() -> None:
-    """On CUDA the training forward runs inside the CUDA graph; evaluation in batches of 5,000
-    stays eager, a compile there would not repay its minute. Building the forwards compiles
-    nothing yet, so the CUDA choice is checked here without a GPU."""
+@pytest.mark.parametrize(("device", "recipe", "training", "evaluation"), [
+    ("cuda", "paper", True, False), ("cpu", "paper", True, True), ("cuda", "fast", False, False),
+])
+def test_a_session_compiles_the_forwards_its_device_and_run_length_call_for(
+    device: str, recipe: str, training: bool, evaluation: bool,
+) -> None:
+    """On CUDA a paper run compiles its training forward, which runs inside the CUDA graph, and
+    evaluates eagerly in batches of 5,000, where a compile would not repay its minute; `fast`
+    compiles nothing there. A CPU compiles both. Attaching compiles nothing yet, so the CUDA
+    choice is checked here on a session that only says it is on CUDA."""
     model = build_model(RunConfig(rr=(4, 4, 4), depth=8).model_config())
-    recipe = get_recipe("paper")
-    training, evaluation = compiled_forwards(model, recipe, torch.device("cuda"))
-    assert training.batch_size == 32 and training.model is model and evaluation is None
-    training, evaluation = compiled_forwards(model, recipe, torch.device("cpu"))
-    assert training.batch_size == 32 and evaluation is not None and evaluation.batch_size == EVAL_BATCH["cpu"]
+    session = SimpleNamespace(recipe=get_recipe(recipe), data=SimpleNamespace(train=range(50_000)),
+                              device=torch.device(device), model=model, compiled=None, compiled_eval=None)
+    run_session.attach_compiled_forwards(session, None)
+    assert (session.compiled is not None, session.compiled_eval is not None) == (training, evaluation)
+    if training:
+        assert session.compiled.model is model and session.compiled.batch_size == get_recipe(recipe).batch_size
+    if evaluation:
+        assert session.compiled_eval.batch_size == EVAL_BATCH["cpu"]
 
 
 def test_every_run_in_a_process_compiles_however_many_came_before(

@@ -1,7 +1,7 @@
 """A run's session: what it holds in memory while it trains, and how that is built.
 
 The device, the data on it, the model, the precision and memory layout, the optimizer and the step
-(eager, CPU-compiled or CUDA-graphed) are decided together here, fresh or continuing a checkpoint as
+(eager, compiled, CUDA-graphed or both) are decided together here, fresh or continuing a checkpoint as
 the run started, so that `train` only runs epochs and writes what they give.
 """
 
@@ -43,12 +43,12 @@ CPU_CHANNELS_LAST = True
 # batch 32, +22%) repays it after about 100k images, so 250k compiles only where it clearly pays.
 # Tests and the demo (7.5k images) stay eager; `fast` (2.25M) and a paper run (9M) compile.
 # CUDA (training forward only, inside the CUDA graph): measured at the paper's batch of 32 only,
-# where it saves 47 us an image in fp32 (55 in bf16) on an H100; a cold compile took 60-90 s
-# there, repaid after about 2M images, so 3M compiles where it clearly pays: a paper run (9-10M)
-# does, tests and `fast` (2.25M) do not. Larger batches do not compile there: at batch 128 a
-# paper run trains in 15 minutes, so a compile would need a 10% gain, which nobody measured.
+# where it saves 47 us an image in fp32 (38-55 in bf16) on an H100; a cold compile took a minute
+# or two there, repaid after 1.1-3.2M images, so 5M compiles where it clearly pays: a paper run
+# (9-10M) does, tests and `fast` (2.25M) do not. Larger batches do not compile there: at batch
+# 128 a paper run trains in 15 minutes, so a compile would need a 10% gain, which nobody measured.
 # Evaluation there stays eager: in batches of 5,000 it runs at 82k images/s, 0.1 s an epoch.
-COMPILE_MIN_IMAGES = {"cpu": 250_000, "cuda": 3_000_000}
+COMPILE_MIN_IMAGES = {"cpu": 250_000, "cuda": 5_000_000}
 CUDA_COMPILE_MAX_BATCH = 32
 
 
@@ -174,22 +174,24 @@ def build_session(
         optimizer=optimizer_for(model, recipe, device), generator=generator,
         autocast_dtype=autocast_dtype, channels_last=channels_last,
     )
-    if compile_forward is None:
-        compile_forward = compiles(recipe, len(data.train), device)
-    if compile_forward:
-        session.compiled, session.compiled_eval = compiled_forwards(model, recipe, device)
+    attach_compiled_forwards(session, compile_forward)
     session.graphed = _graphed_step(session)
     return session
 
 
-def compiled_forwards(
-    model: nn.Module, recipe: Recipe, device: torch.device,
-) -> tuple[CompiledForward, CompiledForward | None]:
-    """The training forward and, on a CPU, the evaluation one. On CUDA the training forward runs
-    inside the CUDA graph, captured after the compile in its warm-up steps, so the graph replays
-    inductor's fused kernels; evaluation stays eager there (see `COMPILE_MIN_IMAGES`)."""
-    evaluation = CompiledForward(model, EVAL_BATCH["cpu"]) if device.type == "cpu" else None
-    return CompiledForward(model, recipe.batch_size), evaluation
+def attach_compiled_forwards(session: Session, compile_forward: bool | None) -> None:
+    """The training forward and, on a CPU, the evaluation one, compiled where the run is long
+    enough (`compile_forward` None: `compiles`). On CUDA the training forward runs inside the CUDA
+    graph, captured after the compile in its warm-up steps, so the graph replays inductor's fused
+    kernels; evaluation stays eager there (see `COMPILE_MIN_IMAGES`). Creating them compiles
+    nothing yet: that happens at the first full batch."""
+    if compile_forward is None:
+        compile_forward = compiles(session.recipe, len(session.data.train), session.device)
+    if not compile_forward:
+        return
+    session.compiled = CompiledForward(session.model, session.recipe.batch_size)
+    if session.device.type == "cpu":
+        session.compiled_eval = CompiledForward(session.model, EVAL_BATCH["cpu"])
 
 
 def _seed_torch(seed: int, device: torch.device) -> None:
