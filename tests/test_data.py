@@ -175,10 +175,12 @@ def test_test_subset_is_stratified_repeatable_and_leaves_train_and_val_alone(
     [
         ({"test_subset": 9}, r"test subset 9 must be an integer from 10 \(one image per class\) to 10,000$"),
         ({"test_subset": 10_001}, r"test subset 10001 must be an integer from 10 .* to 10,000$"),
-        ({"test_subset": 500.0}, r"test_subset must be an integer"),
+        ({"test_subset": 500.0}, r"test subset 500.0 must be an integer from 10 .* to 10,000$"),
+        ({"test_subset": True}, r"test subset True must be an integer from 10 "),
+        ({"train_subset": "500"}, r"train subset '500' must be an integer from 10 "),
         ({"val_size": -1}, r"val size -1 must be an integer from 0 to 49,990 \(it leaves at least one training image per class of the 50,000\)"),
         ({"val_size": 50_000}, r"val size 50000 must be an integer from 0 to 49,990 "),
-        ({"val_size": 5000.0}, r"val_size must be an integer"),
+        ({"val_size": 5000.0}, r"val size 5000.0 must be an integer from 0 to 49,990 "),
         ({"train_subset": 9}, r"train subset 9 must be an integer from 10 \(one image per class\) to 45,000 \(the training images left after a val size of 5,000\)"),
         ({"train_subset": 45_001}, r"train subset 45001 must be an integer from 10 .* to 45,000 "),
         ({"val_size": 49_995, "train_subset": 10}, r"val size 49995 must be an integer from 0 to 49,990 "),
@@ -186,8 +188,13 @@ def test_test_subset_is_stratified_repeatable_and_leaves_train_and_val_alone(
     ],
 )
 def test_bad_split_sizes_name_value_and_range(cifar_dir: Path, kwargs: dict, message: str) -> None:
+    """In the words `RunConfig` uses, whether the value is out of range or no integer at all."""
     with pytest.raises(SeratioError, match=message):
         load_cifar("cifar10", cifar_dir, **kwargs)
+
+
+def test_a_numpy_integer_split_size_is_taken(cifar_dir: Path) -> None:
+    assert len(load_cifar("cifar10", cifar_dir, val_size=0, train_subset=np.int64(100)).train) == 100
 
 
 def test_unknown_dataset_lists_allowed_names() -> None:
