@@ -239,6 +239,8 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
     config = RunConfig(rr=(4, 4, 4), depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64,
                        data_dir=str(cifar_dir), device="cpu")
     result = train_run(config, tmp_path / "run", log=said.append)
+    assert said[0] == ("notice: this run compiles its training and evaluation forwards with torch.compile in its "
+                       "first steps, which takes a minute or two once per start and makes the epochs after it faster")
     failures = [line for line in said if "torch.compile failed" in line]
     # training's forward failed first; evaluation's is not tried again, and the run says it once
     assert failures == ["warning: torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler "

@@ -110,6 +110,10 @@ def _warned(session: Session, log: Callable[[str], None]) -> Session:
 
     for forward in forwards:
         forward.on_failure = failed
+    if forwards:
+        what = "training and evaluation forwards" if len(forwards) == 2 else "training forward"
+        log(f"notice: this run compiles its {what} with torch.compile in its first steps, which takes a "
+            "minute or two once per start and makes the epochs after it faster")
     if session.device.type == "cpu" and session.autocast_dtype == torch.bfloat16 and not runtime.cpu_has_bf16():
         log("warning: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 convolutions run on slow "
             "fallback kernels, about 10x slower than fp32 here; --precision fp32 trains faster")
