@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu-check.sh bench   the throughput benchmark's table (issue 5: one command, under
 #                                     8 minutes; its batch-32 rows compile, as the tool does there),
-#                                     then the equivalence check of `check` in what is left of
+#                                     then the equivalence check (as `check` runs it) in what is left of
 #                                     DEADLINE seconds (575: one device call's 600 s less the
 #                                     script's start); the check compiles the benchmark's graphs
 #                                     again, which inductor's cache may hold (QUICK=1 runs the
