@@ -38,12 +38,11 @@ from typing import Any
 
 import torch
 from bench_cli import at_least, emit
-from train_throughput import DEPTH, PAPER, RR, set_full_run_bn_momentum, synthetic_data
+from train_throughput import DEPTH, RR, full_run_compiles, set_full_run_bn_momentum, synthetic_data
 
 from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError
-from seratio.recipes import get_recipe
-from seratio.session import build_session, compiles
+from seratio.session import build_session
 from seratio.train import _train_epoch
 
 BATCHES = 8
@@ -75,7 +74,7 @@ def trajectory(recipe: str, precision: str, graphed: bool, epochs: int, device: 
     """Per-step losses of one session: `graphed` as a full run of `recipe` trains on `device`
     (a CUDA graph, and a compiled forward where such a run compiles), else eager and uncompiled."""
     config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, epochs=epochs, precision=precision, device=str(device))
-    compiled = graphed and full_run_compiles(recipe, device)
+    compiled = graphed and full_run_compiles(device, recipe)
     data = synthetic_data(batch_size(recipe) * BATCHES, 0, device)
     session = build_session(config, data, device, compile_forward=compiled)
     if graphed and session.graphed is None:
@@ -89,11 +88,6 @@ def trajectory(recipe: str, precision: str, graphed: bool, epochs: int, device: 
     if compiled and session.compiled.failure is not None:
         raise SystemExit(f"torch.compile failed on {device}: {session.compiled.failure}")
     return recorder.losses
-
-
-def full_run_compiles(recipe: str, device: torch.device) -> bool:
-    """Whether a full run of `recipe` (on the 50k images of the paper's split) compiles its forward."""
-    return compiles(get_recipe(recipe), PAPER["train_images"], device)
 
 
 def batch_size(recipe: str) -> int:
@@ -117,7 +111,7 @@ def measure(device: torch.device, epochs: int) -> dict[str, Any]:
         eager, again = (trajectory(recipe, precision, False, epochs, device) for _ in range(2))
         row = {
             "batch": batch_size(recipe),
-            "compiled": full_run_compiles(recipe, device),
+            "compiled": full_run_compiles(device, recipe),
             "graphed_vs_eager": largest_gap(graphed, eager),
             "eager_vs_eager": largest_gap(again, eager),
             "tolerance": TOLERANCE[precision],

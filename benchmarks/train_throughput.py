@@ -299,10 +299,15 @@ def seratio_session(
     """A session set up exactly as a full-length run of `recipe` sets itself up, on `steps` synthetic batches."""
     config = RunConfig(rr=RR, depth=DEPTH, recipe=recipe, batch_size=batch, precision=precision, device=str(device))
     data = synthetic_data(batch * steps, eval_images, device)
-    compile_forward = compiles(get_recipe(recipe, batch_size=batch), PAPER["train_images"], device)
-    session = build_session(config, data, device, compile_forward=compile_forward)
+    session = build_session(config, data, device, compile_forward=full_run_compiles(device, recipe, batch))
     set_full_run_bn_momentum(session)
     return session
+
+
+def full_run_compiles(device: torch.device, recipe: str = "paper", batch: int | None = None) -> bool:
+    """Whether a full run of `recipe` at `batch` (the recipe's own where None), on the paper's 50k
+    training images, compiles its forward on `device`, as the tool decides (`session.compiles`)."""
+    return compiles(get_recipe(recipe, batch_size=batch), PAPER["train_images"], device)
 
 
 def set_full_run_bn_momentum(session: Any) -> None:
@@ -571,8 +576,7 @@ def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, 
         for (trial_batch, precision), children in concurrent.items():
             if trial_batch == batch:
                 images = len(children) * batch * count
-                compiled = compiles(get_recipe("paper", batch_size=batch), PAPER["train_images"], device)
-                how = f"{len(children)} processes" + (", compiled" if compiled else "")
+                how = f"{len(children)} processes" + (", compiled" if full_run_compiles(device, batch=batch) else "")
                 timers.append(child_timer(children, "train", "seratio", batch, precision, images, how, "concurrent"))
     return timers
 

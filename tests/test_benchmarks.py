@@ -132,7 +132,7 @@ def test_the_cuda_equivalence_check_builds_its_eager_sessions_and_knows_which_fu
     assert len(losses) == 2 * check.BATCHES and all(0 < loss < 10 for loss in losses)
     assert sum(losses[check.BATCHES:]) < sum(losses[:check.BATCHES])
     cuda = torch.device("cuda")
-    assert check.full_run_compiles("paper", cuda) and not check.full_run_compiles("fast", cuda)
+    assert check.full_run_compiles(cuda, "paper") and not check.full_run_compiles(cuda, "fast")
 
 
 def test_a_row_s_startup_is_its_warm_up_less_a_timed_repeat(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ the files is `seratio.datasets`' job.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import os
@@ -207,14 +208,12 @@ def _split_indices(
     labels: np.ndarray, info: DatasetInfo, val_size: int, train_subset: int | None, split_seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Val is drawn first, so it stays the same whatever `train_subset` is."""
-    val_size = _as_int(val_size)
-    check_split_size(info, "val size", val_size)
+    val_size = _split_size(info, "val size", val_size)
     rng = np.random.default_rng(split_seed)
     val = _stratified_pick(labels, val_size, info.num_classes, rng)
     train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
     if train_subset is not None:
-        train_subset = _as_int(train_subset)
-        check_split_size(info, "train subset", train_subset, val_size)
+        train_subset = _split_size(info, "train subset", train_subset, val_size)
         train = train[_stratified_pick(labels[train], train_subset, info.num_classes, rng)]
     return train, val
 
@@ -227,21 +226,19 @@ changes which images are val or train."""
 def _test_indices(labels: np.ndarray, info: DatasetInfo, test_subset: int | None, split_seed: int) -> np.ndarray | None:
     if test_subset is None:
         return None
-    test_subset = _as_int(test_subset)
-    check_split_size(info, "test subset", test_subset)
+    test_subset = _split_size(info, "test subset", test_subset)
     rng = np.random.default_rng([TEST_STREAM, split_seed])
     return _stratified_pick(labels, test_subset, info.num_classes, rng)
 
 
-def _as_int(value: Any) -> Any:
-    """A numpy integer as a Python int, so `check_split_size` takes it. Anything else (5000.0,
-    "5000", True) is left as it is, for `check_split_size` to refuse in the words `RunConfig` uses."""
-    if isinstance(value, bool):
-        return value
-    try:
-        return operator.index(value)
-    except TypeError:
-        return value
+def _split_size(info: DatasetInfo, name: str, value: Any, val_size: int = 0) -> int:
+    """`value` checked as `RunConfig` checks it (`check_split_size`), in its words, with a numpy
+    integer taken as the int it is; 5000.0, "5000" and True stay refused."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            value = operator.index(value)
+    check_split_size(info, name, value, val_size)
+    return value
 
 
 def _take(arrays: _Arrays, split: str, index: np.ndarray | None, device: torch.device) -> Split:
