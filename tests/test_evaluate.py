@@ -110,6 +110,8 @@ def test_a_folder_of_runs_is_scored_run_by_run_and_a_run_that_cannot_be_is_skipp
     (folder / "b-started").mkdir()
     shutil.copy(paper_run / "config.json", folder / "b-started" / "config.json")
     (folder / "c-odd" / "config.json").mkdir(parents=True)  # damaged, so skipped, but counted and said
+    (folder / "d-locked").mkdir()  # a trial killed before it wrote its config.json: said, not passed over
+    (folder / "d-locked" / ".seratio.lock").write_text("pid 1 on elsewhere\n")
     (folder / "notes").mkdir()  # not a run: ignored
     result = json.loads((paper_run / "result.json").read_text())
     capsys.readouterr()
@@ -124,9 +126,11 @@ def test_a_folder_of_runs_is_scored_run_by_run_and_a_run_that_cannot_be_is_skipp
     # images right (a run on one torch thread did).
     assert scores["test_loss"] != pytest.approx(result["test_loss"], rel=1e-6)
     err = " ".join(captured.err.split())
-    assert f"[1/3] {folder / 'a-finished'}" in err and f"[2/3] {folder / 'b-started'}" in err
-    assert f"[3/3] {folder / 'c-odd'}" in err and "Is a directory" in err
-    assert "holds no usable checkpoint to score" in err and "2 of 3 runs skipped" in err
+    assert f"[1/4] {folder / 'a-finished'}" in err and f"[2/4] {folder / 'b-started'}" in err
+    assert f"[3/4] {folder / 'c-odd'}" in err and "Is a directory" in err
+    assert (f"skipped {folder / 'd-locked'}: {folder / 'd-locked'} holds no config.json, only a lock file: a run starting now, or one "
+            "stopped before it wrote its configuration; nothing to score") in err
+    assert "holds no usable checkpoint to score" in err and "3 of 4 runs skipped" in err
     monkeypatch.setenv("COLUMNS", "1000")
     assert main(["evaluate", str(folder / "a-finished"), str(paper_run)]) == 0
     table = capsys.readouterr().out

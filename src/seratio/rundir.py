@@ -26,6 +26,7 @@ import numpy as np
 
 from seratio.config import RunConfig
 from seratio.errors import SeratioError
+from seratio.runlock import LOCK_FILE
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -156,10 +157,11 @@ def find_runs(path: Path) -> list[Path]:
 
 
 def _may_be_run(child: Path) -> bool:
-    """A directory that cannot be looked into, or whose config.json is no file, stays in the batch, to
-    be skipped with its reason rather than left out of the count unsaid."""
+    """A directory that cannot be looked into, whose config.json is no file, or that holds only a
+    run's lock (a trial killed before it wrote anything) stays in the batch, to be skipped with its
+    reason rather than left out of the count unsaid."""
     try:
-        return (child / CONFIG).exists()
+        return (child / CONFIG).exists() or (child / LOCK_FILE).exists()
     except OSError:
         return True
 
