@@ -15,10 +15,13 @@ repeats run in interleaved rounds: each round times every row once, plain and se
 so a slow spell on a shared host hits the reference and the tool alike instead of moving their
 ratio. The plain reference and the concurrent trials live in child processes that stay up between
 rounds (warmed once). A repeat is a fixed number of steps (not an epoch), so the whole script
-takes about 5 minutes on a 2-core CPU, and on an H100 took under 4 uncompiled, plus about a
+takes about 8 minutes on a 2-core AVX2 CPU, and on an H100 took under 4 uncompiled, plus about a
 minute for each compiled row's cold compile (`--quick`: a few steps per row). Every seratio row
 compiles where a full run of its recipe would (`session.compiles`); a row whose compile failed runs
-uncompiled, as the tool would, and its "how" says why.
+uncompiled, as the tool would, and its "how" says why. On a GPU no round starts after --budget
+seconds (default 420): cold compiles then cost rounds rather than push the table past 8 minutes
+(unless the warm-ups alone take that long), and the table says how many rounds it has. Ctrl-C
+or SIGTERM (`timeout`) in a later round prints the rounds before it.
 Images are synthetic uint8 tensors of CIFAR's shape: throughput does not depend on pixel values,
 and the script needs no data set.
 
@@ -38,6 +41,7 @@ import multiprocessing
 import os
 import platform
 import random
+import signal
 import statistics
 import sys
 import time
@@ -57,6 +61,7 @@ from seratio.config import RunConfig, resolve_device
 from seratio.compiled_forward import allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.errors import SeratioError
+from seratio.interrupts import raise_interrupt
 from seratio.models import build_model, kernel_parameters, set_bn_momentum
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
@@ -93,6 +98,11 @@ PLANS = {
     "cuda": Plan(steps_bs32=200, steps_bs128=100, eval_images=10_000, matmul_n=8192,
                  matmul_reps_fp32=10, matmul_reps_bf16=50, concurrent=4, steps_fast=50),
 }
+BUDGET_SECONDS = {"cuda": 420.0}
+"""Issue 5 asks for the table within 8 minutes on a GPU; cold compiles there take minutes, so the
+rounds yield to that limit (with a minute left for the round in progress, start-up and shutdown).
+A CPU has no such limit: its full run takes about 8 minutes on a 2-core machine, and cutting its
+rounds would cut the median the CPU targets are judged on."""
 QUICK = {"cpu": Plan(4, 2, 256, 1024, 2, 4, 2, 1), "cuda": Plan(20, 10, 2000, 4096, 4, 10, 2, 10)}
 CONCURRENT = {"cpu": ((32, "fp32"), (128, "bf16")), "cuda": ((32, "fp32"), (32, "bf16"))}
 """(batch, precision) of the concurrent-trials rows: the paper's batch on both devices, and on CPU
@@ -401,9 +411,13 @@ class Child:
         return value
 
     def close(self) -> None:
-        if self.process.is_alive():
-            self.conn.send(("stop", ""))
+        """Stop the child; one that a stop signal left busy or killed is not waited for."""
+        with contextlib.suppress(OSError):
+            if self.process.is_alive():
+                self.conn.send(("stop", ""))
         self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.terminate()
 
 
 # ------------------------------------------------------------------ rows timed in rounds
@@ -511,7 +525,11 @@ def precisions(device: torch.device) -> tuple[str, ...]:
     return ("fp32", "bf16") if device.type == "cuda" or cpu_has_bf16() else ("fp32",)
 
 
-def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str], None],
+            budget: float = math.inf) -> dict[str, Any]:
+    """Every row of the table; rounds after the first stop early where the next would end more than
+    `budget` seconds after the start, and a stop signal keeps the rounds completed before it."""
+    deadline = time.monotonic() + budget
     gflop_per_image = 3 * 2 * count_macs(ModelConfig(depth=DEPTH, rr=RR)) / 1e9
     env = environment(device)
     log(f"device {env['device']}; torch {env['torch']}; {env['threads']} threads; allocator {env['allocator']}")
@@ -527,17 +545,17 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
             started = time.perf_counter()
             timer.warm()
             timer.warm_seconds = time.perf_counter() - started
+            log(f"warmed up {_name(timer)} in {timer.warm_seconds:.1f} s")
         log(f"warmed up {len(timers)} rows; timing {repeats} interleaved rounds")
-        for number in range(1, repeats + 1):
-            for timer in timers:
-                timer.seconds.append(timer.once())
-            log(f"round {number}/{repeats} (img/s): " + ", ".join(_short(t) for t in timers))
+        stopped = time_rounds(timers, repeats, deadline, log)
     rows = sorted((timer.row() for timer in timers), key=_table_order)
     _derive(rows, peak, gflop_per_image)
     env["load_average_end"] = os.getloadavg()[0]
     return {
         "environment": env,
         "repeats": repeats,
+        "rounds": len(timers[0].seconds),
+        "stopped": stopped,
         "gflop_per_training_image": gflop_per_image,
         "peak_gflops": peak,
         "rows": [asdict(row) for row in rows],
@@ -546,6 +564,34 @@ def measure(device: torch.device, plan: Plan, repeats: int, log: Callable[[str],
         "fast_recipe_minutes": _fast_minutes(rows) if "bf16" in measured else None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+
+
+def time_rounds(timers: list[Timer], repeats: int, deadline: float, log: Callable[[str], None]) -> str | None:
+    """Up to `repeats` rounds, each timing every row once; why fewer ran, or None.
+
+    A lent GPU has minutes, and a benchmark killed at its limit printed nothing: cold compiles can
+    take most of them. So a round that would end past `deadline` (judged by the round before it) is
+    not started, and a Ctrl-C or SIGTERM inside a round drops that round and keeps the ones before.
+    The first round always runs: without it there is no table.
+    """
+    for number in range(1, repeats + 1):
+        begun = time.monotonic()
+        try:
+            for timer in timers:
+                timer.seconds.append(timer.once())
+        except KeyboardInterrupt:
+            if number == 1:
+                raise
+            for timer in timers:
+                del timer.seconds[number - 1:]
+            log(f"interrupted in round {number}; the table has the {_rounds(number - 1)} before it")
+            return f"interrupted in round {number}"
+        log(f"round {number}/{repeats} (img/s): " + ", ".join(_short(t) for t in timers))
+        now = time.monotonic()
+        if number < repeats and now + (now - begun) > deadline:
+            log(f"the time budget ends before round {number + 1} would; the table has {_rounds(number)}")
+            return "the time budget ended them"
+    return None
 
 
 def build_timers(device: torch.device, plan: Plan, stack: contextlib.ExitStack, measured: tuple[str, ...]) -> list[Timer]:
@@ -626,8 +672,12 @@ def _eval_timer(session: Any) -> Timer:
     return session_timer("eval", EVAL_BATCH[session.device.type], precision, len(test), session, run, how)
 
 
+def _name(timer: Timer) -> str:
+    return f"{timer.impl} {timer.kind} {timer.batch} {timer.precision}"
+
+
 def _short(timer: Timer) -> str:
-    return f"{timer.impl} {timer.kind} {timer.batch} {timer.precision} {timer.images / timer.seconds[-1]:.0f}"
+    return f"{_name(timer)} {timer.images / timer.seconds[-1]:.0f}"
 
 
 def _table_order(row: Row) -> tuple[int, int, int, int]:
@@ -693,6 +743,15 @@ def _projection(rows: list[Row], concurrent: int) -> dict[str, dict[str, float]]
     return out
 
 
+def _rounds(count: int, kind: str = "") -> str:
+    return f"{count} {kind}round" + ("" if count == 1 else "s")
+
+
+def _rounds_text(result: dict[str, Any]) -> str:
+    rounds = f"median of {_rounds(result['rounds'], 'interleaved ')} after warm-up"
+    return rounds if result["stopped"] is None else f"{rounds} ({result['repeats']} asked; {result['stopped']})"
+
+
 def format_table(result: dict[str, Any]) -> str:
     env = result["environment"]
     peak = result["peak_gflops"]
@@ -705,7 +764,7 @@ def format_table(result: dict[str, Any]) -> str:
         f" | allocator {env['allocator']} | AMX {'yes' if env['amx'] else 'no'} | load avg {load}",
         f"peak (matmul): fp32 {peak['fp32']:,.0f} GFLOP/s ({env['fp32_peak_math']} math), "
         + (f"bf16 {peak['bf16']:,.0f} GFLOP/s" if "bf16" in peak else "bf16 not measured (no bf16 instructions)")
-        + f" | median of {result['repeats']} interleaved rounds after warm-up",
+        + f" | {_rounds_text(result)}",
         "",
     ]
     runs_of = {id(r): ", ".join(f"{v:.0f}" for v in r["runs"]) for r in result["rows"]}
@@ -754,7 +813,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps per measurement")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="timed repeats per number (median reported)")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--budget", type=at_least(1),
+                        help="seconds after which no further round starts; the first always runs (default: "
+                             f"{BUDGET_SECONDS['cuda']:.0f} on a GPU, for the table within 8 minutes; none on a CPU)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_interrupt)  # `timeout` stops it: the completed rounds still print
     reexec_with_tcmalloc()  # measure seratio as its command runs: on tcmalloc where installed
     allow_compiled_models(16)  # every compiled row stays compiled, however many the plan holds
     try:
@@ -762,7 +825,13 @@ def main(argv: list[str] | None = None) -> int:
     except SeratioError as error:
         parser.error(str(error))
     plan = (QUICK if args.quick else PLANS)[device.type]
-    result = measure(device, plan, args.repeats, lambda message: print(message, file=sys.stderr, flush=True))
+    log = functools.partial(print, file=sys.stderr, flush=True)
+    try:
+        budget = args.budget or BUDGET_SECONDS.get(device.type, math.inf)
+        result = measure(device, plan, args.repeats, log, budget)
+    except KeyboardInterrupt:
+        log("interrupted before the first round ended: nothing to print")
+        return 130
     return emit(format_table, result, args.json)
 
 

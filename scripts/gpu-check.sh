@@ -20,13 +20,16 @@
 #                                     (CIFAR-10's 186 MB exceed one device call's 64 MiB: carry two
 #                                     batch files per call in an ignored folder and copy them out of
 #                                     the checkout; a warm machine keeps them between calls)
-#   bash scripts/gpu-check.sh mps     the throughput benchmark again under an NVIDIA MPS daemon of its
-#                                     own, started here and stopped at the end: without MPS, 4 trials
-#                                     in 4 processes ran 0.93x one trial on an H100
+#   bash scripts/gpu-check.sh mps     what `bench` runs, under an NVIDIA MPS daemon of its own,
+#                                     started here and stopped at the end (files named bench-mps.*):
+#                                     without MPS, 4 trials in 4 processes ran 0.93x one trial on an
+#                                     H100, and MPS lets their kernels overlap; the one-process rows
+#                                     check the tool's compiled step as `bench` does
 #
 # --device cuda makes a machine whose torch cannot see the GPU fail at once instead of measuring
 # its CPU. Each step has its own time limit (BENCH_LIMIT, EQUIVALENCE_LIMIT, STACKED_LIMIT, FAST_LIMIT seconds),
-# so one that hangs leaves time for the next.
+# so one that hangs leaves time for the next. The benchmark starts no round past its --budget, and
+# a limit that stops it mid-round still prints the rounds it finished.
 set -uo pipefail
 mode="${1:-bench}"
 out="${OUT:-gpu-out}"
@@ -36,27 +39,32 @@ python="${PYTHON:-python3}"
 { nvidia-smi || true; "$python" -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } \
   > "$out/device-$mode.txt" 2>&1
 
+# The benchmark, then the equivalence check in what is left of DEADLINE seconds.
+bench() {
+  local start=$SECONDS bench_rc check_rc
+  left() { local rest=$(( ${DEADLINE:-575} - (SECONDS - start) )); echo $(( rest < $1 ? (rest > 1 ? rest : 1) : $1 )); }
+  if [ "${QUICK:-0}" = 1 ]; then
+    timeout "$(left 120)" "$python" benchmarks/train_throughput.py --device cuda --quick 2>&1 | tee "$out/quick$1.log"
+  fi
+  timeout "$(left "${BENCH_LIMIT:-575}")" "$python" benchmarks/train_throughput.py --device cuda \
+    --budget "$(left 420)" --json "$out/bench$1.json" 2>&1 | tee "$out/bench$1.log"
+  bench_rc=${PIPESTATUS[0]}
+  if [ "$(left 60)" -lt 60 ]; then
+    echo "gpu-check: $(left 60) s left, too few for the equivalence check; run gpu-check.sh check" \
+      | tee "$out/equivalence.log" >&2
+    check_rc="not run"
+  else
+    timeout "$(left "${EQUIVALENCE_LIMIT:-240}")" "$python" benchmarks/cuda_equivalence.py \
+      --json "$out/equivalence.json" 2>&1 | tee "$out/equivalence.log"
+    check_rc=${PIPESTATUS[0]}
+  fi
+  echo "gpu-check: benchmark exit $bench_rc, equivalence exit $check_rc, $((SECONDS - start)) s" >&2
+  [ "$bench_rc" -eq 0 ] && [ "$check_rc" = 0 ]
+}
+
 case "$mode" in
   bench)
-    start=$SECONDS
-    left() { local rest=$(( ${DEADLINE:-575} - (SECONDS - start) )); echo $(( rest < $1 ? (rest > 1 ? rest : 1) : $1 )); }
-    if [ "${QUICK:-0}" = 1 ]; then
-      timeout "$(left 120)" "$python" benchmarks/train_throughput.py --device cuda --quick 2>&1 | tee "$out/quick.log"
-    fi
-    timeout "$(left "${BENCH_LIMIT:-575}")" "$python" benchmarks/train_throughput.py --device cuda \
-      --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
-    bench=${PIPESTATUS[0]}
-    if [ "$(left 60)" -lt 60 ]; then
-      echo "gpu-check: $(left 60) s left, too few for the equivalence check; run gpu-check.sh check" \
-        | tee "$out/equivalence.log" >&2
-      equivalence="not run"
-    else
-      timeout "$(left "${EQUIVALENCE_LIMIT:-240}")" "$python" benchmarks/cuda_equivalence.py \
-        --json "$out/equivalence.json" 2>&1 | tee "$out/equivalence.log"
-      equivalence=${PIPESTATUS[0]}
-    fi
-    echo "gpu-check: benchmark exit $bench, equivalence exit $equivalence, $((SECONDS - start)) s" >&2
-    [ "$bench" -eq 0 ] && [ "$equivalence" = 0 ]
+    bench ""
     ;;
   check)
     timeout "${EQUIVALENCE_LIMIT:-420}" "$python" benchmarks/cuda_equivalence.py --json "$out/equivalence.json" \
@@ -85,9 +93,7 @@ case "$mode" in
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     nvidia-cuda-mps-control -d || { echo "gpu-check: the MPS daemon did not start" >&2; exit 3; }
     trap 'echo quit | nvidia-cuda-mps-control; cp "$CUDA_MPS_LOG_DIRECTORY/control.log" "$out/mps-control.log" 2>/dev/null' EXIT
-    timeout "${BENCH_LIMIT:-420}" "$python" benchmarks/train_throughput.py --device cuda --json "$out/bench-mps.json" \
-      2>&1 | tee "$out/bench-mps.log"
-    exit "${PIPESTATUS[0]}"
+    bench -mps
     ;;
   *)
     echo "gpu-check: unknown mode '$mode'; use bench, check, stacked, fast or mps" >&2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,13 @@ def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_it
     result = {
         "environment": {"device": "cuda: test", "torch": "2", "threads": 1, "interop_threads": 1, "allocator": "glibc",
                         "amx": False, "fp32_peak_math": "tf32", "load_average_start": 0.0, "load_average_end": 0.0},
-        "repeats": 2, "gflop_per_training_image": 0.5, "peak_gflops": {"fp32": 100_000.0},
+        "repeats": 2, "rounds": 2, "stopped": None, "gflop_per_training_image": 0.5, "peak_gflops": {"fp32": 100_000.0},
         "rows": [vars(r) for r in rows], "concurrent_trials": 4, "projection_hours": hours, "fast_recipe_minutes": None,
     }
     table = bench.format_table(result)
     assert "seratio train                           32  fp32   8,000.0   16.00x" in table
     assert "NCHW, Adam, compiled, CUDA graph" in table and "seratio train, 4 trials at once" in table
+    assert "| median of 2 interleaved rounds after warm-up\n" in table
     assert f"  seratio fp32{hours['seratio fp32']['hours']:>32.1f} h, of which starting the runs 0.35 h" in table
 
 
@@ -145,3 +147,46 @@ def test_a_row_s_startup_is_its_warm_up_less_a_timed_repeat(monkeypatch: pytest.
     assert timer.row().startup_seconds == pytest.approx(60.0)
     timer.warm_seconds = 0.5  # a warm-up faster than the repeats is no negative start-up
     assert timer.row().startup_seconds == 0.0
+
+
+def test_rounds_stop_where_the_next_would_end_past_the_budget_and_a_stop_keeps_the_rounds_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lent GPU's benchmark killed at its limit printed nothing; now it prints the rounds it has.
+    Time is a fake clock that each timed repeat moves on by one second."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_throughput as bench
+
+    clock = [0.0]
+
+    def repeat(stop_at: int | None = None) -> Any:
+        calls = [0]
+
+        def once() -> float:
+            calls[0] += 1
+            if calls[0] == stop_at:
+                raise KeyboardInterrupt
+            clock[0] += 1.0
+            return 1.0
+
+        return once
+
+    def timers(stop_at: int | None = None) -> list[Any]:
+        return [bench.Timer("train", impl, 32, "fp32", 64, "", "glibc", lambda: None, once)
+                for impl, once in (("plain", repeat()), ("seratio", repeat(stop_at)))]
+
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    logged: list[str] = []
+    budgeted = timers()
+    assert bench.time_rounds(budgeted, 5, 5.0, logged.append) == "the time budget ended them"
+    assert [t.seconds for t in budgeted] == [[1.0, 1.0], [1.0, 1.0]]  # a third round would end at 6 s
+    assert "the time budget ends before round 3 would; the table has 2 rounds" in logged
+    assert bench.time_rounds(unlimited := timers(), 3, 1e9, logged.append) is None
+    assert all(len(t.seconds) == 3 for t in unlimited)
+    stopped = timers(stop_at=3)
+    assert bench.time_rounds(stopped, 5, 1e9, logged.append) == "interrupted in round 3"
+    assert [t.seconds for t in stopped] == [[1.0, 1.0], [1.0, 1.0]]  # round 3's plain repeat is dropped too
+    with pytest.raises(KeyboardInterrupt):  # no complete round: nothing to print
+        bench.time_rounds(timers(stop_at=1), 5, 1e9, logged.append)
+    cut = {"rounds": 1, "repeats": 5, "stopped": "the time budget ended them"}
+    assert bench._rounds_text(cut) == "median of 1 interleaved round after warm-up (5 asked; the time budget ended them)"
