@@ -368,7 +368,12 @@ def synced(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
 
 def _serve(conn: Any, factory: Callable[..., dict[str, Callable[[], None]]], args: tuple[Any, ...],
            threads: int | None) -> None:
-    """A child's loop: build the runs once, then warm or time one per request until told to stop."""
+    """A child's loop: build the runs once, then warm or time one per request until told to stop.
+
+    Stop signals are the parent's to handle: `timeout` and Ctrl-C reach the whole process group, and
+    a child dying under the parent would end it with "child died" instead of the rounds it has."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     try:
         set_threads(threads)
         runs = factory(*args)
@@ -411,13 +416,14 @@ class Child:
         return value
 
     def close(self) -> None:
-        """Stop the child; one that a stop signal left busy or killed is not waited for."""
+        """Stop the child after the request it is serving (a stop signal may have left one
+        unanswered); one still busy a minute later is killed, since it ignores SIGTERM."""
         with contextlib.suppress(OSError):
             if self.process.is_alive():
                 self.conn.send(("stop", ""))
         self.process.join(timeout=60)
         if self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()
 
 
 # ------------------------------------------------------------------ rows timed in rounds
