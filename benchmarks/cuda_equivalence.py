@@ -1,6 +1,6 @@
 """On a CUDA device: the CUDA-graph training step follows the eager step's loss trajectory.
 
-    python3 benchmarks/cuda_equivalence.py [--epochs 4] [--json out.json]
+    python3 benchmarks/cuda_equivalence.py [--epochs 4] [--cases paper-bf16,...] [--json out.json]
 
 The CPU tests drive `GraphedStep` through fake CUDA primitives; only a real GPU shows that a
 replayed graph performs the whole update (forward, backward, fused Adam with its device-side
@@ -16,7 +16,9 @@ the GPU's own nondeterminism (atomic adds in the convolutions' backward, amplifi
 optimizer). The script prints, per case, the largest relative gap between per-step losses of
 graphed and eager and of eager and eager, and exits 1 if the loss did not fall or the graphed gap
 exceeds both the precision's tolerance and twice the noise floor. A replay that skipped the
-update would leave the loss where it started, tens of percent from the eager run.
+update would leave the loss where it started, tens of percent from the eager run. Each case's
+line prints as it ends, and a Ctrl-C or SIGTERM prints the table of the cases finished before it
+(exit code 130).
 
 Inductor rounds in other places than the eager kernels, so for a compiled session the noise floor
 or the tolerance decides as well. Every session takes BN momentum as a full run has it, as the
@@ -32,7 +34,10 @@ from eager by 1.6%, less than two eager runs (2.2%).
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +47,14 @@ from train_throughput import DEPTH, RR, full_run_compiles, set_full_run_bn_momen
 
 from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError
+from seratio.interrupts import raise_interrupt
 from seratio.session import build_session
 from seratio.train import _train_epoch
 
 BATCHES = 8
-CASES = (("paper", "fp32"), ("paper", "bf16"), ("fast", "bf16"))
-"""(recipe, precision): the paper's recipe in both precisions, and `fast` as it trains on CUDA."""
+CASES = (("paper", "bf16"), ("paper", "fp32"), ("fast", "bf16"))
+"""(recipe, precision): the paper's recipe in both precisions, and `fast` as it trains on CUDA.
+The compiled bf16 step comes first: it is the one no GPU has checked yet (see RESULTS.md)."""
 TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2}
 """The least relative gap allowed between per-step losses; twice the measured noise floor raises it.
 fp32 as the CPU equivalence test (tests/test_speed_equivalence.py); bf16 rounds every activation
@@ -104,25 +111,42 @@ def same_update(row: dict[str, Any]) -> bool:
     return row["graphed_vs_eager"] <= allowed and row["last_epoch_loss"] < row["first_epoch_loss"]
 
 
-def measure(device: torch.device, epochs: int) -> dict[str, Any]:
-    rows = {}
-    for recipe, precision in CASES:
-        graphed = trajectory(recipe, precision, True, epochs, device)
-        eager, again = (trajectory(recipe, precision, False, epochs, device) for _ in range(2))
-        row = {
-            "batch": batch_size(recipe),
-            "compiled": full_run_compiles(device, recipe),
-            "graphed_vs_eager": largest_gap(graphed, eager),
-            "eager_vs_eager": largest_gap(again, eager),
-            "tolerance": TOLERANCE[precision],
-            "first_epoch_loss": sum(eager[:BATCHES]) / BATCHES,
-            "last_epoch_loss": sum(eager[-BATCHES:]) / BATCHES,
-            "graphed_losses": graphed,
-            "eager_losses": eager,
-        }
-        rows[f"{recipe} {precision}" + (" compiled" if row["compiled"] else "")] = row | {"ok": same_update(row)}
+def measure(device: torch.device, epochs: int, cases: tuple[tuple[str, str], ...],
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """Each case's row, logged as it ends. A case takes a minute or more where it compiles, so a
+    Ctrl-C or SIGTERM (a device call's time limit) keeps the cases finished before it."""
+    rows: dict[str, dict[str, Any]] = {}
+    stopped = None
+    for recipe, precision in cases:
+        try:
+            name, row = _case(recipe, precision, epochs, device)
+        except KeyboardInterrupt:
+            if not rows:
+                raise
+            stopped = f"interrupted during {recipe} {precision}"
+            log(f"{stopped}; the table has the {len(rows)} finished before it")
+            break
+        rows[name] = row
+        log(_line(name, row))
     return {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "steps": BATCHES * epochs,
-            "cases": rows}
+            "cases": rows, "stopped": stopped}
+
+
+def _case(recipe: str, precision: str, epochs: int, device: torch.device) -> tuple[str, dict[str, Any]]:
+    graphed = trajectory(recipe, precision, True, epochs, device)
+    eager, again = (trajectory(recipe, precision, False, epochs, device) for _ in range(2))
+    row = {
+        "batch": batch_size(recipe),
+        "compiled": full_run_compiles(device, recipe),
+        "graphed_vs_eager": largest_gap(graphed, eager),
+        "eager_vs_eager": largest_gap(again, eager),
+        "tolerance": TOLERANCE[precision],
+        "first_epoch_loss": sum(eager[:BATCHES]) / BATCHES,
+        "last_epoch_loss": sum(eager[-BATCHES:]) / BATCHES,
+        "graphed_losses": graphed,
+        "eager_losses": eager,
+    }
+    return f"{recipe} {precision}" + (" compiled" if row["compiled"] else ""), row | {"ok": same_update(row)}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -132,14 +156,18 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'recipe':<23}{'batch':>6}{'graphed vs eager':>18}{'eager vs eager':>16}{'tolerance':>11}"
         f"{'loss epoch 1':>14}{'loss last':>11}  verdict",
     ]
-    for case, row in result["cases"].items():
-        lines.append(
-            f"{case:<23}{row['batch']:>6}{row['graphed_vs_eager']:>18.2e}{row['eager_vs_eager']:>16.2e}{row['tolerance']:>11.0e}"
-            f"{row['first_epoch_loss']:>14.4f}{row['last_epoch_loss']:>11.4f}  {'same' if row['ok'] else 'DIFFERENT'}"
-        )
+    lines += [_line(case, row) for case, row in result["cases"].items()]
     lines.append("gaps: the largest relative difference between two sessions' losses at the same step; 'same'")
     lines.append("when graphed vs eager is within the tolerance or twice eager vs eager, and the loss fell.")
+    if result["stopped"]:
+        lines.append(f"{result['stopped']}: the cases after it were not checked.")
     return "\n".join(lines)
+
+
+def _line(case: str, row: dict[str, Any]) -> str:
+    return (f"{case:<23}{row['batch']:>6}{row['graphed_vs_eager']:>18.2e}{row['eager_vs_eager']:>16.2e}"
+            f"{row['tolerance']:>11.0e}{row['first_epoch_loss']:>14.4f}{row['last_epoch_loss']:>11.4f}  "
+            + ("same" if row["ok"] else "DIFFERENT"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,16 +175,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda or cuda:K")
     parser.add_argument("--epochs", type=at_least(2), default=4, help=f"passes over the {BATCHES} batches")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--cases", type=case_list, default=CASES, metavar="RECIPE-PRECISION,...",
+                        help="the cases to check, in order (default: " + ",".join(map("-".join, CASES)) + ")")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_interrupt)  # `timeout` stops it: the finished cases still print
     try:
         device = resolve_device(args.device)
     except SeratioError as error:
         parser.error(str(error))
     if device.type != "cuda":
         parser.error(f"device {args.device!r} is not a CUDA device; this check is about CUDA graphs")
-    result = measure(device, args.epochs)
+    log = functools.partial(print, file=sys.stderr, flush=True)
+    try:
+        result = measure(device, args.epochs, args.cases, log)
+    except KeyboardInterrupt:
+        log("interrupted before the first case ended: nothing to print")
+        return 130
     emit(format_table, result, args.json)
+    if result["stopped"]:
+        return 130
     return 0 if all(row["ok"] for row in result["cases"].values()) else 1
+
+
+def case_list(text: str) -> tuple[tuple[str, str], ...]:
+    """`paper-bf16,fast-bf16`: a lease with minutes left checks what is still unchecked first."""
+    cases = tuple(tuple(item.strip().split("-", 1)) for item in text.split(","))
+    unknown = ["-".join(case) for case in cases if case not in CASES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))} is not a case; the cases are "
+                                         + ", ".join(map("-".join, CASES)))
+    return cases  # type: ignore[return-value]
 
 
 if __name__ == "__main__":

@@ -190,3 +190,33 @@ def test_rounds_stop_where_the_next_would_end_past_the_budget_and_a_stop_keeps_t
         bench.time_rounds(timers(stop_at=1), 5, 1e9, logged.append)
     cut = {"rounds": 1, "repeats": 5, "stopped": "the time budget ended them"}
     assert bench._rounds_text(cut) == "median of 1 interleaved round after warm-up (5 asked; the time budget ended them)"
+
+
+def test_the_equivalence_check_keeps_the_cases_finished_before_a_stop_and_takes_only_known_cases(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a lent GPU its call ran out of time during two cold compiles and reported nothing."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import argparse
+
+    import cuda_equivalence as check
+
+    def case(recipe: str, precision: str, epochs: int, device: Any) -> tuple[str, dict[str, Any]]:
+        if precision == "fp32":
+            raise KeyboardInterrupt
+        row = {"batch": 32, "compiled": True, "graphed_vs_eager": 0.01, "eager_vs_eager": 0.02, "tolerance": 0.03,
+               "first_epoch_loss": 2.3, "last_epoch_loss": 1.9, "ok": True}
+        return f"{recipe} {precision} compiled", row
+
+    monkeypatch.setattr(check, "_case", case)
+    monkeypatch.setattr(check.torch.cuda, "get_device_name", lambda device: "test GPU")
+    logged: list[str] = []
+    result = check.measure("cuda", 4, check.CASES, logged.append)
+    assert list(result["cases"]) == ["paper bf16 compiled"] and result["stopped"] == "interrupted during paper fp32"
+    assert logged[0].startswith("paper bf16 compiled") and logged[0].endswith("same")
+    assert "interrupted during paper fp32: the cases after it were not checked." in check.format_table(result)
+    with pytest.raises(KeyboardInterrupt):  # nothing finished: nothing to print
+        check.measure("cuda", 4, (("paper", "fp32"),), logged.append)
+    assert check.case_list("fast-bf16, paper-bf16") == (("fast", "bf16"), ("paper", "bf16"))
+    with pytest.raises(argparse.ArgumentTypeError, match="'paper-fp16' is not a case; the cases are paper-bf16, "):
+        check.case_list("paper-fp16")
