@@ -12,7 +12,9 @@
 #                                     benchmark's smoke plan first)
 #   bash scripts/gpu-check.sh check   the equivalence check alone: the tool's graphed step, compiled
 #                                     where a full run compiles, against eager steps (two cold
-#                                     compiles took over 200 s on a fresh H100 machine)
+#                                     compiles took over 200 s on a fresh H100 machine); the
+#                                     unchecked compiled bf16 case runs first, each case prints as
+#                                     it ends, and a time limit keeps the cases finished
 #   bash scripts/gpu-check.sh stacked K models stacked into one vmapped step (does stacking fill
 #                                     the GPU?)
 #   bash scripts/gpu-check.sh fast    one real `fast` run (SE-ResNet-52, rr 8,2,16) on CIFAR-10 at
