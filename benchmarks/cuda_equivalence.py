@@ -34,20 +34,17 @@ from eager by 1.6%, less than two eager runs (2.2%).
 from __future__ import annotations
 
 import argparse
-import functools
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_cli import at_least, emit
+from bench_cli import STOPPED, at_least, emit, log, stoppable
 from train_throughput import DEPTH, RR, full_run_compiles, set_full_run_bn_momentum, synthetic_data
 
 from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError
-from seratio.interrupts import raise_interrupt
 from seratio.session import build_session
 from seratio.train import _train_epoch
 
@@ -178,22 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=case_list, default=CASES, metavar="RECIPE-PRECISION,...",
                         help="the cases to check, in order (default: " + ",".join(map("-".join, CASES)) + ")")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_interrupt)  # `timeout` stops it: the finished cases still print
     try:
         device = resolve_device(args.device)
     except SeratioError as error:
         parser.error(str(error))
     if device.type != "cuda":
         parser.error(f"device {args.device!r} is not a CUDA device; this check is about CUDA graphs")
-    log = functools.partial(print, file=sys.stderr, flush=True)
-    try:
-        result = measure(device, args.epochs, args.cases, log)
-    except KeyboardInterrupt:
-        log("interrupted before the first case ended: nothing to print")
-        return 130
+    result = stoppable(lambda: measure(device, args.epochs, args.cases, log), "case")
+    if result is None:
+        return STOPPED
     emit(format_table, result, args.json)
     if result["stopped"]:
-        return 130
+        return STOPPED
     return 0 if all(row["ok"] for row in result["cases"].values()) else 1
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_cli import at_least, emit
+from bench_cli import at_least, emit, log
 from cuda_equivalence import largest_gap
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -417,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     steps = args.steps or (100 if device.type == "cuda" else 4)
-    result = measure(device, args.models, precisions, args.depth, steps, args.repeats,
-                     lambda message: print(message, file=sys.stderr, flush=True))
+    result = measure(device, args.models, precisions, args.depth, steps, args.repeats, log)
     status = emit(format_table, result, args.json)
     return status if result["check"]["same"] else 1
 

@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_cli import at_least, emit
+from bench_cli import STOPPED, at_least, emit, log, stoppable
 
 from seratio.architecture import ModelConfig, count_macs
 from seratio.concurrent import threads_per_trial
@@ -61,7 +61,6 @@ from seratio.config import RunConfig, resolve_device
 from seratio.compiled_forward import allow_compiled_models
 from seratio.data import CifarData, Split
 from seratio.errors import SeratioError
-from seratio.interrupts import raise_interrupt
 from seratio.models import build_model, kernel_parameters, set_bn_momentum
 from seratio.progress import EpochProgress
 from seratio.recipes import TTA_VIEWS, get_recipe
@@ -823,7 +822,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after which no further round starts; the first always runs (default: "
                              f"{BUDGET_SECONDS['cuda']:.0f} on a GPU, for the table within 8 minutes; none on a CPU)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_interrupt)  # `timeout` stops it: the completed rounds still print
     reexec_with_tcmalloc()  # measure seratio as its command runs: on tcmalloc where installed
     allow_compiled_models(16)  # every compiled row stays compiled, however many the plan holds
     try:
@@ -831,14 +829,9 @@ def main(argv: list[str] | None = None) -> int:
     except SeratioError as error:
         parser.error(str(error))
     plan = (QUICK if args.quick else PLANS)[device.type]
-    log = functools.partial(print, file=sys.stderr, flush=True)
-    try:
-        budget = args.budget or BUDGET_SECONDS.get(device.type, math.inf)
-        result = measure(device, plan, args.repeats, log, budget)
-    except KeyboardInterrupt:
-        log("interrupted before the first round ended: nothing to print")
-        return 130
-    return emit(format_table, result, args.json)
+    budget = args.budget or BUDGET_SECONDS.get(device.type, math.inf)
+    result = stoppable(lambda: measure(device, plan, args.repeats, log, budget), "round")
+    return STOPPED if result is None else emit(format_table, result, args.json)
 
 
 if __name__ == "__main__":
