@@ -114,10 +114,10 @@ def _recorded_config(run_dir: Path) -> tuple[RunConfig, int | None]:
     later (`fast` went from 40 to 50 epochs), and the run's own length is what it was."""
     rundir.need_run_dir(run_dir, rundir.RUN_HINT)
     path = run_dir / rundir.CONFIG
-    if not path.exists() and (run_dir / LOCK_FILE).exists():
-        raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, only a lock file: a run starting now, or one stopped "
-                           "before it wrote its configuration; nothing to score")
     if not path.exists():
+        if (run_dir / LOCK_FILE).exists():
+            raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, only a lock file: a run starting now, or one "
+                               "stopped before it wrote its configuration; nothing to score")
         raise SeratioError(f"{run_dir} holds no {rundir.CONFIG}, so it is not a seratio run; {rundir.RUN_HINT}")
     config, record = rundir.read_run_config(run_dir)
     recipe = record.get("recipe")
