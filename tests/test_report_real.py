@@ -21,7 +21,7 @@ def real_study(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     storage = f"sqlite:///{root / 'study.db'}"
     code = main([
         "study", "run", "constant", "--name", STUDY, "--storage", storage, "--artifacts", str(root / "runs"),
-        "--candidates", "4,8", "--depth", "8", "--train-subset", "2000", "--test-subset", "2000", "--val-size", "200",
+        "--candidates", "4,8", "--depth", "8", "--train-subset", "1000", "--test-subset", "1000", "--val-size", "200",
         "--epochs", "2",
         "--data-dir", str(cifar_dir),
     ])
@@ -58,12 +58,12 @@ def test_figures_and_page_exist_and_parse(real_study: tuple[str, Path]) -> None:
 
 def test_a_quick_study_says_its_accuracies_come_from_data_subsets(real_study: tuple[str, Path]) -> None:
     _, report = real_study
-    note = ("Quick-run data: this study used a stratified subset of 2,000 training images and a stratified "
-            "subset of 2,000 test images, so its accuracies are not comparable with full-data runs or the paper's.")
+    note = ("Quick-run data: this study used a stratified subset of 1,000 training images and a stratified "
+            "subset of 1,000 test images, so its accuracies are not comparable with full-data runs or the paper's.")
     assert note in json.loads((report / "table.json").read_text())["notes"]
     assert note in (report / "table.md").read_text()
     trials = optuna.load_study(study_name=STUDY, storage=real_study[0]).get_trials()
-    assert {len(np.load(Path(t.user_attrs["run_dir"]) / "test_labels.npy")) for t in trials} == {2000}
+    assert {len(np.load(Path(t.user_attrs["run_dir"]) / "test_labels.npy")) for t in trials} == {1000}
 
 
 def test_a_report_reads_the_runs_where_artifacts_says_the_folder_is_mounted(

@@ -18,7 +18,8 @@ from seratio.cli import main
 from seratio.config import RunConfig
 from seratio.train import train_run
 
-TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "200", "--val-size", "100", "--batch-size", "64"]
+TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "200", "--test-subset", "500", "--val-size", "100",
+        "--batch-size", "64"]
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -33,7 +34,8 @@ def test_a_second_train_into_a_directory_being_written_is_refused_and_a_kill_fre
     tmp_path: Path, cifar_dir: Path
 ) -> None:
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "seratio", "train", *TINY, "--epochs", "20", "--data-dir", str(cifar_dir),
+    # 100 epochs of about 0.4 s: still writing when the second process has started, however slow; killed below
+    command = [sys.executable, "-m", "seratio", "train", *TINY, "--epochs", "100", "--data-dir", str(cifar_dir),
                "--out", str(out), "--quiet"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -52,7 +54,7 @@ def test_a_second_train_into_a_directory_being_written_is_refused_and_a_kill_fre
 def test_a_retry_that_waits_for_the_lock_resumes_after_the_writer_stops(tmp_path: Path, cifar_dir: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    config = RunConfig(depth=8, rr=(4, 4, 4), train_subset=200, val_size=100, batch_size=64, epochs=1,
+    config = RunConfig(depth=8, rr=(4, 4, 4), train_subset=200, test_subset=500, val_size=100, batch_size=64, epochs=1,
                        data_dir=str(cifar_dir))
     logs: list[str] = []
     results: list[dict] = []
@@ -78,8 +80,8 @@ def test_a_filesystem_that_cannot_lock_warns_and_the_study_still_trains_every_ru
     monkeypatch.setattr(fcntl, "flock", no_locks)
     db, runs = tmp_path / "s.db", tmp_path / "runs"
     code = main(["study", "run", "constant", "--candidates", "4", "--name", "s", "--storage", f"sqlite:///{db}",
-                 "--artifacts", str(runs), "--depth", "8", "--train-subset", "200", "--val-size", "100",
-                 "--batch-size", "64", "--epochs", "1", "--data-dir", str(cifar_dir)])
+                 "--artifacts", str(runs), "--depth", "8", "--train-subset", "200", "--test-subset", "500",
+                 "--val-size", "100", "--batch-size", "64", "--epochs", "1", "--data-dir", str(cifar_dir)])
     err = capsys.readouterr().err
     assert code == 0, err
     joined = "".join(err.split())  # rich folds long paths across lines

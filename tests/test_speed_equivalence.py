@@ -41,6 +41,10 @@ STEPS, BATCH = 6, 16
 # relative per op) and Adam amplifies that into lr-sized moves of near-zero-gradient weights; the
 # measured gap after 6 steps is ~1e-4 relative, while the loss itself moves by 1e-1 per step.
 LOSS_RTOL = 1e-3
+LEARNED = 0.13
+"""Test accuracy that shows a run of 8 steps (512 images, one epoch) learned: chance is 0.10, and on
+1,000 stratified test images a network that learned nothing stays within 0.03 of it (three standard
+errors). These runs reached 0.16-0.21."""
 
 
 def _data(count: int) -> CifarData:
@@ -237,7 +241,7 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
     monkeypatch.setattr(compiled_forward.torch, "compile",
                         _failing_compiler("InvalidCxxCompiler: no working C++ compiler found", attempts))
     said: list[str] = []
-    config = RunConfig(rr=(4, 4, 4), depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64,
+    config = RunConfig(rr=(4, 4, 4), depth=8, train_subset=512, test_subset=1000, val_size=0, epochs=1, batch_size=64,
                        data_dir=str(cifar_dir), device="cpu")
     result = train_run(config, tmp_path / "run", log=said.append)
     assert said[0] == ("notice: this run compiles its training and evaluation forwards with torch.compile in its "
@@ -247,7 +251,7 @@ def test_a_run_whose_compile_fails_says_so_and_still_trains(
     assert failures == ["warning: torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler "
                         "found); this run goes on uncompiled, slower"]
     assert attempts == [64]
-    assert result["test_accuracy"] > 0.15
+    assert result["test_accuracy"] > LEARNED
 
 
 def test_a_session_seeds_the_cpu_as_torch_manual_seed_does_and_no_other_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,19 +315,22 @@ def test_every_run_in_a_process_compiles_however_many_came_before(
     """A study worker trains trial after trial in one process. Dynamo caches at most
     `recompile_limit` graphs of `ResNet.forward` and then runs it eagerly without an error, so
     here the limit is one run's two graphs (training, evaluation) and the second run must still
-    compile both of its own."""
+    compile both of its own. The two runs differ only in their seed: the same graphs, so the second
+    compile reads inductor's kernels from its cache, as a study's seeds do, while dynamo still
+    compiles each run's own model."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     monkeypatch.setitem(run_session.COMPILE_MIN_IMAGES, "cpu", 0)
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    base = dict(depth=8, train_subset=256, val_size=0, epochs=1, batch_size=64, data_dir=str(cifar_dir), device="cpu")
-    for index, rr in enumerate([(4, 4, 4), (2, 8, 16)]):
+    base = dict(depth=8, train_subset=512, test_subset=1000, val_size=0, epochs=1, batch_size=64,
+                data_dir=str(cifar_dir), device="cpu")
+    for seed in (0, 1):
         before = counters["stats"]["unique_graphs"]
-        result = train_run(RunConfig(rr=rr, **base), tmp_path / f"run{index}")
-        assert counters["stats"]["unique_graphs"] - before == 2, f"run {index + 1} did not compile"
-        assert result["test_accuracy"] > 0.15
-        assert json.loads((tmp_path / f"run{index}" / "config.json").read_text())["compiled"] is True
+        result = train_run(RunConfig(rr=(4, 4, 4), seed=seed, **base), tmp_path / f"run{seed}")
+        assert counters["stats"]["unique_graphs"] - before == 2, f"the run of seed {seed} did not compile"
+        assert result["test_accuracy"] > LEARNED
+        assert json.loads((tmp_path / f"run{seed}" / "config.json").read_text())["compiled"] is True
 
 
 class _FakeCuda:
@@ -459,7 +466,7 @@ def test_gpu_optimizer_state_resumes_on_cpu() -> None:
 
 
 def test_concurrent_trials_equal_sequential_ones(cifar_dir: Path, tmp_path: Path) -> None:
-    base = dict(depth=8, train_subset=256, val_size=0, epochs=1, data_dir=str(cifar_dir), device="cpu")
+    base = dict(depth=8, train_subset=256, test_subset=500, val_size=0, epochs=1, data_dir=str(cifar_dir), device="cpu")
     configs = [RunConfig(rr=(4, 4, 4), seed=0, **base), RunConfig(rr=(2, 8, 16), seed=1, **base)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
