@@ -15,10 +15,10 @@ from tiny_run import train_args
 
 REPO = Path(__file__).resolve().parents[1]
 LONGEST_FIRST = (
-    "test_study_workers.py", "faults/test_study_faults.py", "test_bf16.py", "test_train.py",
-    "test_report_output.py", "test_speed_equivalence.py", "faults/test_kill.py",
+    "test_study_workers.py", "test_train.py", "faults/test_study_faults.py", "test_report_output.py",
+    "test_bf16.py", "faults/test_kill.py", "test_api.py", "test_interrupts.py", "test_report.py",
 )
-"""The files that take longest, longest first (65-155 s each in a two-worker run on 2026-11-27;
+"""The files that take longest, longest first (59-172 s each in a two-worker run on 2026-11-28;
 `--junitxml` gives each test's seconds). `make test` hands whole files to two pytest-xdist workers
 in collection order (`--no-loadscope-reorder`: by default xdist puts the files with the most tests
 first), so a long file collected last ran alone at the end; these go first, and the short files
