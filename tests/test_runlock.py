@@ -18,8 +18,9 @@ from seratio.cli import main
 from seratio.config import RunConfig
 from seratio.train import train_run
 
-TINY = ["--depth", "8", "--rr", "4,4,4", "--train-subset", "200", "--test-subset", "500", "--val-size", "100",
-        "--batch-size", "64"]
+SMALL = ["--depth", "8", "--train-subset", "200", "--test-subset", "500", "--val-size", "100", "--batch-size", "64"]
+"""The runs of every test here, as `train` and `study run` both take them."""
+TINY = [*SMALL, "--rr", "4,4,4"]
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -80,8 +81,7 @@ def test_a_filesystem_that_cannot_lock_warns_and_the_study_still_trains_every_ru
     monkeypatch.setattr(fcntl, "flock", no_locks)
     db, runs = tmp_path / "s.db", tmp_path / "runs"
     code = main(["study", "run", "constant", "--candidates", "4", "--name", "s", "--storage", f"sqlite:///{db}",
-                 "--artifacts", str(runs), "--depth", "8", "--train-subset", "200", "--test-subset", "500",
-                 "--val-size", "100", "--batch-size", "64", "--epochs", "1", "--data-dir", str(cifar_dir)])
+                 "--artifacts", str(runs), *SMALL, "--epochs", "1", "--data-dir", str(cifar_dir)])
     err = capsys.readouterr().err
     assert code == 0, err
     joined = "".join(err.split())  # rich folds long paths across lines
