@@ -73,6 +73,11 @@ DEPTH = 50
 PAPER = {"models": 14, "epochs": 200, "train_images": 50_000, "eval_images": 10_000}
 """The paper preset's study: 14 networks x 200 epochs on all 50k training images (no validation
 split, as the paper), then evaluation of the 10k test images after every epoch."""
+PAPER_PHASE_RUNS = (4, 3, 3, 4)
+"""How many of the paper study's 14 runs can train at once, phase by phase, on Table 3's numbers:
+the 4 constants; stage 1's 2 new configurations and the plain baseline, which waits for the first
+free slot; stage 2's 3 new ones; stage 3's 4. A phase waits for the one before it, because its
+configurations depend on the winner, so K trials per device run the study in waves of at most K."""
 TRAIN_SPLIT = {"train_images": 45_000, "eval_images": 15_000}
 """A `seratio train` run's default split (a `fast` run): 45k training images, then val (5k) and test (10k)."""
 
@@ -729,23 +734,34 @@ def _fast_minutes(rows: list[Row]) -> float:
 
 def _projection(rows: list[Row], concurrent: int) -> dict[str, dict[str, float]]:
     """Hours for the paper's study (14 models x 200 epochs at batch 32) at the measured rates, and
-    of them the hours its runs spend starting (each row's start-up once per run, or once per
-    `concurrent` runs started at once).
+    of them the hours its runs spend starting (each row's start-up once per run, or once per wave).
 
-    With concurrent trials, evaluation is counted as if it did not overlap training (conservative).
+    K concurrent trials run the study in waves (`paper_waves`), and every wave is counted as long
+    as a full one of K runs at the row's aggregate rate, also where a phase has fewer runs left:
+    an upper bound, since fewer processes share the device. Evaluation is counted as if it did not
+    overlap training (conservative too).
     """
-    runs = PAPER["models"] * PAPER["epochs"]
     out = {}
     for row in rows:
         if row.batch != 32 or row.kind in ("eval", "fast"):
             continue
         eval_ips = _find(rows, "eval", row.impl, precision=row.precision).ips
-        starts = math.ceil(PAPER["models"] / concurrent) if row.kind == "concurrent" else PAPER["models"]
+        epoch = PAPER["train_images"] / row.ips + PAPER["eval_images"] / eval_ips
+        if row.kind == "concurrent":
+            starts = paper_waves(concurrent)
+            run_equivalents = starts * concurrent
+        else:
+            starts = run_equivalents = PAPER["models"]
         startup = starts * row.startup_seconds
-        seconds = runs * (PAPER["train_images"] / row.ips + PAPER["eval_images"] / eval_ips) + startup
+        seconds = run_equivalents * PAPER["epochs"] * epoch + startup
         key = f"{row.impl} {row.precision}" + (" concurrent" if row.kind == "concurrent" else "")
         out[key] = {"hours": seconds / 3600, "startup_hours": startup / 3600}
     return out
+
+
+def paper_waves(concurrent: int) -> int:
+    """Waves of at most `concurrent` runs in which the paper study's phases train."""
+    return sum(math.ceil(runs / concurrent) for runs in PAPER_PHASE_RUNS)
 
 
 def _rounds(count: int, kind: str = "") -> str:
@@ -800,7 +816,8 @@ def format_table(result: dict[str, Any]) -> str:
         "epoch s: one epoch of the paper preset, 50k training images plus evaluating the 10k test images at the",
         "matching eval rate.",
         "projected paper study (14 models x 200 epochs, batch 32); starting a run costs its row's warm-up",
-        "repeat less a timed one (compiling, the CUDA graph's capture, cuDNN's autotuning), once per run:",
+        "repeat less a timed one (compiling, the CUDA graph's capture, cuDNN's autotuning), once per run;",
+        f"{k} trials at once train the study's phases in {paper_waves(k)} waves of at most {k} runs, each counted as a full one:",
     ]
     lines += [f"  {name:<36}{hours['hours']:>8.1f} h, of which starting the runs {hours['startup_hours']:.2f} h"
               for name, hours in result["projection_hours"].items()]

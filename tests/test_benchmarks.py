@@ -68,8 +68,10 @@ def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_it
     hours = bench._projection(rows, 4)
     assert hours["seratio fp32"]["hours"] == pytest.approx((14 * 200 * (50_000 / 8000 + 10_000 / 80_000) + 14 * 90) / 3600)
     assert hours["seratio fp32"]["startup_hours"] == pytest.approx(14 * 90 / 3600)
+    # 4 at once: the paper study's phases of 4, 3, 3 and 4 runs are 4 waves, each counted as 4 runs
     assert hours["seratio fp32 concurrent"]["hours"] == pytest.approx(
-        (14 * 200 * (50_000 / 6000 + 10_000 / 80_000) + 4 * 100) / 3600)
+        (16 * 200 * (50_000 / 6000 + 10_000 / 80_000) + 4 * 100) / 3600)
+    assert [bench.paper_waves(k) for k in (1, 2, 3, 4, 5)] == [14, 8, 6, 4, 4]
     assert hours["plain fp32"] == {"hours": pytest.approx(14 * 200 * (50_000 / 500 + 10_000 / 2000) / 3600),
                                    "startup_hours": 0.0}
     result = {

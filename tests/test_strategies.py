@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -37,7 +38,9 @@ def _complete(ledger: Ledger) -> set[tuple]:
     return {v.rr for v in ledger.views if v.state == TrialState.COMPLETE}
 
 
-def test_paper_preset_on_table3_visits_its_13_configurations_and_picks_8_2_16(tmp_path: Path) -> None:
+def test_paper_preset_on_table3_visits_its_13_configurations_and_picks_8_2_16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trainer = FakeTrainer(table3_accuracy)
     ledger, plan = _study(tmp_path, "paper", trainer)
     assert _complete(ledger) == set(TABLE3)  # 13 SE configurations + the plain ResNet
@@ -45,6 +48,13 @@ def test_paper_preset_on_table3_visits_its_13_configurations_and_picks_8_2_16(tm
     assert plan.done and plan.best == (8, 2, 16)
     phases = {v.rr: v.phase for v in ledger.views}
     assert phases[(8, 8, 8)] == "constant" and phases[(8, 2, 16)] == "stage3" and phases[(None,) * 3] == "baseline"
+    # the throughput benchmark projects concurrent trials from these phase sizes (the baseline
+    # takes the first slot that the constants free)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from train_throughput import PAPER_PHASE_RUNS
+
+    runs = collections.Counter(phases.values())
+    assert (runs["constant"], runs["stage1"] + runs["baseline"], runs["stage2"], runs["stage3"]) == PAPER_PHASE_RUNS
 
 
 def test_constant_drops_ratios_whose_se_width_would_be_zero(tmp_path: Path) -> None:
