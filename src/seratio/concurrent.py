@@ -6,8 +6,9 @@ Separate processes keep every run exactly what `train_run` makes of it alone: it
 optimizer and run directory, so K concurrent runs equal K sequential ones (bit for bit on CPU at
 the same thread count). On a GPU the processes share the device by time slicing, which
 does not fill it: on an H100, 4 batch-32 trials trained 0.93x the images/s of one alone
-(benchmarks/RESULTS.md, "GPU"). With NVIDIA MPS running (`nvidia-cuda-mps-control -d`) their
-kernels can overlap; that is not measured yet.
+(benchmarks/RESULTS.md, "GPU"). With an NVIDIA MPS daemon running (`nvidia-cuda-mps-control -d`)
+their kernels overlap: on an H200, 4 compiled batch-32 trials trained 2.06x the images/s of one in
+fp32 and 2.52x in bf16 (RESULTS.md, "GPU, third lease"). So K > 1 on a GPU without MPS gets a warning.
 
 Processes are spawned, never forked: a forked child inherits torch's thread pools and CUDA state
 in an unusable condition.
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from seratio.config import RunConfig
+from seratio.config import RunConfig, resolve_device
 from seratio.errors import SeratioError, print_to_stderr
 from seratio.runtime import set_threads
 
@@ -40,6 +41,27 @@ def threads_per_trial(trials_per_device: int, cores: int | None = None) -> int:
     """An equal share of the cores for each concurrent trial, at least one."""
     total = cores if cores is not None else available_cores()
     return max(1, total // trials_per_device)
+
+
+MPS_PIPE_DEFAULT = "/tmp/nvidia-mps"
+"""Where CUDA clients look for the MPS control daemon unless CUDA_MPS_PIPE_DIRECTORY says otherwise."""
+
+
+def mps_daemon_running(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether an MPS control daemon listens where this process's CUDA clients would look for one."""
+    return (Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DEFAULT)) / "control").exists()
+
+
+def gpu_sharing_warning(device_type: str, trials_per_device: int, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why K trials on one GPU may train no faster than one, or None where they can overlap."""
+    if device_type != "cuda" or trials_per_device < 2 or mps_daemon_running(environ):
+        return None
+    pipe = Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DEFAULT))
+    return (
+        f"{trials_per_device} trials per GPU, but no NVIDIA MPS daemon listens at {pipe / 'control'}: the trials' "
+        "kernels will take turns on the GPU (4 trials on an H100 trained 0.93x the images/s of one). Start one "
+        "with `nvidia-cuda-mps-control -d` first (under MPS, 4 trials on an H200 trained 2.1x in fp32, 2.5x in bf16)"
+    )
 
 
 def run_in_processes(
@@ -67,6 +89,9 @@ def train_concurrently(
     Returns the result dicts in job order. `threads` defaults to an equal share of the cores.
     A finished run directory is read back, an unfinished one resumed, as `train_run` does alone.
     """
+    devices = {resolve_device(config.device).type for config, _ in jobs}
+    for warning in filter(None, (gpu_sharing_warning(d, trials_per_device) for d in sorted(devices))):
+        print_to_stderr(f"warning: {warning}")
     share = threads if threads is not None else threads_per_trial(trials_per_device)
     calls = [(config, str(out_dir)) for config, out_dir in jobs]
     return run_in_processes(_train_one, calls, trials_per_device, share)

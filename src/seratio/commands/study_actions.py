@@ -25,7 +25,7 @@ from seratio.architecture import format_rr, is_integer_text, parse_rr
 from seratio.commands.console import stdout_console
 from seratio.commands.options import checked_threads, need_cpu_count, run_config_from_args
 from seratio.commands.signals import sigterm_as_ctrl_c
-from seratio.concurrent import threads_per_trial
+from seratio.concurrent import gpu_sharing_warning, threads_per_trial
 from seratio.config import resolve_device
 from seratio.datasets import resolve_data_dir
 from seratio.errors import SeratioError
@@ -144,6 +144,9 @@ def _trials_on_devices(args: argparse.Namespace) -> int:
     """K trials on each device that `--device` names (every GPU for `auto`), in `study run` and `study worker` alike."""
     trials = need_cpu_count("--trials-per-device", args.trials_per_device) * _device_count(args.device)
     _refuse_parallel_sqlite(args.storage, trials, f"--trials-per-device {args.trials_per_device}")
+    warning = gpu_sharing_warning(resolve_device(args.device).type, args.trials_per_device)
+    if warning is not None:
+        _log(f"warning: {warning}")
     return trials
 
 
