@@ -3,7 +3,8 @@
     python3 benchmarks/stacked_models.py [--device auto|cpu|cuda] [--models 1,2,4,8] [--json out.json]
 
 Why: on an H100 a batch-32 step of one SE-ResNet-52 is about 900 small kernels and 5.8 ms, 1% of
-the GPU's arithmetic, and four trials in four processes trained 0.93x one (benchmarks/RESULTS.md).
+the GPU's arithmetic, and four trials in four processes trained 0.93x one without NVIDIA MPS
+(benchmarks/RESULTS.md; under MPS, 2.06x on an H200, which is what the tool uses instead).
 `torch.func.vmap` over K stacked copies of the model turns each convolution into one convolution
 over K times the channels, so a step of K models launches about as many kernels as one model's,
 each K times wider. This measures whether that pays before the study worker is built around it:
