@@ -46,8 +46,11 @@ def _rows(mosaic: np.ndarray) -> np.ndarray:
 
 
 def _pack_one(src: Path, dest: Path) -> str:
-    with src.open("rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+    try:
+        with src.open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except OSError as error:
+        raise SystemExit(f"pack-cifar: cannot read {src} ({error.strerror}); SRC_LAYOUT must be a cifar-10-batches-py folder")
     data = batch[b"data"]
     if data.shape != (TILES * TILES, 3 * SIDE * SIDE) or data.dtype != np.uint8:
         raise SystemExit(f"pack-cifar: {src} holds {data.dtype} {data.shape}, expected uint8 (10000, 3072)")
@@ -78,8 +81,11 @@ def pack(src: Path, dests: list[Path]) -> None:
 
 
 def unpack(packed: Path, layout: Path) -> None:
+    webps = sorted(packed.glob("*.webp"))
+    if not webps:
+        raise SystemExit(f"pack-cifar: {packed} holds no .webp batch; give a folder that `pack` wrote")
     layout.mkdir(parents=True, exist_ok=True)
-    for webp in sorted(packed.glob("*.webp")):
+    for webp in webps:
         record = json.loads(webp.with_suffix(".json").read_text())
         data = _rows(_decode(webp.read_bytes()))
         if len(record["labels"]) != len(data):
