@@ -207,7 +207,8 @@ def test_the_equivalence_check_keeps_the_cases_finished_before_a_stop_and_takes_
         if precision == "fp32":
             raise KeyboardInterrupt
         row = {"batch": 32, "compiled": True, "graphed_vs_eager": 0.01, "eager_vs_eager": 0.02, "tolerance": 0.03,
-               "first_epoch_loss": 2.3, "last_epoch_loss": 1.9, "ok": True}
+               "first_step_gap": 0.001, "epoch_mean_gap": 0.004, "first_epoch_loss": 2.3, "last_epoch_loss": 1.9,
+               "ok": True}
         return f"{recipe} {precision} compiled", row
 
     monkeypatch.setattr(check, "_case", case)
@@ -215,7 +216,8 @@ def test_the_equivalence_check_keeps_the_cases_finished_before_a_stop_and_takes_
     logged: list[str] = []
     result = check.measure("cuda", 4, check.CASES, logged.append)
     assert list(result["cases"]) == ["paper bf16 compiled"] and result["stopped"] == "interrupted during paper fp32"
-    assert logged[0].startswith("paper bf16 compiled") and logged[0].endswith("same")
+    assert logged[0].startswith("paper bf16 compiled") and logged[0].endswith("same        1.00e-03     4.00e-03")
+    assert check.epoch_means([1.0] * 8 + [3.0] * 4 + [5.0] * 4) == [1.0, 4.0]
     assert "interrupted during paper fp32: the cases after it were not checked." in check.format_table(result)
     with pytest.raises(KeyboardInterrupt):  # nothing finished: nothing to print
         check.measure("cuda", 4, (("paper", "fp32"),), logged.append)
