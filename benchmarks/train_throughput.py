@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from bench_cli import STOPPED, at_least, emit, log, stoppable
 
 from seratio.architecture import ModelConfig, count_macs
-from seratio.concurrent import threads_per_trial
+from seratio.concurrent import mps_daemon_running, threads_per_trial
 from seratio.config import RunConfig, resolve_device
 from seratio.compiled_forward import allow_compiled_models
 from seratio.data import CifarData, Split
@@ -507,6 +507,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "allocator": allocator(),
         "amx": _cpu_has("amx_bf16"),
         "fp32_peak_math": FP32_PEAK_MATH[device.type],
+        "mps": device.type == "cuda" and mps_daemon_running(),
         "load_average_start": os.getloadavg()[0],
     }
 
@@ -782,7 +783,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"seratio throughput: SE-ResNet-52 (--depth {DEPTH}) rr {rr}, "
         f"{result['gflop_per_training_image']:.3f} GFLOP per training image",
         f"device {env['device']} | torch {env['torch']} | threads {env['threads']} (interop {env['interop_threads']})"
-        f" | allocator {env['allocator']} | AMX {'yes' if env['amx'] else 'no'} | load avg {load}",
+        f" | allocator {env['allocator']} | AMX {'yes' if env['amx'] else 'no'}"
+        + (f" | MPS {'yes' if env.get('mps') else 'no'}" if env["device"].startswith("cuda") else "")
+        + f" | load avg {load}",
         f"peak (matmul): fp32 {peak['fp32']:,.0f} GFLOP/s ({env['fp32_peak_math']} math), "
         + (f"bf16 {peak['bf16']:,.0f} GFLOP/s" if "bf16" in peak else "bf16 not measured (no bf16 instructions)")
         + f" | {_rounds_text(result)}",

@@ -76,7 +76,7 @@ def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_it
                                    "startup_hours": 0.0}
     result = {
         "environment": {"device": "cuda: test", "torch": "2", "threads": 1, "interop_threads": 1, "allocator": "glibc",
-                        "amx": False, "fp32_peak_math": "tf32", "load_average_start": 0.0, "load_average_end": 0.0},
+                        "amx": False, "fp32_peak_math": "tf32", "mps": True, "load_average_start": 0.0, "load_average_end": 0.0},
         "repeats": 2, "rounds": 2, "stopped": None, "gflop_per_training_image": 0.5, "peak_gflops": {"fp32": 100_000.0},
         "rows": [vars(r) for r in rows], "concurrent_trials": 4, "projection_hours": hours, "fast_recipe_minutes": None,
     }
@@ -84,6 +84,7 @@ def test_throughput_table_derives_ratios_epochs_and_the_study_projection_from_it
     assert "seratio train                           32  fp32   8,000.0   16.00x" in table
     assert "NCHW, Adam, compiled, CUDA graph" in table and "seratio train, 4 trials at once" in table
     assert "| median of 2 interleaved rounds after warm-up\n" in table
+    assert "| allocator glibc | AMX no | MPS yes | load avg 0.00 -> 0.00\n" in table
     assert f"  seratio fp32{hours['seratio fp32']['hours']:>32.1f} h, of which starting the runs 0.35 h" in table
 
 
