@@ -136,8 +136,43 @@ def test_the_cuda_equivalence_check_builds_its_eager_sessions_and_knows_which_fu
     assert momenta == [{0.01}]  # Keras's 0.99 over a full epoch's 1,563 steps, not 8 batches'
     assert len(losses) == 2 * check.BATCHES and all(0 < loss < 10 for loss in losses)
     assert sum(losses[check.BATCHES:]) < sum(losses[:check.BATCHES])
+    perturbed = check.trajectory("paper", "fp32", False, 2, torch.device("cpu"), perturb=check.ROUNDING["fp32"])
+    assert 0 < check.largest_gap(perturbed[:1], losses[:1]) < 1e-3  # one TF32 rounding moves the first loss a little
+    model = torch.nn.Linear(64, 64)
+    before = model.weight.detach().clone()
+    check.perturb_weights(model, 2.0 ** -8)
+    ratio = model.weight.detach() / before
+    assert torch.allclose((ratio - 1).abs(), torch.full_like(ratio, 2.0 ** -8), rtol=1e-3)
+    assert 0.4 < (ratio > 1).float().mean() < 0.6  # both signs, from a fixed seed
+    again = torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        again.weight.copy_(before)
+    check.perturb_weights(again, 2.0 ** -8)
+    assert torch.equal(again.weight, model.weight)
     cuda = torch.device("cuda")
     assert check.full_run_compiles(cuda, "paper") and not check.full_run_compiles(cuda, "fast")
+
+
+def test_the_equivalence_yardstick_moves_only_what_each_session_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration behind the check's verdict, at depth 8 and without its compiled session: a
+    second eager session on a CPU repeats the first exactly, a learning rate acts only from the first
+    update on, and moved weights change the very first loss."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cuda_equivalence as check
+    import equivalence_yardstick as yardstick
+    import torch
+
+    monkeypatch.setattr(check, "DEPTH", 8)
+    monkeypatch.setattr(yardstick, "VARIANTS", yardstick.VARIANTS[:-1])
+    result = yardstick.measure(torch.device("cpu"), "fp32")
+    rows = {row["session"]: row for row in result["rows"]}
+    assert list(rows) == ["eager again", "weights moved by 1 fp32 ulp", "weights moved by 1 rounding",
+                          "learning rate x1.02", "learning rate x1.1"]
+    assert rows["eager again"]["per_step"] == 0.0 and rows["eager again"]["epoch_means"] == 0.0
+    assert rows["learning rate x1.1"]["step_1"] == 0.0 < rows["learning rate x1.1"]["per_step"]
+    assert 0.0 < rows["weights moved by 1 fp32 ulp"]["step_1"] < rows["weights moved by 1 rounding"]["step_1"] < 1e-3
+    assert result["rounding"] == 2.0 ** -11 and len(result["eager_losses"]) == 32
+    assert "learning rate x1.02" in yardstick.format_table(result)
 
 
 def test_a_row_s_startup_is_its_warm_up_less_a_timed_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,9 +242,9 @@ def test_the_equivalence_check_keeps_the_cases_finished_before_a_stop_and_takes_
     def case(recipe: str, precision: str, epochs: int, device: Any) -> tuple[str, dict[str, Any]]:
         if precision == "fp32":
             raise KeyboardInterrupt
-        row = {"batch": 32, "compiled": True, "graphed_vs_eager": 0.01, "eager_vs_eager": 0.02, "tolerance": 0.03,
-               "first_step_gap": 0.001, "epoch_mean_gap": 0.004, "first_epoch_loss": 2.3, "last_epoch_loss": 1.9,
-               "ok": True}
+        row = {"batch": 32, "compiled": True, "graphed_vs_eager": 0.01, "eager_vs_eager": 0.02,
+               "perturbed_vs_eager": 0.015, "first_step_gap": 0.001, "epoch_mean_gap": 0.004, "allowed_epoch_gap": 0.005,
+               "first_epoch_loss": 2.3, "last_epoch_loss": 1.9, "ok": True}
         return f"{recipe} {precision} compiled", row
 
     monkeypatch.setattr(check, "_case", case)
@@ -217,8 +252,13 @@ def test_the_equivalence_check_keeps_the_cases_finished_before_a_stop_and_takes_
     logged: list[str] = []
     result = check.measure("cuda", 4, check.CASES, logged.append)
     assert list(result["cases"]) == ["paper bf16 compiled"] and result["stopped"] == "interrupted during paper fp32"
-    assert logged[0].startswith("paper bf16 compiled") and logged[0].endswith("same        1.00e-03     4.00e-03")
+    assert logged[0] == ("paper bf16 compiled        32  1.00e-02  2.00e-02  1.50e-02 1.00e-03  4.00e-03  5.00e-03"
+                         "        2.3000     1.9000  same")
     assert check.epoch_means([1.0] * 8 + [3.0] * 4 + [5.0] * 4) == [1.0, 4.0]
+    row = result["cases"]["paper bf16 compiled"]
+    assert check.same_update(row)
+    assert not check.same_update(row | {"epoch_mean_gap": 0.006})  # an update 2% off moved epoch means 3x rounding's
+    assert not check.same_update(row | {"last_epoch_loss": 2.3})  # a replay that did nothing: the loss stays
     assert "interrupted during paper fp32: the cases after it were not checked." in check.format_table(result)
     with pytest.raises(KeyboardInterrupt):  # nothing finished: nothing to print
         check.measure("cuda", 4, (("paper", "fp32"),), logged.append)
