@@ -18,14 +18,15 @@ Training amplifies any difference, so a per-step gap cannot tell rounding from a
 this project's CPU, over these 32 steps of `paper` in fp32, one fp32 ulp in the starting weights
 moved single steps' losses by up to 1.5% and the epoch means by 0.24%, and compiling the forward
 did the same (1.8%, 0.24%), while a learning rate 2% higher moved epoch means by 0.82% and 10%
-higher by 1.7% (benchmarks/RESULTS.md, "A yardstick for the equivalence check"). So the verdict
-compares epoch means: the graphed session is "same" where the loss fell and its epoch means lie
-within twice the reference gap, the larger of the two alike eager sessions' gap (the GPU's own
-nondeterminism: atomic adds in the convolutions' backward) and the perturbed session's (one
-rounding, amplified). A replay that skipped the update would leave the loss where it started.
-The per-step gaps and the first step's gap (one forward and backward from the same weights)
-are printed beside it. Each case's line prints as it ends, and a Ctrl-C or SIGTERM prints the
-table of the cases finished before it (exit code 130).
+higher by 1.7%; in bf16, where one rounding moved epoch means by 0.62%, a learning rate 10%
+higher still stood out (1.76%) and 2% higher did not (0.59%) (benchmarks/RESULTS.md, "A yardstick
+for the equivalence check"). So the verdict compares epoch means: the graphed session is "same"
+where the loss fell and its epoch means lie within twice the reference gap, the larger of the two
+alike eager sessions' gap (the GPU's own nondeterminism: atomic adds in the convolutions'
+backward) and the perturbed session's (one rounding, amplified). A replay that skipped the update
+would leave the loss where it started. The per-step gaps and the first step's gap (one forward and
+backward from the same weights) are printed beside it. Each case's line prints as it ends, and a
+Ctrl-C or SIGTERM prints the table of the cases finished before it (exit code 130).
 
 Inductor rounds in other places than the eager kernels, which is what the perturbed session
 stands for where the eager kernels are deterministic. Every session takes BN momentum as a full
