@@ -45,6 +45,7 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def measure(device: torch.device, precision: str) -> dict[str, Any]:
     reference = trajectory("paper", precision, False, EPOCHS, device)
+    reference_means = epoch_means(reference)
     rows = []
     for name, change in VARIANTS:
         started = time.perf_counter()
@@ -55,7 +56,7 @@ def measure(device: torch.device, precision: str) -> dict[str, Any]:
         losses = trajectory("paper", precision, graphed, EPOCHS, device, **options)
         rows.append({"session": name, "per_step": largest_gap(losses, reference),
                      "step_1": largest_gap(losses[:1], reference[:1]),
-                     "epoch_means": largest_gap(epoch_means(losses), epoch_means(reference)), "losses": losses})
+                     "epoch_means": largest_gap(epoch_means(losses), reference_means), "losses": losses})
         log(f"{name}: {time.perf_counter() - started:.0f} s")
     return {"device": str(device), "precision": precision, "torch": torch.__version__, "steps": BATCHES * EPOCHS,
             "rounding": ROUNDING[precision], "eager_losses": reference, "rows": rows}

@@ -47,18 +47,21 @@ MPS_PIPE_DEFAULT = "/tmp/nvidia-mps"
 """Where CUDA clients look for the MPS control daemon unless CUDA_MPS_PIPE_DIRECTORY says otherwise."""
 
 
+def _mps_control(environ: Mapping[str, str]) -> Path:
+    """The control socket of the MPS daemon that this process's CUDA clients would use."""
+    return Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DEFAULT)) / "control"
+
+
 def mps_daemon_running(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether an MPS control daemon listens where this process's CUDA clients would look for one."""
-    return (Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DEFAULT)) / "control").exists()
+    return _mps_control(environ).exists()
 
 
 def gpu_sharing_warning(device_type: str, trials_per_device: int, environ: Mapping[str, str] = os.environ) -> str | None:
     """Why K trials on one GPU may train no faster than one, or None where they can overlap."""
     if device_type != "cuda" or trials_per_device < 2 or mps_daemon_running(environ):
         return None
-    pipe = Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DEFAULT))
     return (
-        f"{trials_per_device} trials per GPU, but no NVIDIA MPS daemon listens at {pipe / 'control'}: the trials' "
+        f"{trials_per_device} trials per GPU, but no NVIDIA MPS daemon listens at {_mps_control(environ)}: the trials' "
         "kernels will take turns on the GPU (4 trials on an H100 trained 0.93x the images/s of one). Start one "
         "with `nvidia-cuda-mps-control -d` first (under MPS, 4 trials on an H200 trained 2.1x in fp32, 2.5x in bf16)"
     )
@@ -89,8 +92,9 @@ def train_concurrently(
     Returns the result dicts in job order. `threads` defaults to an equal share of the cores.
     A finished run directory is read back, an unfinished one resumed, as `train_run` does alone.
     """
-    devices = {resolve_device(config.device).type for config, _ in jobs}
-    for warning in filter(None, (gpu_sharing_warning(d, trials_per_device) for d in sorted(devices))):
+    on_gpu = any(resolve_device(config.device).type == "cuda" for config, _ in jobs)
+    warning = gpu_sharing_warning("cuda" if on_gpu else "cpu", trials_per_device)
+    if warning is not None:
         print_to_stderr(f"warning: {warning}")
     share = threads if threads is not None else threads_per_trial(trials_per_device)
     calls = [(config, str(out_dir)) for config, out_dir in jobs]
