@@ -218,12 +218,18 @@ def test_one_worker_interrupted_on_its_own_is_not_a_failed_study(cifar_dir: Path
 
 
 def _a_training_worker(parent: subprocess.Popen[str], log: Path) -> int:
-    """The pid of a worker child that is training, once the first trial of the study is done."""
+    """The pid of the worker child that most recently started a trial it has not finished, once the
+    first trial of the study is done. The latest "training in" line alone may belong to a worker
+    that has finished since, and an interrupt between two trials leaves no trial interrupted."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         text = log.read_text()
-        training = [int(pid) for pid in re.findall(r"^\[(\d+)\] .*training in ", text, re.M)]
-        if re.search(r": done, val accuracy", text) and len(set(training) - {parent.pid}) == 2:
+        busy: dict[int, bool] = {}  # pid -> its latest trial line starts a trial; the latest pid last
+        for pid, event in re.findall(r"^\[(\d+)\] trial #\d+ [^:]*: (training in|done, )", text, re.M):
+            busy.pop(int(pid), None)
+            busy[int(pid)] = event == "training in"
+        training = [pid for pid, started in busy.items() if started]
+        if ": done, val accuracy" in text and len(set(busy) - {parent.pid}) == 2 and training:
             return training[-1]
         assert parent.poll() is None, text
         time.sleep(0.05)
